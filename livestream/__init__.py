@@ -1,0 +1,1 @@
+"""Shared plumbing of the livestream analytics services: errors, settings, Kafka helpers, CLI."""

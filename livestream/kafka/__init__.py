@@ -1,0 +1,1 @@
+"""Kafka helpers shared by the services: record (de)serialization, clients, topics, local broker."""

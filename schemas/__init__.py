@@ -1,0 +1,36 @@
+"""Pydantic records of every topic and API payload (see ``records``, ``api``, ``topics``)."""
+
+from schemas.records import (
+    SCHEMA_VERSION,
+    ChunkRecord,
+    ChunkResult,
+    ChunkSummary,
+    EndSession,
+    Event,
+    Frame,
+    IngestState,
+    SessionLifecycle,
+    SessionState,
+    SessionStatus,
+    Severity,
+    StartSession,
+)
+from schemas.topics import Topics, TopicSpec
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ChunkRecord",
+    "ChunkResult",
+    "ChunkSummary",
+    "EndSession",
+    "Event",
+    "Frame",
+    "IngestState",
+    "SessionLifecycle",
+    "SessionState",
+    "SessionStatus",
+    "Severity",
+    "StartSession",
+    "TopicSpec",
+    "Topics",
+]

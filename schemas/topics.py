@@ -1,0 +1,108 @@
+"""Kafka topics of the system: names, partitioning, retention and compaction, chosen on purpose.
+
+Every record is keyed by ``session_id`` (UTF-8), so all records of one session land in one
+partition of each topic and stay in order. All topics have the same partition count, which
+keeps them co-partitioned: the aggregator's table for session X is fed by the same partition
+number of every input topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_PARTITIONS = 6
+DAY_MS = 24 * 60 * 60 * 1000
+
+# Chunk records carry JPEG frames; ingest keeps each one under this budget and the topic
+# allows a little more, so a record never trips the broker's size check.
+CHUNK_RECORD_BUDGET_BYTES = 1_500_000
+CHUNK_TOPIC_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: its full name, partition count and topic-level configs."""
+
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names for one deployment (``prefix`` lets several stacks share a cluster)."""
+
+    prefix: str = "livestream"
+    partitions: int = DEFAULT_PARTITIONS
+
+    @property
+    def session_commands(self) -> str:
+        return f"{self.prefix}.session-commands"
+
+    @property
+    def session_lifecycle(self) -> str:
+        return f"{self.prefix}.session-lifecycle"
+
+    @property
+    def chunks(self) -> str:
+        return f"{self.prefix}.chunks"
+
+    @property
+    def chunk_results(self) -> str:
+        return f"{self.prefix}.chunk-results"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def session_state(self) -> str:
+        return f"{self.prefix}.session-state"
+
+    def specs(self) -> list[TopicSpec]:
+        week = str(7 * DAY_MS)
+        return [
+            TopicSpec(
+                self.session_commands,
+                self.partitions,
+                {"cleanup.policy": "delete", "retention.ms": week},
+                "start/end commands from the API (SessionCommand); read by ingest and aggregator",
+            ),
+            TopicSpec(
+                self.session_lifecycle,
+                self.partitions,
+                {"cleanup.policy": "delete", "retention.ms": week},
+                "ingest's reports of a session's source: ACTIVE, ENDED (with chunk total), FAILED",
+            ),
+            TopicSpec(
+                self.chunks,
+                self.partitions,
+                # Frames are bulky and only useful while analyzers catch up: keep one day.
+                {
+                    "cleanup.policy": "delete",
+                    "retention.ms": str(DAY_MS),
+                    "max.message.bytes": str(CHUNK_TOPIC_MAX_MESSAGE_BYTES),
+                },
+                "sampled JPEG frames of one chunk of stream time (ChunkRecord); read by analyzers",
+            ),
+            TopicSpec(
+                self.chunk_results,
+                self.partitions,
+                {"cleanup.policy": "delete", "retention.ms": week},
+                "one result per analyzed chunk, with that chunk's events (ChunkResult)",
+            ),
+            TopicSpec(
+                self.events,
+                self.partitions,
+                {"cleanup.policy": "delete", "retention.ms": week},
+                "every detected event (Event); public feed for downstream consumers and SSE",
+            ),
+            TopicSpec(
+                self.session_state,
+                self.partitions,
+                # Latest state per session is all anyone needs: compact, keep forever.
+                {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
+                "materialized session state (SessionState), compacted by session_id",
+            ),
+        ]
