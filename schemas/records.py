@@ -262,3 +262,11 @@ TOPIC_RECORDS: dict[str, type[BaseModel] | TypeAdapter] = {
     "events": Event,
     "session-state": SessionState,
 }
+
+
+def describe_event(label: str, start_time: float, end_time: float, confidence: float) -> str:
+    """Human-readable event description; one wording for analyzer and aggregator merges."""
+    return (
+        f"{label} visible from {format_mmss(start_time)} to {format_mmss(end_time)} "
+        f"(max confidence {confidence:.2f})"
+    )

@@ -1,0 +1,1 @@
+"""Analyzer service: ONNX object detection on chunks, query targets -> events."""

@@ -1,0 +1,33 @@
+"""``python -m analyzer``: run one analyzer replica until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from analyzer.detector import ObjectDetector
+from analyzer.models import default_model_path
+from analyzer.scoring import ScoringPolicy
+from analyzer.service import AnalyzerService, ChunkAnalyzer
+from analyzer.settings import AnalyzerSettings
+
+
+async def _main(settings: AnalyzerSettings) -> None:
+    detector = ObjectDetector.load(settings.model_path or default_model_path(), settings.providers)
+    policy = ScoringPolicy(threshold=settings.threshold, max_gap_frames=settings.max_gap_frames)
+    service = AnalyzerService(settings, ChunkAnalyzer(detector, policy))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    await service.run()
+
+
+def main() -> None:
+    settings = AnalyzerSettings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(_main(settings))
+
+
+if __name__ == "__main__":
+    main()

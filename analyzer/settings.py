@@ -1,0 +1,29 @@
+"""Analyzer settings (env prefix ``LIVESTREAM_ANALYZER_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from livestream.settings import ServiceSettings
+
+
+class AnalyzerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LIVESTREAM_ANALYZER_", frozen=True, extra="ignore")
+
+    group_id: str = "livestream-analyzer"
+    model_path: Path | None = Field(
+        default=None, description="ONNX detector; default: the one `make models` builds in the cache."
+    )
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description='onnxruntime providers in order, e.g. ["CUDAExecutionProvider","CPUExecutionProvider"].',
+    )
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    max_gap_frames: int = Field(default=1, ge=0)
+    # Chunks are ~1 MB: fetch few at a time so one poll's work stays well inside max_poll_interval.
+    max_poll_records: int = Field(default=4, ge=1)
+    max_poll_interval_ms: int = 300_000
+    log_level: str = "INFO"
