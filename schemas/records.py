@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 SCHEMA_VERSION = 1
 
@@ -115,14 +115,14 @@ class SessionLifecycle(Record):
 
 
 class Frame(BaseModel):
-    """One sampled frame, JPEG-encoded (base64 in JSON)."""
+    """One sampled frame, JPEG-encoded (raw bytes in Python, URL-safe base64 in JSON)."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", ser_json_bytes="base64", val_json_bytes="base64")
 
     stream_time: float
     width: int
     height: int
-    jpeg: Base64Bytes
+    jpeg: bytes
 
 
 class ChunkRecord(Record):
