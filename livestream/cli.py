@@ -1,0 +1,206 @@
+"""``livestream`` command line: ``up`` (the stack, foreground) and ``demo`` (one session, end to end).
+
+Both start a local Kafka broker unless ``KAFKA_BOOTSTRAP_SERVERS`` points at a cluster,
+create the topics, and run the four services as separate processes (``livestream.stack``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from livestream.errors import LivestreamError
+from livestream.kafka.admin import ensure_topics
+from livestream.stack import Stack
+from schemas.topics import Topics
+
+log = logging.getLogger("livestream")
+
+DEFAULT_QUERY = "detect a person, a bicycle, a cat or a cup"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def kafka_cluster() -> Iterator[str]:
+    """The cluster named by KAFKA_BOOTSTRAP_SERVERS, else a local single-node broker."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")  # the one variable every service reads
+    if configured:
+        yield configured
+        return
+    from livestream.kafka.broker import LocalKafkaBroker
+
+    print("starting a local Kafka broker (KRaft, no Docker)...", flush=True)
+    with LocalKafkaBroker() as broker:
+        print(f"Kafka broker at {broker.bootstrap_servers}", flush=True)
+        yield broker.bootstrap_servers
+
+
+@contextlib.contextmanager
+def running_stack(args: argparse.Namespace, api_key: str) -> Iterator[Stack]:
+    with kafka_cluster() as bootstrap:
+        topics = Topics(prefix=args.topic_prefix)
+        asyncio.run(ensure_topics(bootstrap, topics.specs()))
+        run_dir = Path(args.run_dir).resolve()
+        stack = Stack(
+            bootstrap_servers=bootstrap,
+            api_key=api_key,
+            api_port=args.port,
+            run_dir=run_dir,
+            topic_prefix=args.topic_prefix,
+        )
+        print(f"starting services (logs in {run_dir / 'logs'})...", flush=True)
+        stack.start()
+        try:
+            yield stack
+        finally:
+            print("stopping services...", flush=True)
+            stack.stop()
+
+
+def iter_sse(response: httpx.Response) -> Iterator[tuple[str, str]]:
+    """(event, data) pairs of a text/event-stream response."""
+    event, data = "message", []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+
+
+def follow_session(client: httpx.Client, stream_id: str, session_id: str) -> None:
+    """Print each event of the session's SSE feed until the feed ends with a terminal status."""
+    url = f"/api/live/live-sessions/{stream_id}/{session_id}/events/stream"
+    with client.stream("GET", url, timeout=httpx.Timeout(10, read=None)) as response:
+        response.raise_for_status()
+        for kind, data in iter_sse(response):
+            if kind == "detection":
+                event = json.loads(data)
+                print(
+                    f"  event  {event['t_start']}-{event['t_end']}  stream_time={event['stream_time']:7.2f}s"
+                    f"  {event['label']:<12} confidence={event['confidence']:.2f}",
+                    flush=True,
+                )
+            elif kind == "end":
+                return
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    api_key = os.environ.get("LIVESTREAM_API_KEYS", "").split(",")[0] or secrets.token_urlsafe(16)
+    with contextlib.ExitStack() as stack_of_things:
+        url = args.url
+        if not url:
+            from livestream.testsource import LiveHlsSource, default_script
+
+            script = default_script()
+            source = stack_of_things.enter_context(LiveHlsSource(script))
+            url = source.url
+            print(f"live test source at {url}; scripted ground truth:")
+            for label, start, end in script.truth():
+                print(f"  {label:<10} {start:6.1f}s - {end:6.1f}s")
+        stack = stack_of_things.enter_context(running_stack(args, api_key))
+        headers = {"Authorization": f"Bearer {api_key}"}
+        with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as client:
+            started = client.post(
+                "/api/live/start-session",
+                data={"source_url": url, "name": args.name, "rapid_review_query": args.query},
+            )
+            started.raise_for_status()
+            session = started.json()
+            stream_id, session_id = session["stream_id"], session["session_id"]
+            print(f"session {session_id} on {url}\nquery: {args.query!r}", flush=True)
+            t0 = time.monotonic()
+            try:
+                follow_session(client, stream_id, session_id)
+            except KeyboardInterrupt:
+                print("ending the session (waiting for in-flight chunks)...", flush=True)
+                client.post("/api/live/end-session", data={"stream_id": stream_id, "session_id": session_id})
+                follow_session(client, stream_id, session_id)
+            final = client.get(f"/api/live/live-sessions/{stream_id}/{session_id}").json()
+        print(
+            f"session {final['status']}"
+            + (f" ({final['status_reason']})" if final.get("status_reason") else "")
+            + f": chunk_count={final['chunk_count']} events={len(final['events'])}"
+            f" (merged across chunks) in {time.monotonic() - t0:.0f}s",
+            flush=True,
+        )
+        return 0 if final["status"] == "FINISHED" else 1
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    api_key = os.environ.get("LIVESTREAM_API_KEYS", "").split(",")[0]
+    if not api_key:
+        api_key = secrets.token_urlsafe(16)
+        print(f"LIVESTREAM_API_KEYS is not set: generated API key {api_key}")
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    with running_stack(args, api_key) as stack:
+        print(f"API on {stack.api_url} (Ctrl-C to stop)", flush=True)
+        try:
+            while not stop:
+                stack.check_alive()
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="livestream", description=__doc__)
+    parser.add_argument("--run-dir", default="var", help="logs and stored segments (default ./var)")
+    parser.add_argument("--topic-prefix", default=os.environ.get("LIVESTREAM_TOPIC_PREFIX", "livestream"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="broker + services in the foreground until Ctrl-C")
+    up.add_argument("--port", type=int, default=int(os.environ.get("LIVESTREAM_API_PORT", "8000")))
+    up.set_defaults(func=cmd_up)
+    demo = sub.add_parser("demo", help="one session on a stream, printing events until it finishes")
+    demo.add_argument("--url", default="", help="HLS .m3u8 URL (default: the scripted live test source)")
+    demo.add_argument("--query", default=DEFAULT_QUERY)
+    demo.add_argument("--name", default="demo")
+    demo.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    if getattr(args, "port", None) == 0:
+        args.port = free_port()
+    try:
+        return int(args.func(args))
+    except LivestreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
