@@ -1,0 +1,189 @@
+"""The whole pipeline on a real broker: live HLS in, events out, driven by the real `nomadic` SDK.
+
+The four services run as separate processes (``livestream.stack``) exactly as users run them;
+the stream is a real live HLS stream written in real time from scripted footage and photos,
+whose script is the ground truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from nomadic import NomadicAI
+from nomadic.exceptions import APIError
+
+from livestream.kafka.admin import ensure_topics
+from livestream.stack import Stack
+from livestream.testsource import LiveHlsSource, default_script
+from schemas.records import Event, SessionState
+from schemas.topics import Topics
+
+pytestmark = [pytest.mark.kafka, pytest.mark.model]
+
+QUERY = "detect a person, a cat or a cup"
+CHUNK_SECONDS = 4.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def e2e_topics(kafka_bootstrap: str) -> Topics:
+    topics = Topics(prefix=f"e2e{secrets.token_hex(4)}", partitions=3)
+    asyncio.run(ensure_topics(kafka_bootstrap, topics.specs()))
+    return topics
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, e2e_topics: Topics, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(
+        bootstrap_servers=kafka_bootstrap,
+        api_key=secrets.token_urlsafe(12),
+        api_port=_free_port(),
+        run_dir=tmp_path_factory.mktemp("stack"),
+        topic_prefix=e2e_topics.prefix,
+        extra_env={"LIVESTREAM_INGEST_CHUNK_SECONDS": str(CHUNK_SECONDS)},
+    )
+    stack.start(ready_timeout=120)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        for service in ("ingest", "analyzer", "aggregator", "api"):
+            print(f"--- {service} log tail ---\n{stack.log_tail(service, 15)}")
+
+
+@pytest.fixture(scope="module")
+def sdk(stack: Stack) -> NomadicAI:
+    return NomadicAI(api_key=stack.api_key, base_url=stack.api_url)
+
+
+class TopicRecorder:
+    """Our own downstream consumer of a topic (as users run), collecting values in a thread."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.values: list[bytes] = []
+        self._bootstrap, self._topic = bootstrap, topic
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self._topic, bootstrap_servers=self._bootstrap, auto_offset_reset="earliest", group_id=None
+        )
+        await consumer.start()
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    self.values.extend(r.value for r in records)
+        finally:
+            await consumer.stop()
+
+    def __enter__(self) -> TopicRecorder:
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def overlaps(event: dict, start: float, end: float, slack: float) -> bool:
+    return event["start_time"] < end + slack and event["end_time"] > start - slack
+
+
+def test_scripted_stream_yields_events_at_the_right_times(
+    sdk: NomadicAI, stack: Stack, e2e_topics: Topics, kafka_bootstrap: str
+) -> None:
+    script = default_script()
+    with (
+        TopicRecorder(kafka_bootstrap, e2e_topics.events) as events_topic,
+        LiveHlsSource(script) as source,
+    ):
+        started = sdk.livestream.start_session(source_url=source.url, name="e2e", rapid_review_query=QUERY)
+        stream_id, session_id = started["stream_id"], started["session_id"]
+        assert started["status"] == "INITIALIZING"
+        assert sdk.livestream.get_session(stream_id, session_id)["status"] in {"INITIALIZING", "ACTIVE"}
+
+        seen = list(sdk.livestream.iter_events(stream_id, session_id, poll_interval=0.5, timeout=240))
+        final = sdk.livestream.get_session(stream_id, session_id)
+
+    assert final["status"] == "FINISHED", final.get("status_reason")
+    assert final["chunk_count"] == final["chunks_expected"] == len(final["chunks"]) > 0
+    # Every chunk of the scripted stream was analysed: the stream is fully covered.
+    assert final["chunks"][-1]["end_time"] >= script.duration - CHUNK_SECONDS
+    assert [c["chunk_index"] for c in final["chunks"]] == list(range(final["chunk_count"]))
+    assert seen, "no events reached the SDK"
+    assert {e["event_id"] for e in seen} >= {e["event_id"] for e in final["events"]}
+
+    events = final["events"]
+    truth = script.truth()
+    for label, start, end in truth:
+        if label in {"person", "cat", "cup"}:
+            assert any(e["label"] == label and overlaps(e, start, end, 0) for e in events), (
+                f"no {label} event during {start}-{end}s: {[(e['label'], e['t_start']) for e in events]}"
+            )
+    # Photos of a cat and a cup are shown only in their scenes: no such event elsewhere.
+    for event in (e for e in events if e["label"] in {"cat", "cup"}):
+        windows = [(s, t) for label, s, t in truth if label == event["label"]]
+        assert any(overlaps(event, s, t, CHUNK_SECONDS) for s, t in windows), event
+    for event in events:
+        assert event["t_start"] <= event["t_end"]
+        assert event["chunk_relative_time"] == pytest.approx(
+            event["stream_time"] - event["hls_cumulative_offset"], abs=1e-3
+        )
+
+    # Downstream consumers see the same events on the events topic (at least once).
+    on_topic = [Event.model_validate_json(v) for v in events_topic.values]
+    assert {e.event_id for e in on_topic if e.session_id == session_id} >= {e["event_id"] for e in seen}
+    assert SessionState.model_validate(final).status == "FINISHED"
+    assert Path(final["manifest_path"]).exists()
+
+
+def test_user_ends_a_running_session(sdk: NomadicAI) -> None:
+    with LiveHlsSource(default_script(), loop=True) as source:
+        started = sdk.livestream.start_session(source_url=source.url, name="ended-by-user")
+        stream_id, session_id = started["stream_id"], started["session_id"]
+        session = None
+        for _ in range(240):  # wait (at most 2 min) until a first chunk was analysed
+            session = sdk.livestream.get_session(stream_id, session_id)
+            if session["chunk_count"] >= 1:
+                break
+            threading.Event().wait(0.5)
+        assert session is not None and session["status"] == "ACTIVE" and session["chunk_count"] >= 1
+        assert sdk.livestream.end_session(stream_id, session_id) == {"status": "ended"}
+        final = sdk.livestream.monitor_session(stream_id, session_id, poll_interval=0.5, timeout=120)
+    assert final["status"] == "FINISHED"
+    assert final["chunk_count"] == final["chunks_expected"] >= 1
+    assert sdk.livestream.end_session(stream_id, session_id) == {"status": "already_ended"}
+    assert any(s["session_id"] == session_id for s in sdk.livestream.get_sessions())
+
+
+def test_unreachable_source_fails_with_a_reason(sdk: NomadicAI) -> None:
+    url = f"http://127.0.0.1:{_free_port()}/live.m3u8"
+    started = sdk.livestream.start_session(source_url=url, name="unreachable", rapid_review_query=QUERY)
+    final = sdk.livestream.monitor_session(
+        started["stream_id"], started["session_id"], poll_interval=0.5, timeout=120
+    )
+    assert final["status"] == "FAILED"
+    assert final["status_reason"] and "127.0.0.1" in final["status_reason"]
+    assert final["chunk_count"] == 0 and final["events"] == []
+
+
+def test_unknown_session_is_a_404(sdk: NomadicAI) -> None:
+    with pytest.raises(APIError) as excinfo:
+        sdk.livestream.get_session("nope", "nope")
+    assert excinfo.value.status_code == 404
