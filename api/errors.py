@@ -1,0 +1,25 @@
+"""Errors of the HTTP API service."""
+
+from __future__ import annotations
+
+from livestream.errors import LivestreamError
+
+
+class ApiError(LivestreamError):
+    """Root of the API service's errors."""
+
+
+class AuthenticationFailed(ApiError):
+    """No API key, or one that is not configured (HTTP 401)."""
+
+
+class SessionNotFound(ApiError):
+    """No session with that id, or it belongs to another stream (HTTP 404)."""
+
+
+class ServiceNotReady(ApiError):
+    """Kafka clients not started yet, or the session view has not caught up (HTTP 503)."""
+
+
+class CommandPublishError(ApiError):
+    """The broker did not acknowledge a session command in time (HTTP 503)."""
