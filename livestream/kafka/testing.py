@@ -1,0 +1,126 @@
+"""A real Kafka for tests: an existing cluster, a Docker container, or a local broker process.
+
+``kafka_for_tests()`` picks, in this order:
+
+1. ``KAFKA_BOOTSTRAP_SERVERS`` when set (a cluster you run yourself; nothing is started);
+2. a testcontainers Kafka when a Docker engine answers;
+3. ``LocalKafkaBroker`` (Kafka jars from Maven Central, run with the local JDK).
+
+Tests isolate themselves with a unique topic prefix (``create_test_topics``), so a shared
+cluster can serve many runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from enum import StrEnum
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from livestream.kafka.admin import ensure_topics
+from livestream.kafka.broker import LocalKafkaBroker
+from schemas.topics import Topics
+
+log = logging.getLogger(__name__)
+
+DOCKER_PING_TIMEOUT_S = 2
+TEST_TOPIC_PARTITIONS = 3
+TEST_CONTAINER_IMAGE = "confluentinc/cp-kafka:7.6.0"
+
+
+class KafkaSource(StrEnum):
+    ENV = "env"
+    DOCKER = "docker"
+    LOCAL = "local"
+
+
+class TestKafkaSettings(BaseSettings):
+    """Only the externally provided broker address; unset means "start one for the tests"."""
+
+    __test__ = False  # not a pytest test class despite the name
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+    )
+
+
+def docker_available(timeout_s: float = DOCKER_PING_TIMEOUT_S) -> bool:
+    """True when a Docker engine answers a ping within ``timeout_s`` (False without the SDK)."""
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=timeout_s)
+    except Exception:  # no SDK, no socket, bad DOCKER_HOST: all mean "no Docker"
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def choose_kafka_source(
+    settings: TestKafkaSettings, is_docker_available: Callable[[], bool] = docker_available
+) -> KafkaSource:
+    """The env var wins (without probing Docker), then Docker, then a local broker process."""
+    if settings.kafka_bootstrap_servers:
+        return KafkaSource.ENV
+    if is_docker_available():
+        return KafkaSource.DOCKER
+    return KafkaSource.LOCAL
+
+
+@contextlib.contextmanager
+def _docker_kafka() -> Iterator[str]:
+    try:
+        from testcontainers.community.kafka import KafkaContainer
+    except ImportError:  # older testcontainers releases
+        from testcontainers.kafka import KafkaContainer  # type: ignore[no-redef]
+
+    container = (
+        KafkaContainer(TEST_CONTAINER_IMAGE)
+        .with_kraft()
+        .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+        .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+        .with_env("KAFKA_MESSAGE_MAX_BYTES", str(4 * 1024 * 1024))
+    )
+    with container:
+        yield container.get_bootstrap_server()
+
+
+@contextlib.contextmanager
+def kafka_for_tests(
+    settings: TestKafkaSettings | None = None,
+    is_docker_available: Callable[[], bool] = docker_available,
+) -> Iterator[str]:
+    """Yield the ``host:port`` of a real Kafka broker for the duration of the block."""
+    settings = settings or TestKafkaSettings()
+    source = choose_kafka_source(settings, is_docker_available)
+    log.info("Kafka for tests: %s", source)
+    if source is KafkaSource.ENV:
+        assert settings.kafka_bootstrap_servers is not None
+        yield settings.kafka_bootstrap_servers
+    elif source is KafkaSource.DOCKER:
+        with _docker_kafka() as bootstrap:
+            yield bootstrap
+    else:
+        with LocalKafkaBroker() as broker:
+            yield broker.bootstrap_servers
+
+
+def unique_topics(partitions: int = TEST_TOPIC_PARTITIONS) -> Topics:
+    """Topics under a prefix of their own, so test runs sharing a cluster never see each other."""
+    return Topics(prefix=f"t{uuid.uuid4().hex[:12]}", partitions=partitions)
+
+
+async def create_test_topics(bootstrap_servers: str, partitions: int = TEST_TOPIC_PARTITIONS) -> Topics:
+    topics = unique_topics(partitions)
+    await ensure_topics(bootstrap_servers, topics.specs())
+    return topics
