@@ -32,9 +32,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -333,10 +334,10 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def _run_coroutine_blocking(coroutine_factory: object) -> None:
+def _run_coroutine_blocking(coroutine_factory: Callable[[], Coroutine[Any, Any, object]]) -> None:
     """Run an async check from sync code, even when the calling thread already runs an event loop."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, coroutine_factory()).result()  # type: ignore[operator]
+        pool.submit(asyncio.run, coroutine_factory()).result()
 
 
 class LocalKafkaBroker:
