@@ -32,7 +32,7 @@ from api.auth import API_KEY_QUERY_PARAM, ApiKeyAuthenticator
 from api.errors import AuthenticationFailed, CommandPublishError, ServiceNotReady, SessionNotFound
 from api.feeds import SessionFeedHub, session_feed
 from api.kafka_io import KafkaRuntime
-from api.models import (
+from schemas.api import (
     EndSessionForm,
     EndSessionResponse,
     HealthResponse,

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from api.models import FeedEnd
+from schemas.api import FeedEnd
 from schemas.records import Event, SessionState
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Request forms and response payloads of the HTTP API (shapes the ``nomadic`` SDK expects)."""
+"""HTTP API payloads: request forms and response bodies (the shapes the ``nomadic`` SDK expects)."""
 
 from __future__ import annotations
 
