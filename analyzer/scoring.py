@@ -65,7 +65,9 @@ class _Run:
     best: DetectionLike
 
 
-def _best_per_frame(frames: Sequence[FrameDetections], label: str, threshold: float) -> list[DetectionLike | None]:
+def _best_per_frame(
+    frames: Sequence[FrameDetections], label: str, threshold: float
+) -> list[DetectionLike | None]:
     best: list[DetectionLike | None] = []
     for frame in frames:
         hits = [d for d in frame.detections if d.label == label and d.score >= threshold]

@@ -21,6 +21,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -50,14 +51,19 @@ class ChunkAnalyzer:
         started = time.perf_counter()
         targets: list[str] = []
         try:
-            targets = list(parse_query(chunk.rapid_review_query).targets)
+            query = parse_query(chunk.rapid_review_query)
+            targets = list(query.targets)
+            policy = self._policy
+            if query.score_floor is not None and query.score_floor > policy.threshold:
+                # An open query (no targets named) reports only confident detections.
+                policy = replace(policy, threshold=query.score_floor)
             images = [_decode_jpeg(frame.jpeg) for frame in chunk.frames]
             detections = self._detector.detect(images) if images else []
             frames = [
                 FrameDetections(frame.stream_time, dets)
                 for frame, dets in zip(chunk.frames, detections, strict=True)
             ]
-            events = score_chunk(chunk, frames, targets, analysis_id, self._policy)
+            events = score_chunk(chunk, frames, targets, analysis_id, policy)
             status, error = "ok", None
         except (LivestreamError, OSError, ValueError) as exc:
             # Logged once here, where the failure becomes a failed ChunkResult.
@@ -156,8 +162,12 @@ class AnalyzerService:
         await asyncio.gather(*sends)
         log.info(
             "session %s chunk %d: %d frames, %d events, %.0f ms (%s)",
-            chunk.session_id, chunk.chunk_index, result.frame_count, len(result.events),
-            result.inference_ms, result.status,
+            chunk.session_id,
+            chunk.chunk_index,
+            result.frame_count,
+            len(result.events),
+            result.inference_ms,
+            result.status,
         )
 
 

@@ -45,7 +45,9 @@ def e2e_topics(kafka_bootstrap: str) -> Topics:
 
 
 @pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str, e2e_topics: Topics, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    kafka_bootstrap: str, e2e_topics: Topics, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     stack = Stack(
         bootstrap_servers=kafka_bootstrap,
         api_key=secrets.token_urlsafe(12),
