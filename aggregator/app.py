@@ -1,0 +1,243 @@
+"""The aggregator's faust app: commands, lifecycle reports and chunk results -> SessionState.
+
+One agent consumes the three input topics through one topic object, so the records of one
+session (same key, same partition number in every co-partitioned topic) are folded serially.
+The state lives in a faust table keyed by session_id whose changelog has the inputs'
+partition count; every folded record re-publishes the session's state on the compacted
+session-state topic, which is what the API reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from aggregator.errors import AggregatorError, TopicLayoutError
+from aggregator.reducer import InputRecord, fold
+from aggregator.settings import AggregatorSettings
+from livestream.errors import RecordError
+from livestream.kafka.serde import decode_command, decode_value
+from schemas.records import ChunkResult, SessionLifecycle, SessionState
+from schemas.topics import DEFAULT_PARTITIONS, Topics
+
+log = logging.getLogger(__name__)
+
+TABLE_NAME = "sessions"
+TOPIC_POLL_INTERVAL_S = 0.25
+
+
+def input_topic_names(topics: Topics) -> list[str]:
+    return [topics.session_commands, topics.session_lifecycle, topics.chunk_results]
+
+
+def decoder_for_topic(topics: Topics) -> dict[str, Callable[..., InputRecord]]:
+    """How to decode the value of each input topic (each raises ``RecordError`` on a poison record)."""
+
+    def lifecycle(value: bytes | None, **where: Any) -> SessionLifecycle:
+        return decode_value(SessionLifecycle, value, **where)
+
+    def chunk_result(value: bytes | None, **where: Any) -> ChunkResult:
+        return decode_value(ChunkResult, value, **where)
+
+    return {
+        topics.session_commands: decode_command,
+        topics.session_lifecycle: lifecycle,
+        topics.chunk_results: chunk_result,
+    }
+
+
+def decode_record(
+    decoders: dict[str, Callable[..., InputRecord]],
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+) -> InputRecord:
+    """Decode one input record; ``RecordError`` when it is undecodable or keyed by another session."""
+    decoder = decoders.get(topic)
+    if decoder is None:
+        raise RecordError("record from an unexpected topic", topic=topic, partition=partition, offset=offset)
+    try:
+        record = decoder(value, topic=topic, offset=offset)
+    except RecordError as exc:
+        raise RecordError(exc.message, topic=topic, partition=partition, offset=offset) from exc
+    # The key decides the partition, hence which table partition holds the session: a record
+    # keyed otherwise would fold into a state no other record of its session sees.
+    if key is None or key != record.session_id.encode():
+        raise RecordError(
+            "record key is not its session_id",
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            session_id=record.session_id,
+            key=key,
+        )
+    return record
+
+
+def _broker_urls(bootstrap_servers: str) -> list[str]:
+    return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
+
+
+def build_app(settings: AggregatorSettings) -> faust.App:
+    """The faust app with its table and agent; ``settings.partitions`` must match the input topics."""
+    partitions = settings.partitions or DEFAULT_PARTITIONS
+    topics = Topics(prefix=settings.topic_prefix, partitions=partitions)
+    app = faust.App(
+        settings.effective_app_id,
+        broker=_broker_urls(settings.kafka_bootstrap_servers),
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=settings.web_port is not None,
+        web_port=settings.web_port or 6066,
+        # Faust's own topics (the table's changelog) are created by faust through the admin API,
+        # so they work on brokers with auto.create.topics.enable=false.
+        topic_partitions=partitions,
+        topic_replication_factor=settings.replication_factor or 1,
+        topic_allow_declare=True,
+        # The leader topic only serves @app.timer(on_leader=True), which we do not use: one fewer
+        # topic to create at start-up.
+        topic_disable_leader=True,
+        # A fresh consumer group reads every input from the beginning (records may be produced
+        # before the worker first starts).
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
+        broker_commit_interval=settings.broker_commit_interval_s,
+        # Standbys only shorten fail-over between several workers; replaying the changelog of
+        # session-sized states is quick, and a single worker would keep a useless copy.
+        table_standby_replicas=0,
+        # stream_wait_empty stays on (faust's default): shutdown and rebalances let the record in
+        # hand finish, which costs little since folding is fast.
+    )
+    table = app.Table(
+        TABLE_NAME,
+        default=None,
+        partitions=partitions,
+        # Faust picks the json codec for both: keys are JSON strings, values SessionState dicts.
+        key_type=str,
+        value_type=None,
+    )
+    source = app.topic(*input_topic_names(topics), key_type=bytes, value_type=bytes)
+    state_topic = app.topic(topics.session_state, key_type=bytes, value_type=bytes)
+    decoders = decoder_for_topic(topics)
+
+    @app.agent(source, name="aggregate-sessions")
+    async def aggregate_sessions(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            try:
+                record = decode_record(
+                    decoders, message.topic, message.partition, message.offset, message.key, event.value
+                )
+            except RecordError as exc:
+                # Logged once here, then skipped: its offset is acked like any other record.
+                log.warning("skipping poison record: %s", exc)
+                continue
+            session_id = record.session_id
+            stored = table.get(session_id)
+            try:
+                before = None if stored is None else SessionState.model_validate(stored)
+            except ValidationError as exc:
+                log.error(
+                    "%s",
+                    AggregatorError(
+                        f"stored session state is unreadable, record skipped: {exc.errors()[0]['msg']}",
+                        session_id=session_id,
+                        topic=message.topic,
+                        partition=message.partition,
+                        offset=message.offset,
+                    ),
+                )
+                continue
+            after = fold(before, record, datetime.now(UTC), gap_tolerance_s=settings.gap_tolerance_s)
+            # Order and crash semantics (at-least-once):
+            #  1. table write: updates the in-memory store and queues a changelog record
+            #     (partition = this event's partition) in the producer;
+            #  2. state publish: queues the SessionState on the session-state topic;
+            #  3. offset commit: faust acks this event when the agent asks for the next one and
+            #     commits acked offsets every broker_commit_interval, flushing the producer first,
+            #     so 1 and 2 are on the broker before the offset is.
+            # A crash before 3 redelivers the record: the table is recovered from its changelog
+            # (with or without step 1; 1 and 2 may reach the broker independently), the
+            # idempotent fold yields the same state (only updated_at/ended_at may differ) and
+            # step 2 re-publishes it. That is why the state is published after every record,
+            # changed or not: a replay can never leave the compacted topic behind the table.
+            if after is not before:
+                table[session_id] = after.model_dump(mode="json")
+            await state_topic.send(key=session_id.encode(), value=after.to_bytes())
+            if after is not before:
+                log.info(
+                    "session %s: %s, %d/%s chunks, %d events (%s offset %d)",
+                    session_id,
+                    after.status,
+                    after.chunk_count,
+                    after.chunks_expected if after.chunks_expected is not None else "?",
+                    len(after.events),
+                    message.topic,
+                    message.offset,
+                )
+
+    return app
+
+
+@dataclass(frozen=True)
+class TopicLayout:
+    partitions: int
+    replication_factor: int
+
+
+async def discover_topic_layout(settings: AggregatorSettings) -> TopicLayout:
+    """Partitions and replication of the input topics; waits up to ``startup_timeout_s`` for them.
+
+    Raises ``TopicLayoutError`` when they stay missing or differ in partition count (they must
+    be co-partitioned with each other and with the table's changelog).
+    """
+    topics = Topics(prefix=settings.topic_prefix)
+    wanted = [*input_topic_names(topics), topics.session_state]
+    deadline = time.monotonic() + settings.startup_timeout_s
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        await admin.start()
+        while True:
+            # List before describing: on clusters that auto-create topics, describing a missing
+            # topic would create it with default settings.
+            existing = set(await admin.list_topics())
+            missing = [name for name in wanted if name not in existing]
+            if not missing:
+                break
+            if time.monotonic() >= deadline:
+                raise TopicLayoutError(
+                    "input topics do not exist; create them with `python -m livestream.kafka.admin`",
+                    topic=",".join(missing),
+                    bootstrap=settings.kafka_bootstrap_servers,
+                )
+            await asyncio.sleep(TOPIC_POLL_INTERVAL_S)
+        described = await admin.describe_topics(wanted)
+    except KafkaError as exc:
+        raise TopicLayoutError(
+            f"cannot read topic metadata: {type(exc).__name__}: {exc}",
+            bootstrap=settings.kafka_bootstrap_servers,
+        ) from exc
+    finally:
+        await admin.close()
+    counts = {topic["topic"]: len(topic["partitions"]) for topic in described}
+    if len(set(counts.values())) != 1:
+        raise TopicLayoutError(
+            "input topics are not co-partitioned (different partition counts)",
+            topic=", ".join(f"{name}={n}" for name, n in counts.items()),
+        )
+    replicas = min(len(p["replicas"]) for topic in described for p in topic["partitions"])
+    return TopicLayout(partitions=next(iter(counts.values())), replication_factor=max(1, replicas))

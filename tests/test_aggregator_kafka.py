@@ -1,0 +1,344 @@
+"""The aggregator worker (``python -m aggregator``) against a real broker.
+
+One worker process serves the module (faust starts in ~2 s); the last tests stop it with
+SIGTERM and restart it to check the table is recovered from its changelog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from livestream.kafka.serde import encode_key, encode_value
+from livestream.kafka.testing import create_test_topics
+from schemas.records import (
+    ChunkResult,
+    EndSession,
+    Event,
+    IngestState,
+    SessionLifecycle,
+    SessionState,
+    SessionStatus,
+    Severity,
+    StartSession,
+    chunk_id_for,
+    describe_event,
+    event_id_for,
+    format_mmss,
+)
+from schemas.topics import Topics
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STATE_TIMEOUT_S = 45.0
+CHUNK_S = 4.0
+
+
+# --------------------------------------------------------------------------- worker process
+
+
+class AggregatorProcess:
+    """``python -m aggregator`` as a subprocess, logging to a file the tests can read."""
+
+    def __init__(self, bootstrap: str, topics: Topics, log_path: Path) -> None:
+        self.log_path = log_path
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "LIVESTREAM_TOPIC_PREFIX": topics.prefix,
+            "LIVESTREAM_AGGREGATOR_LOG_LEVEL": "info",
+        }
+        self._log_file = log_path.open("ab")
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aggregator"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+async def agg_topics(kafka_bootstrap: str) -> Topics:
+    """Topics of their own, so no other test's worker joins this consumer group."""
+    return await create_test_topics(kafka_bootstrap)
+
+
+@pytest.fixture(scope="module")
+def aggregator(
+    kafka_bootstrap: str, agg_topics: Topics, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AggregatorProcess]:
+    log_path = tmp_path_factory.mktemp("aggregator") / "worker.log"
+    worker = AggregatorProcess(kafka_bootstrap, agg_topics, log_path)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="module")
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+# --------------------------------------------------------------------------- records
+
+
+def start_cmd(session_id: str) -> StartSession:
+    return StartSession(
+        session_id=session_id,
+        stream_id=f"stream-{session_id}",
+        name=f"camera {session_id}",
+        source_url="https://example.test/live.m3u8",
+        rapid_review_query="detect a cat",
+        created_by="tester",
+    )
+
+
+def lifecycle(session_id: str, state: IngestState, chunks_published: int = 0) -> SessionLifecycle:
+    return SessionLifecycle(
+        session_id=session_id,
+        stream_id=f"stream-{session_id}",
+        state=state,
+        chunks_published=chunks_published,
+    )
+
+
+def cat_event(session_id: str, chunk_index: int, start: float, end: float, confidence: float) -> Event:
+    return Event(
+        event_id=event_id_for(session_id, chunk_index, "cat", start),
+        session_id=session_id,
+        stream_id=f"stream-{session_id}",
+        type="detection",
+        label="cat",
+        description=describe_event("cat", start, end, confidence),
+        severity=Severity.HIGH,
+        confidence=confidence,
+        stream_time=start,
+        start_time=start,
+        end_time=end,
+        capture_time=datetime.now(UTC),
+        chunk_index=chunk_index,
+        chunk_relative_time=start - chunk_index * CHUNK_S,
+        hls_cumulative_offset=0.0,
+        t_start=format_mmss(start),
+        t_end=format_mmss(end),
+        analysis_id=f"a-{chunk_index}",
+        chunk_id=chunk_id_for(session_id, chunk_index),
+        query="detect a cat",
+    )
+
+
+def chunk_result(session_id: str, chunk_index: int, events: list[Event]) -> ChunkResult:
+    return ChunkResult(
+        session_id=session_id,
+        stream_id=f"stream-{session_id}",
+        chunk_id=chunk_id_for(session_id, chunk_index),
+        chunk_index=chunk_index,
+        analysis_id=f"a-{chunk_index}",
+        start_time=chunk_index * CHUNK_S,
+        end_time=(chunk_index + 1) * CHUNK_S,
+        frame_count=8,
+        status="ok",
+        model="test-detector",
+        targets=["cat"],
+        events=events,
+        inference_ms=5.0,
+    )
+
+
+async def send(producer: AIOKafkaProducer, topic: str, session_id: str, value: bytes) -> None:
+    await producer.send_and_wait(topic, key=encode_key(session_id), value=value)
+
+
+async def states_until(
+    bootstrap: str,
+    topics: Topics,
+    session_id: str,
+    done: Callable[[list[SessionState]], bool],
+    timeout_s: float = STATE_TIMEOUT_S,
+) -> list[SessionState]:
+    """Every state published for ``session_id`` (from the topic's start) once ``done`` holds."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topics.session_state, p) for p in range(topics.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        states: list[SessionState] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                states.extend(
+                    SessionState.model_validate_json(r.value)
+                    for r in records
+                    if r.key == encode_key(session_id) and r.value is not None
+                )
+            if states and done(states):
+                return states
+        raise AssertionError(
+            f"no satisfying state for {session_id} within {timeout_s}s; last: "
+            f"{states[-1].status if states else None}"
+        )
+    finally:
+        await consumer.stop()
+
+
+def finished(states: list[SessionState]) -> bool:
+    return states[-1].status.terminal
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_session_folds_to_finished_with_merged_events(
+    kafka_bootstrap: str, agg_topics: Topics, aggregator: AggregatorProcess, producer: AIOKafkaProducer
+) -> None:
+    sid = "sess-full"
+    await send(producer, agg_topics.session_commands, sid, encode_value(start_cmd(sid)))
+    # Topics are consumed in no fixed order relative to each other; like ingest, which only
+    # reports on a session it was told to start, wait for the start to be folded in.
+    await states_until(kafka_bootstrap, agg_topics, sid, lambda s: True)
+    print(
+        f"aggregator: first state {time.monotonic() - aggregator.started_at:.1f}s after spawning the worker"
+    )
+
+    await send(producer, agg_topics.session_lifecycle, sid, encode_value(lifecycle(sid, IngestState.ACTIVE)))
+    # Chunk 2 before chunk 0, a redelivery, and ingest's final total before the last result:
+    # the session must not be FINISHED before chunk 1's result is in.
+    first = chunk_result(sid, 0, [cat_event(sid, 0, 2.0, 4.0, 0.7)])
+    for result in (chunk_result(sid, 2, []), first, first):
+        await send(producer, agg_topics.chunk_results, sid, encode_value(result))
+    await send(
+        producer, agg_topics.session_lifecycle, sid, encode_value(lifecycle(sid, IngestState.ENDED, 3))
+    )
+    last = chunk_result(sid, 1, [cat_event(sid, 1, 4.0, 6.5, 0.93)])
+    await send(producer, agg_topics.chunk_results, sid, encode_value(last))
+
+    states = await states_until(kafka_bootstrap, agg_topics, sid, finished)
+    final = states[-1]
+    assert final.status is SessionStatus.FINISHED
+    assert final.name == f"camera {sid}"
+    assert final.chunk_count == 3 and final.chunks_expected == 3
+    assert [c.chunk_index for c in final.chunks] == [0, 1, 2]
+    assert final.ended_at is not None
+    [cat] = final.events
+    assert (cat.start_time, cat.end_time, cat.confidence) == (2.0, 6.5, 0.93)
+    assert cat.event_id == event_id_for(sid, 0, "cat", 2.0)
+    assert cat.description == "cat visible from 00:02 to 00:06 (max confidence 0.93)"
+    # One state per input record (the redelivery re-publishes an unchanged one); only the
+    # last is terminal.
+    assert len(states) == 7
+    assert not any(s.status.terminal for s in states[:-1])
+
+
+async def test_poison_records_are_skipped(
+    kafka_bootstrap: str, agg_topics: Topics, aggregator: AggregatorProcess, producer: AIOKafkaProducer
+) -> None:
+    sid = "sess-poison"
+    # Same key as the session, so they sit in its partitions ahead of its good records.
+    await send(producer, agg_topics.chunk_results, sid, b"\x00not json")
+    await send(producer, agg_topics.session_commands, sid, b'{"kind": "explode"}')
+    await producer.send_and_wait(agg_topics.session_lifecycle, key=encode_key(sid), value=None)
+    await send(producer, agg_topics.session_commands, "another-key", encode_value(start_cmd(sid)))
+    await send(producer, agg_topics.session_commands, sid, encode_value(start_cmd(sid)))
+    end = EndSession(session_id=sid, stream_id=f"stream-{sid}")
+    await send(producer, agg_topics.session_commands, sid, encode_value(end))
+    await states_until(kafka_bootstrap, agg_topics, sid, lambda s: s[-1].status is SessionStatus.ENDING)
+    await send(
+        producer, agg_topics.session_lifecycle, sid, encode_value(lifecycle(sid, IngestState.ENDED, 0))
+    )
+
+    states = await states_until(kafka_bootstrap, agg_topics, sid, finished)
+    assert [s.status for s in states] == [
+        SessionStatus.INITIALIZING,
+        SessionStatus.ENDING,
+        SessionStatus.FINISHED,
+    ]
+    assert states[-1].chunk_count == 0
+
+    poison_lines = [line for line in aggregator.log().splitlines() if "skipping poison record" in line]
+    assert len(poison_lines) == 4, poison_lines
+    assert any(agg_topics.chunk_results in line and "offset=" in line for line in poison_lines)
+    assert any("record key is not its session_id" in line for line in poison_lines)
+    assert aggregator.process.poll() is None
+
+
+async def test_sigterm_exits_cleanly_and_restart_recovers_table(
+    kafka_bootstrap: str,
+    agg_topics: Topics,
+    aggregator: AggregatorProcess,
+    producer: AIOKafkaProducer,
+    tmp_path: Path,
+) -> None:
+    sid = "sess-full"
+    await states_until(kafka_bootstrap, agg_topics, sid, finished)
+    stop_started = time.monotonic()
+    assert aggregator.stop() == 0
+    print(f"aggregator: stopped in {time.monotonic() - stop_started:.1f}s")
+    assert "Traceback" not in aggregator.log()
+
+    restarted = AggregatorProcess(kafka_bootstrap, agg_topics, tmp_path / "restarted.log")
+    try:
+        # A late result for the finished session: folded into the recovered state it keeps
+        # the session's name and status; an empty table would make it a nameless placeholder.
+        await send(producer, agg_topics.chunk_results, sid, encode_value(chunk_result(sid, 3, [])))
+        states = await states_until(
+            kafka_bootstrap, agg_topics, sid, lambda s: any(c.chunk_index == 3 for c in s[-1].chunks)
+        )
+        print(f"aggregator: restart answered {time.monotonic() - restarted.started_at:.1f}s after start")
+        late = states[-1]
+        assert late.status is SessionStatus.FINISHED
+        assert late.name == f"camera {sid}"
+        assert late.chunk_count == 4
+        assert len(late.events) == 1
+    finally:
+        assert restarted.stop() == 0
+
+
+async def test_worker_refuses_missing_topics(kafka_bootstrap: str, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "LIVESTREAM_TOPIC_PREFIX": "no-such-prefix-for-aggregator",
+        "LIVESTREAM_AGGREGATOR_STARTUP_TIMEOUT_S": "1",
+    }
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "aggregator"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "input topics do not exist" in result.stderr
