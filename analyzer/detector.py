@@ -1,0 +1,186 @@
+"""COCO object detector: SSD-MobileNetV2 (ONNX) run by onnxruntime.
+
+Frames are resized to the graph's 300x300 input before the call: the graph would do the
+same internally, and a fixed size lets frames of any resolution share one batch. Boxes come
+back normalised to [0, 1], so they are valid on the original frame as they are.
+
+``ObjectDetector.detect`` is safe to call from several threads at once (onnxruntime
+sessions are), and it is CPU-bound: call it via ``asyncio.to_thread`` from async code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from analyzer.errors import DetectorError, ModelNotFoundError
+from analyzer.models import INPUT_NAME, MODEL_INPUT_SIZE, MODEL_NAME, OUTPUT_NAMES, read_sidecar
+from analyzer.models.coco_labels import COCO_LABELS
+
+log = logging.getLogger(__name__)
+
+CPU_PROVIDER = "CPUExecutionProvider"
+# Scores below this are SSD's long tail of background guesses: never worth returning.
+DEFAULT_MIN_SCORE = 0.25
+# Frames per session.run. On CPU batching gains little (bench/bench_detector.py, 2 cores: ~40 frames/s
+# at 1, ~46 at 2-4, no better at 8: the graph's NMS runs per image); raise it for GPU providers.
+DEFAULT_MAX_BATCH = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """One object in one frame. ``box`` is (x0, y0, x1, y1), normalised to [0, 1]."""
+
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+
+
+def default_intra_op_threads() -> int:
+    # All cores by default, capped: beyond ~8 threads SSD-MobileNet gains nothing.
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+class ObjectDetector:
+    """A loaded ONNX detector. Build with :meth:`load`."""
+
+    def __init__(self, session: ort.InferenceSession, model_name: str, max_batch: int = DEFAULT_MAX_BATCH):
+        self._session = session
+        self._model_name = model_name
+        self._max_batch = max(1, max_batch)
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str | Path | None = None,
+        providers: list[str] | None = None,
+        *,
+        intra_op_threads: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> ObjectDetector:
+        """Open the model. ``model_path`` defaults to the configured cache (``LIVESTREAM_MODELS_DIR``).
+
+        ``providers`` are onnxruntime execution providers in order of preference (default CPU).
+        Requested providers this onnxruntime build lacks (e.g. CUDA on the CPU wheel) are
+        skipped with a warning; CPU is always appended as the fallback.
+        """
+        if model_path is None:
+            from analyzer.models import default_model_path
+
+            model_path = default_model_path()
+        path = Path(model_path).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(
+                "ONNX detector not found; build it with `make models` (or `python -m analyzer.models build`)",
+                model_path=str(path),
+            )
+        chosen = _choose_providers(providers)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads or default_intra_op_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # the converted graph triggers harmless shape-merge warnings
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise DetectorError(f"onnxruntime cannot load the model: {exc}", model_path=str(path)) from exc
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = {o.name for o in session.get_outputs()}
+        if inputs != [INPUT_NAME] or not set(OUTPUT_NAMES) <= outputs:
+            raise DetectorError(
+                "the model does not have the SSD detection signature; rebuild it with `make models`",
+                model_path=str(path),
+                inputs=inputs,
+            )
+        sidecar = read_sidecar(path) or {}
+        model_name = str(sidecar.get("name", MODEL_NAME))
+        log.info(
+            "loaded %s from %s (providers %s, %d intra-op threads)",
+            model_name,
+            path,
+            session.get_providers(),
+            options.intra_op_num_threads,
+        )
+        return cls(session, model_name, max_batch=max_batch)
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    def detect(
+        self, images: Sequence[np.ndarray], *, min_score: float = DEFAULT_MIN_SCORE
+    ) -> list[list[Detection]]:
+        """Detect COCO objects in HxWx3 uint8 RGB frames; one list per frame, best score first."""
+        if len(images) == 0:
+            return []
+        batch = np.stack([_prepare(image, index) for index, image in enumerate(images)])
+        results: list[list[Detection]] = []
+        for start in range(0, len(batch), self._max_batch):
+            part = batch[start : start + self._max_batch]
+            try:
+                boxes, scores, classes, counts = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: part})
+            except Exception as exc:  # onnxruntime raises its own untyped errors
+                raise DetectorError(f"inference failed: {exc}", batch_size=len(part)) from exc
+            for frame in range(len(part)):
+                results.append(
+                    _decode(boxes[frame], scores[frame], classes[frame], int(counts[frame]), min_score)
+                )
+        return results
+
+
+def _choose_providers(requested: list[str] | None) -> list[str]:
+    available = ort.get_available_providers()
+    chosen: list[str] = []
+    for provider in requested or [CPU_PROVIDER]:
+        if provider in available:
+            chosen.append(provider)
+        else:
+            log.warning(
+                "execution provider %s is not available here (have %s); skipping", provider, available
+            )
+    if CPU_PROVIDER not in chosen:
+        chosen.append(CPU_PROVIDER)
+    return chosen
+
+
+def _prepare(image: np.ndarray, index: int) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise DetectorError(
+            "frames must be HxWx3 uint8 RGB arrays",
+            frame_index=index,
+            shape=getattr(image, "shape", None),
+            dtype=getattr(image, "dtype", None),
+        )
+    if image.shape[:2] == (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE):
+        return image
+    resized = Image.fromarray(image).resize((MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), Image.BILINEAR)
+    return np.asarray(resized)
+
+
+def _decode(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, count: int, min_score: float
+) -> list[Detection]:
+    detections: list[Detection] = []
+    # The graph sorts by score, so the first below the threshold ends the useful part.
+    for i in range(min(count, len(scores))):
+        score = float(scores[i])
+        if score < min_score:
+            break
+        label = COCO_LABELS.get(int(classes[i]))
+        if label is None:
+            continue
+        y0, x0, y1, x1 = (float(v) for v in np.clip(boxes[i], 0.0, 1.0))
+        detections.append(Detection(label=label, score=score, box=(x0, y0, x1, y1)))
+    return detections
