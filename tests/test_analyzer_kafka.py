@@ -1,0 +1,124 @@
+"""Analyzer service on a real broker with the real ONNX detector and real photos."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from PIL import Image
+from skimage import data as skdata
+
+from analyzer.detector import ObjectDetector
+from analyzer.models import default_model_path
+from analyzer.scoring import ScoringPolicy
+from analyzer.service import AnalyzerService, ChunkAnalyzer
+from analyzer.settings import AnalyzerSettings
+from livestream.kafka.serde import decode_value, encode_key, encode_value
+from livestream.kafka.testing import create_test_topics
+from schemas.records import ChunkRecord, ChunkResult, Event, Frame, chunk_id_for
+from schemas.topics import Topics
+
+pytestmark = [pytest.mark.kafka, pytest.mark.model]
+
+if not default_model_path().exists():
+    pytest.skip("ONNX detector not built: run `make models` (make test does)", allow_module_level=True)
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def chunk(session: str, index: int, images: list[np.ndarray], query: str | None) -> ChunkRecord:
+    start = index * 4.0
+    return ChunkRecord(
+        session_id=session,
+        stream_id="cams",
+        chunk_id=chunk_id_for(session, index),
+        chunk_index=index,
+        start_time=start,
+        end_time=start + 4.0,
+        hls_cumulative_offset=start,
+        capture_time=datetime.now(UTC),
+        media_sequences=[index],
+        rapid_review_query=query,
+        frames=[
+            Frame(stream_time=start + i * 0.5, width=im.shape[1], height=im.shape[0], jpeg=jpeg(im))
+            for i, im in enumerate(images)
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+async def running_analyzer(kafka_bootstrap: str) -> AsyncIterator[Topics]:
+    topics = await create_test_topics(kafka_bootstrap)
+    settings = AnalyzerSettings(
+        kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, group_id=f"{topics.prefix}-an"
+    )
+    detector = ObjectDetector.load(default_model_path())
+    service = AnalyzerService(settings, ChunkAnalyzer(detector, ScoringPolicy()))
+    task = asyncio.create_task(service.run())
+    yield topics
+    service.stop()
+    await asyncio.wait_for(task, 30)
+
+
+async def produce(bootstrap: str, topic: str, records: list[ChunkRecord | bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=2 * 1024 * 1024)
+    await producer.start()
+    try:
+        for record in records:
+            if isinstance(record, bytes):
+                await producer.send_and_wait(topic, record, key=b"poison")
+            else:
+                await producer.send_and_wait(topic, encode_value(record), key=encode_key(record.session_id))
+    finally:
+        await producer.stop()
+
+
+async def collect(bootstrap: str, topic: str, model: type, count: int, within_s: float = 90) -> list:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    found: list = []
+    try:
+        async with asyncio.timeout(within_s):
+            while len(found) < count:
+                for records in (await consumer.getmany(timeout_ms=300)).values():
+                    found.extend(decode_value(model, r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_chunks_become_events_and_results(kafka_bootstrap: str, running_analyzer: Topics) -> None:
+    topics = running_analyzer
+    cat, coffee, gray = skdata.chelsea(), skdata.coffee(), np.full((300, 400, 3), 128, np.uint8)
+    await produce(
+        kafka_bootstrap,
+        topics.chunks,
+        [
+            b"not json",  # a poison record is skipped, not fatal
+            chunk("s-cat", 0, [gray, cat, cat, cat, gray, gray, gray, gray], "is there a cat or a cup?"),
+            chunk("s-cat", 1, [coffee, coffee, gray, gray], "is there a cat or a cup?"),
+            chunk("s-bad", 0, [gray], "detect unicorns"),
+        ],
+    )
+    results = {r.chunk_id: r for r in await collect(kafka_bootstrap, topics.chunk_results, ChunkResult, 3)}
+    first, second = results[chunk_id_for("s-cat", 0)], results[chunk_id_for("s-cat", 1)]
+    assert first.status == "ok" and first.targets == ["cat", "cup"] and first.frame_count == 8
+    [cat_event] = first.events
+    assert (cat_event.label, cat_event.start_time, cat_event.end_time) == ("cat", 0.5, 2.0)
+    assert cat_event.confidence > 0.6 and cat_event.t_start == "00:00" and cat_event.t_end == "00:02"
+    assert [(e.label, e.start_time) for e in second.events] == [("cup", 4.0)]
+    bad = results[chunk_id_for("s-bad", 0)]
+    assert bad.status == "failed" and "detects these COCO objects" in (bad.error or "")
+
+    events = await collect(kafka_bootstrap, topics.events, Event, 2)
+    assert {e.event_id for e in events} == {cat_event.event_id, second.events[0].event_id}
+    assert all(e.session_id == "s-cat" for e in events)
