@@ -1,0 +1,50 @@
+"""Errors of the ingest service; each carries the context an operator needs (url, session_id...)."""
+
+from __future__ import annotations
+
+from livestream.errors import LivestreamError
+
+
+class IngestError(LivestreamError):
+    """Root of the ingest service's errors."""
+
+
+class PlaylistError(IngestError):
+    """A response that is not a usable M3U8 playlist (not M3U8, malformed tag, no variant...)."""
+
+
+class FetchError(IngestError):
+    """An HTTP request that failed after its retries (connection, DNS, timeout or HTTP status).
+
+    ``status`` is the last HTTP status when the server answered, else ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status: int | None = None,
+        attempts: int | None = None,
+        retryable: bool = True,
+    ) -> None:
+        super().__init__(message, url=url, status=status, attempts=attempts)
+        self.url = url
+        self.status = status
+        self.retryable = retryable
+
+
+class DecodeError(IngestError):
+    """A segment whose bytes hold no decodable video."""
+
+
+class SourceStalledError(IngestError):
+    """A live playlist that stopped producing new segments for longer than the stall timeout."""
+
+
+class EncodeBudgetError(IngestError):
+    """A chunk that cannot fit the record size budget even at the smallest JPEG setting."""
+
+
+class StorageError(IngestError):
+    """The local segment store could not be written."""

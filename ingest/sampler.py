@@ -1,0 +1,36 @@
+"""Keeps frames at a fixed rate on a grid of stream time, independent of segment boundaries.
+
+The grid cuts stream time into slots ``[k/fps, (k+1)/fps)``; the first frame that falls in a
+slot is kept and the rest of that slot is dropped. A source slower than ``fps`` keeps every
+frame; a faster one keeps about ``fps`` frames per second, evenly spread.
+"""
+
+from __future__ import annotations
+
+import math
+
+# Frame times are sums of floats (segment starts + pts deltas): absorb their rounding noise.
+_EPSILON = 1e-6
+
+
+class FrameSampler:
+    def __init__(self, fps: float = 2.0) -> None:
+        if fps <= 0:
+            raise ValueError("fps must be positive")
+        self.fps = fps
+        self.last_slot: int | None = None
+
+    def slot_of(self, stream_time: float) -> int:
+        return math.floor(stream_time * self.fps + _EPSILON)
+
+    def accept(self, stream_time: float) -> bool:
+        """Whether to keep the frame at ``stream_time``; call it in stream-time order."""
+        slot = self.slot_of(stream_time)
+        if self.last_slot is not None and slot <= self.last_slot:
+            return False
+        self.last_slot = slot
+        return True
+
+    def select(self, stream_times: list[float]) -> list[int]:
+        """Indices of the frames to keep among ``stream_times`` (in order)."""
+        return [i for i, t in enumerate(stream_times) if self.accept(t)]

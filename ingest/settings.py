@@ -1,0 +1,56 @@
+"""Settings of the ingest service (env prefix ``LIVESTREAM_INGEST_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from livestream.settings import ServiceSettings
+
+
+class IngestSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LIVESTREAM_INGEST_", frozen=True, extra="ignore")
+
+    group_id: str = Field(default="livestream-ingest", description="Consumer group on the command topic.")
+    command_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description="Where a brand-new consumer group starts reading commands.",
+    )
+    command_max_age_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="StartSession commands older than this are skipped (stale replays after a reset).",
+    )
+    storage_dir: Path = Field(
+        default=Path("./var/segments"),
+        description="Fetched segments and each session's playback manifest live under <dir>/<session_id>/.",
+    )
+    sample_fps: float = Field(default=2.0, gt=0, le=60, description="Frames kept per second of stream time.")
+    chunk_seconds: float = Field(default=4.0, gt=0, le=60, description="Stream time covered by one chunk.")
+    max_frame_width: int = Field(default=640, ge=64, description="Frames wider than this are downscaled.")
+    jpeg_quality: int = Field(default=85, ge=20, le=95, description="First JPEG quality tried per chunk.")
+    max_variant_bandwidth: int | None = Field(
+        default=None,
+        description="Master playlists: pick the highest BANDWIDTH not above this (None: the highest).",
+    )
+    live_edge_segments: int = Field(
+        default=2, ge=1, description="A live playlist is joined this many segments from its end."
+    )
+    stall_target_durations: float = Field(
+        default=6.0,
+        gt=0,
+        description="A session fails when no new segment arrives for this many target durations.",
+    )
+    max_consecutive_bad_segments: int = Field(
+        default=3, ge=1, description="Segments in a row that cannot be fetched or decoded before failing."
+    )
+    http_connect_timeout: float = Field(default=5.0, gt=0)
+    http_read_timeout: float = Field(default=10.0, gt=0)
+    http_retries: int = Field(default=3, ge=0, description="Retries after the first attempt of a request.")
+    http_backoff_seconds: float = Field(
+        default=0.5, ge=0, description="First retry delay; doubles on each further retry."
+    )
+    shutdown_timeout_seconds: float = Field(default=20.0, gt=0)

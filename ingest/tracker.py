@@ -1,0 +1,157 @@
+"""Follows successive refreshes of a live media playlist and yields each new segment once.
+
+Stream time starts at 0 at the first segment the session ingests; each segment starts where
+the previous one ended (by EXTINF). Segments that slid out of the live window before we saw
+them are a *gap*: they are counted and shift stream time by their (estimated) duration, so
+stream time keeps tracking the source's media timeline.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from ingest.playlist import MediaPlaylist, Segment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrackedSegment:
+    """A segment to ingest, placed on the session's stream timeline.
+
+    ``missed_before``/``missed_duration_before`` describe a gap just before this segment;
+    ``discontinuity`` is set when the source says so or when its media sequence was reset.
+    """
+
+    segment: Segment
+    ordinal: int  # 0, 1, 2... over the session, whatever the source's media sequence does
+    stream_start: float
+    discontinuity: bool = False
+    missed_before: int = 0
+    missed_duration_before: float = 0.0
+
+    @property
+    def stream_end(self) -> float:
+        return self.stream_start + self.segment.duration
+
+    @property
+    def media_sequence(self) -> int:
+        return self.segment.media_sequence
+
+
+@dataclass(frozen=True)
+class TrackerUpdate:
+    new_segments: list[TrackedSegment] = field(default_factory=list)
+    missed: int = 0
+    reset: bool = False
+    ended: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.new_segments) or self.missed > 0 or self.reset or self.ended
+
+
+class PlaylistTracker:
+    """Feed it every refresh of one media playlist (``update``); it returns what is new.
+
+    Joining: a live playlist is joined ``live_edge_segments`` from its end; an ended or VOD
+    playlist is read from its first segment. A media sequence that goes backwards (the
+    playlist's last segment is older than the last one we yielded) is a source restart: we
+    rejoin the new playlist at its live edge and mark a discontinuity; stream time goes on.
+    """
+
+    def __init__(self, live_edge_segments: int = 2) -> None:
+        if live_edge_segments < 1:
+            raise ValueError("live_edge_segments must be >= 1")
+        self.live_edge_segments = live_edge_segments
+        self.last_media_sequence: int | None = None
+        self.stream_time = 0.0  # end of the last yielded segment (incl. missed durations)
+        self.yielded = 0
+        self.missed_total = 0
+        self.resets = 0
+        self._last_end_date: datetime | None = None  # PROGRAM-DATE-TIME at the end of the last segment
+
+    @property
+    def started(self) -> bool:
+        return self.last_media_sequence is not None
+
+    def update(self, playlist: MediaPlaylist) -> TrackerUpdate:
+        segments = playlist.segments
+        if not segments:
+            return TrackerUpdate(ended=playlist.ended)
+        if self.last_media_sequence is None:
+            start = 0 if playlist.is_vod else max(0, len(segments) - self.live_edge_segments)
+            return self._emit(segments[start:], playlist, missed=0, reset=False)
+
+        last_in_playlist = segments[-1].media_sequence
+        if last_in_playlist < self.last_media_sequence:
+            self.resets += 1
+            log.warning(
+                "media sequence reset (%d -> %d) at %s; rejoining at the live edge",
+                self.last_media_sequence,
+                last_in_playlist,
+                playlist.url,
+            )
+            start = 0 if playlist.is_vod else max(0, len(segments) - self.live_edge_segments)
+            return self._emit(segments[start:], playlist, missed=0, reset=True)
+
+        wanted = self.last_media_sequence + 1
+        new = [s for s in segments if s.media_sequence >= wanted]
+        missed = max(0, segments[0].media_sequence - wanted)
+        return self._emit(new, playlist, missed=missed, reset=False)
+
+    def _emit(
+        self,
+        segments: tuple[Segment, ...] | list[Segment],
+        playlist: MediaPlaylist,
+        *,
+        missed: int,
+        reset: bool,
+    ) -> TrackerUpdate:
+        tracked: list[TrackedSegment] = []
+        for position, segment in enumerate(segments):
+            first = position == 0
+            missed_duration = 0.0
+            if first and missed:
+                missed_duration = self._missed_duration(missed, segment, playlist)
+                self.missed_total += missed
+                log.warning(
+                    "missed %d segment(s) before media sequence %d at %s (~%.1fs of stream)",
+                    missed,
+                    segment.media_sequence,
+                    playlist.url,
+                    missed_duration,
+                )
+                self.stream_time += missed_duration
+            item = TrackedSegment(
+                segment=segment,
+                ordinal=self.yielded,
+                stream_start=self.stream_time,
+                discontinuity=segment.discontinuity or (first and (reset or missed > 0)),
+                missed_before=missed if first else 0,
+                missed_duration_before=missed_duration,
+            )
+            tracked.append(item)
+            self.stream_time = item.stream_end
+            self.yielded += 1
+            self.last_media_sequence = segment.media_sequence
+            date = segment.program_date_time
+            self._last_end_date = date + timedelta(seconds=segment.duration) if date else None
+        return TrackerUpdate(new_segments=tracked, missed=missed, reset=reset, ended=playlist.ended)
+
+    def _missed_duration(self, missed: int, segment: Segment, playlist: MediaPlaylist) -> float:
+        """Duration of segments we never saw: from PROGRAM-DATE-TIME when both sides have one,
+        else ``target_duration`` each (the spec's upper bound of a segment's duration)."""
+        estimate = missed * playlist.target_duration
+        if self._last_end_date is not None and segment.program_date_time is not None:
+            by_date = (segment.program_date_time - self._last_end_date).total_seconds()
+            if 0 < by_date <= estimate * 2:  # sanity: clocks of a restarted encoder can jump
+                return by_date
+        return estimate
+
+
+def refresh_interval(playlist: MediaPlaylist, changed: bool) -> float:
+    """RFC 8216 6.3.4: reload after the target duration, or half of it when nothing changed."""
+    return playlist.target_duration if changed else playlist.target_duration / 2
