@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -91,17 +92,28 @@ def iter_sse(response: httpx.Response) -> Iterator[tuple[str, str]]:
             data.append(line[5:].lstrip())
 
 
-def follow_session(client: httpx.Client, stream_id: str, session_id: str) -> None:
-    """Print each event of the session's SSE feed until the feed ends with a terminal status."""
+def follow_session(
+    client: httpx.Client, stream_id: str, session_id: str, source_origin: datetime | None = None
+) -> None:
+    """Print each event of the session's SSE feed until the feed ends with a terminal status.
+
+    ``source_origin`` (the test source's wall-clock time of its second 0) adds the event's
+    time on the script's timeline: stream time counts from where the session joined the live
+    stream, which is a segment or two after the source began.
+    """
     url = f"/api/live/live-sessions/{stream_id}/{session_id}/events/stream"
     with client.stream("GET", url, timeout=httpx.Timeout(10, read=None)) as response:
         response.raise_for_status()
         for kind, data in iter_sse(response):
             if kind == "detection":
                 event = json.loads(data)
+                script_time = ""
+                if source_origin is not None:
+                    captured = datetime.fromisoformat(event["capture_time"])
+                    script_time = f"  (script time {(captured - source_origin).total_seconds():5.1f}s)"
                 print(
                     f"  event  {event['t_start']}-{event['t_end']}  stream_time={event['stream_time']:7.2f}s"
-                    f"  {event['label']:<12} confidence={event['confidence']:.2f}",
+                    f"  {event['label']:<10} confidence={event['confidence']:.2f}{script_time}",
                     flush=True,
                 )
             elif kind == "end":
@@ -111,13 +123,13 @@ def follow_session(client: httpx.Client, stream_id: str, session_id: str) -> Non
 def cmd_demo(args: argparse.Namespace) -> int:
     api_key = os.environ.get("LIVESTREAM_API_KEYS", "").split(",")[0] or secrets.token_urlsafe(16)
     with contextlib.ExitStack() as stack_of_things:
-        url = args.url
+        url, origin = args.url, None
         if not url:
             from livestream.testsource import LiveHlsSource, default_script
 
             script = default_script()
             source = stack_of_things.enter_context(LiveHlsSource(script))
-            url = source.url
+            url, origin = source.url, source.started_at
             print(f"live test source at {url}; scripted ground truth:")
             for label, start, end in script.truth():
                 print(f"  {label:<10} {start:6.1f}s - {end:6.1f}s")
@@ -134,11 +146,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"session {session_id} on {url}\nquery: {args.query!r}", flush=True)
             t0 = time.monotonic()
             try:
-                follow_session(client, stream_id, session_id)
+                follow_session(client, stream_id, session_id, origin)
             except KeyboardInterrupt:
                 print("ending the session (waiting for in-flight chunks)...", flush=True)
                 client.post("/api/live/end-session", data={"stream_id": stream_id, "session_id": session_id})
-                follow_session(client, stream_id, session_id)
+                follow_session(client, stream_id, session_id, origin)
             final = client.get(f"/api/live/live-sessions/{stream_id}/{session_id}").json()
         print(
             f"session {final['status']}"

@@ -12,6 +12,7 @@ import secrets
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,22 @@ class TopicRecorder:
 
 
 def overlaps(event: dict, start: float, end: float, slack: float) -> bool:
-    return event["start_time"] < end + slack and event["end_time"] > start - slack
+    return event["source_start"] < end + slack and event["source_end"] > start - slack
+
+
+def with_source_times(events: list[dict], source_started_at: datetime) -> list[dict]:
+    """Place events on the script's timeline through their capture time.
+
+    Ingest joins a live stream at its live edge, so stream time 0 is wherever the session
+    joined; the source's PROGRAM-DATE-TIME tags let capture_time map back to script time.
+    """
+    placed = []
+    for event in events:
+        start = (datetime.fromisoformat(event["capture_time"]) - source_started_at).total_seconds()
+        placed.append(
+            event | {"source_start": start, "source_end": start + event["end_time"] - event["start_time"]}
+        )
+    return placed
 
 
 def test_scripted_stream_yields_events_at_the_right_times(
@@ -131,7 +147,11 @@ def test_scripted_stream_yields_events_at_the_right_times(
     assert seen, "no events reached the SDK"
     assert {e["event_id"] for e in seen} >= {e["event_id"] for e in final["events"]}
 
-    events = final["events"]
+    assert source.started_at is not None
+    events = with_source_times(final["events"], source.started_at)
+    # One join offset for the whole session, at most the live-edge window of the source.
+    offsets = {round(e["source_start"] - e["start_time"], 1) for e in events}
+    assert len(offsets) == 1 and 0 <= offsets.pop() <= 3 * source.segment_seconds, offsets
     truth = script.truth()
     for label, start, end in truth:
         if label in {"person", "cat", "cup"}:
