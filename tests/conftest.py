@@ -17,7 +17,7 @@ def kafka_bootstrap() -> Iterator[str]:
         yield bootstrap
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def topics(kafka_bootstrap: str) -> Topics:
-    """The system's topics under a prefix unique to this test session, 3 partitions each."""
+    """The system's topics under a prefix unique to this test, 3 partitions each (no cross-talk)."""
     return await create_test_topics(kafka_bootstrap)
