@@ -4,7 +4,7 @@ Routes (all ``/api`` routes need an API key, see ``api.auth``):
 
 * ``POST /api/live/start-session`` (form: source_url, name, rapid_review_query?, stream_id?)
 * ``POST /api/live/end-session`` (form: stream_id, session_id)
-* ``GET  /api/live/live-sessions[?scope=personal|org|all]``
+* ``GET  /api/live/live-sessions[?scope=personal|org|all]`` (default personal, as the SDK documents)
 * ``GET  /api/live/live-sessions/{stream_id}/{session_id}``
 * ``GET  /api/live/live-sessions/{stream_id}/{session_id}/events/stream`` (Server-Sent Events)
 * ``GET  /healthz`` (no key): 200 once Kafka clients run and the session view caught up
@@ -28,6 +28,8 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
+from analyzer.errors import QueryError
+from analyzer.query import parse_query
 from api.auth import API_KEY_QUERY_PARAM, ApiKeyAuthenticator
 from api.errors import AuthenticationFailed, CommandPublishError, ServiceNotReady, SessionNotFound
 from api.feeds import SessionFeedHub, session_feed
@@ -91,6 +93,9 @@ live = APIRouter(prefix="/api/live", tags=["live"], dependencies=[Depends(authen
 async def start_session(
     request: Request, form: Annotated[StartSessionForm, Form()], caller: Caller
 ) -> StartSessionResponse:
+    # Refuse, before anything is started, a query that names nothing the detector can find:
+    # otherwise every chunk of the session would fail.
+    parse_query(form.rapid_review_query)
     runtime = kafka_runtime(request, need_view=False)
     command = StartSession(
         session_id=uuid.uuid4().hex,
@@ -135,7 +140,8 @@ async def list_sessions(
     request: Request, caller: Caller, scope: SessionScope | None = None
 ) -> SessionListResponse:
     runtime = kafka_runtime(request)
-    created_by = caller if scope is SessionScope.PERSONAL else None
+    # The SDK documents no scope as "personal": only the caller's own sessions.
+    created_by = None if scope in (SessionScope.ORG, SessionScope.ALL) else caller
     return SessionListResponse(sessions=runtime.view.sessions(created_by=created_by))
 
 
@@ -207,6 +213,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         logger.warning("answering 503: %s", exc)
         return _error_response(503, exc, {"Retry-After": "1"})
 
+    async def on_bad_query(_request: Request, exc: Exception) -> JSONResponse:
+        return _error_response(422, exc)
+
+    app.add_exception_handler(QueryError, on_bad_query)
     app.add_exception_handler(AuthenticationFailed, on_auth_failed)
     app.add_exception_handler(SessionNotFound, on_not_found)
     app.add_exception_handler(ServiceNotReady, on_unavailable)

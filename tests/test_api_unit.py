@@ -364,3 +364,13 @@ def test_index_page_is_served_without_a_key(client: TestClient) -> None:
     assert response.status_code == 200
     assert "EventSource" in response.text
     assert "api_key" in response.text
+
+
+def test_start_session_refuses_a_query_naming_nothing_detectable(client: TestClient) -> None:
+    response = client.post(
+        "/api/live/start-session",
+        headers={"X-API-Key": KEY},
+        data={"source_url": "http://cam.local/live.m3u8", "name": "n", "rapid_review_query": "unicorns"},
+    )
+    assert response.status_code == 422
+    assert "detects these COCO objects" in response.json()["detail"]
