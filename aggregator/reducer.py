@@ -25,6 +25,7 @@ from schemas.records import (
     SessionState,
     SessionStatus,
     StartSession,
+    initial_state,
 )
 
 InputRecord = StartSession | EndSession | SessionLifecycle | ChunkResult
@@ -40,7 +41,7 @@ def fold(
     """Return the state after ``record``; ``state`` itself when the record changes nothing."""
     if state is None:
         if isinstance(record, StartSession):
-            return _started(record, now)
+            return initial_state(record, now)
         state = _placeholder(record, now)
         before = None
     else:
@@ -65,20 +66,6 @@ def fold(
 def is_placeholder(state: SessionState) -> bool:
     """True until the session's StartSession has been folded in (it always names a source)."""
     return not state.source_url
-
-
-def _started(start: StartSession, now: datetime) -> SessionState:
-    return SessionState(
-        stream_id=start.stream_id,
-        session_id=start.session_id,
-        name=start.name,
-        source_url=start.source_url,
-        rapid_review_query=start.rapid_review_query,
-        status=SessionStatus.INITIALIZING,
-        created_by=start.created_by,
-        created_at=start.requested_at,
-        updated_at=now,
-    )
 
 
 def _placeholder(record: InputRecord, now: datetime) -> SessionState:

@@ -34,6 +34,8 @@ from api.auth import API_KEY_QUERY_PARAM, ApiKeyAuthenticator
 from api.errors import AuthenticationFailed, CommandPublishError, ServiceNotReady, SessionNotFound
 from api.feeds import SessionFeedHub, session_feed
 from api.kafka_io import KafkaRuntime
+from api.settings import ApiSettings
+from api.views import ENDED_STATUSES, SessionView
 from schemas.api import (
     EndSessionForm,
     EndSessionResponse,
@@ -43,8 +45,6 @@ from schemas.api import (
     StartSessionForm,
     StartSessionResponse,
 )
-from api.settings import ApiSettings
-from api.views import ENDED_STATUSES, SessionView
 from schemas.records import EndSession, SessionState, SessionStatus, StartSession
 
 logger = logging.getLogger(__name__)

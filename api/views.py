@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from schemas.records import EndSession, SessionState, SessionStatus, StartSession
+from schemas.records import EndSession, SessionState, SessionStatus, StartSession, initial_state
 
 ENDED_STATUSES = frozenset({SessionStatus.ENDING, SessionStatus.FINISHED, SessionStatus.FAILED})
 
@@ -26,17 +26,7 @@ def _aware(moment: datetime) -> datetime:
 
 def pending_state(command: StartSession) -> SessionState:
     """The INITIALIZING state the aggregator will publish for ``command``, served until it does."""
-    return SessionState(
-        stream_id=command.stream_id,
-        session_id=command.session_id,
-        name=command.name,
-        source_url=command.source_url,
-        rapid_review_query=command.rapid_review_query,
-        status=SessionStatus.INITIALIZING,
-        created_by=command.created_by,
-        created_at=command.requested_at,
-        updated_at=command.requested_at,
-    )
+    return initial_state(command, command.requested_at)
 
 
 class SessionView:

@@ -254,6 +254,21 @@ class SessionState(Record):
     manifest_path: str | None = None
 
 
+def initial_state(start: StartSession, updated_at: datetime) -> SessionState:
+    """The INITIALIZING state of a just-started session (aggregator's fold, API's overlay)."""
+    return SessionState(
+        stream_id=start.stream_id,
+        session_id=start.session_id,
+        name=start.name,
+        source_url=start.source_url,
+        rapid_review_query=start.rapid_review_query,
+        status=SessionStatus.INITIALIZING,
+        created_by=start.created_by,
+        created_at=start.requested_at,
+        updated_at=updated_at,
+    )
+
+
 TOPIC_RECORDS: dict[str, type[BaseModel] | TypeAdapter] = {
     "session-commands": SESSION_COMMAND_ADAPTER,
     "session-lifecycle": SessionLifecycle,
