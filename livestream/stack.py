@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from livestream.errors import LivestreamError
+from livestream.processes import die_with_parent
 
 log = logging.getLogger("livestream.stack")
 
@@ -68,7 +69,14 @@ class Stack:
         for service in SERVICES:
             log_file = self.log_path(service).open("ab")
             self.processes[service] = subprocess.Popen(
-                [sys.executable, "-m", service], env=env, stdout=log_file, stderr=subprocess.STDOUT
+                [sys.executable, "-m", service],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                # Own process group: a terminal Ctrl-C reaches only the CLI, which ends the
+                # session and then stops the services in order; they still die with it.
+                start_new_session=True,
+                preexec_fn=die_with_parent,
             )
             log_file.close()
         self.wait_ready(ready_timeout)

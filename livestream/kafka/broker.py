@@ -20,7 +20,6 @@ import atexit
 import base64
 import concurrent.futures
 import contextlib
-import ctypes
 import fcntl
 import logging
 import re
@@ -41,6 +40,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from livestream.errors import KafkaSetupError
+from livestream.processes import die_with_parent
 from livestream.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -327,13 +327,6 @@ def _give_storage_fresh_ids(meta_properties: Path) -> None:
     meta_properties.write_text("\n".join(lines) + "\n")
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the process that started us dies (Linux only)."""
-    with contextlib.suppress(Exception):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
 def _run_coroutine_blocking(coroutine_factory: Callable[[], Coroutine[Any, Any, object]]) -> None:
     """Run an async check from sync code, even when the calling thread already runs an event loop."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
@@ -458,7 +451,7 @@ class LocalKafkaBroker:
                 cwd=self.work_dir,
                 # Own process group: a Ctrl-C in the terminal reaches us, and we stop the broker cleanly.
                 start_new_session=True,
-                preexec_fn=_die_with_parent if self._kill_with_parent else None,
+                preexec_fn=die_with_parent if self._kill_with_parent else None,
             )
 
     def _failure(self, message: str) -> KafkaSetupError:
