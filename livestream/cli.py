@@ -93,20 +93,29 @@ def iter_sse(response: httpx.Response) -> Iterator[tuple[str, str]]:
 
 
 def follow_session(
-    client: httpx.Client, stream_id: str, session_id: str, source_origin: datetime | None = None
+    client: httpx.Client,
+    stream_id: str,
+    session_id: str,
+    source_origin: datetime | None = None,
+    printed: set[str] | None = None,
 ) -> None:
     """Print each event of the session's SSE feed until the feed ends with a terminal status.
 
     ``source_origin`` (the test source's wall-clock time of its second 0) adds the event's
     time on the script's timeline: stream time counts from where the session joined the live
-    stream, which is a segment or two after the source began.
+    stream, which is a segment or two after the source began. ``printed`` holds the event
+    ids already shown, so following again (after Ctrl-C) shows only new events.
     """
+    printed = set() if printed is None else printed
     url = f"/api/live/live-sessions/{stream_id}/{session_id}/events/stream"
     with client.stream("GET", url, timeout=httpx.Timeout(10, read=None)) as response:
         response.raise_for_status()
         for kind, data in iter_sse(response):
             if kind == "detection":
                 event = json.loads(data)
+                if event["event_id"] in printed:
+                    continue
+                printed.add(event["event_id"])
                 script_time = ""
                 if source_origin is not None:
                     captured = datetime.fromisoformat(event["capture_time"])
@@ -144,13 +153,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             session = started.json()
             stream_id, session_id = session["stream_id"], session["session_id"]
             print(f"session {session_id} on {url}\nquery: {args.query!r}", flush=True)
-            t0 = time.monotonic()
+            t0, printed = time.monotonic(), set[str]()
             try:
-                follow_session(client, stream_id, session_id, origin)
+                follow_session(client, stream_id, session_id, origin, printed)
             except KeyboardInterrupt:
                 print("ending the session (waiting for in-flight chunks)...", flush=True)
                 client.post("/api/live/end-session", data={"stream_id": stream_id, "session_id": session_id})
-                follow_session(client, stream_id, session_id, origin)
+                follow_session(client, stream_id, session_id, origin, printed)
             final = client.get(f"/api/live/live-sessions/{stream_id}/{session_id}").json()
         print(
             f"session {final['status']}"
