@@ -4,7 +4,9 @@ One agent consumes the three input topics through one topic object, so the recor
 session (same key, same partition number in every co-partitioned topic) are folded serially.
 The state lives in a faust table keyed by session_id whose changelog has the inputs'
 partition count; every folded record re-publishes the session's state on the compacted
-session-state topic, which is what the API reads.
+session-state topic, which is what the API reads. Delivery is at-least-once (see the agent);
+shortly after each rebalance the inputs are re-read from their committed offsets once, to
+work around a faust recovery race (see ``_reseek_after_rebalances``).
 """
 
 from __future__ import annotations
@@ -190,7 +192,33 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                     message.offset,
                 )
 
+    if settings.rebalance_reseek_delay_s > 0:
+        _reseek_after_rebalances(app, settings.rebalance_reseek_delay_s)
     return app
+
+
+def _reseek_after_rebalances(app: faust.App, delay_s: float) -> None:
+    """Shortly after each rebalance, seek the inputs back to their committed offsets once.
+
+    Works around a race in faust 0.15's recovery (cf. faust-streaming issue #596): a record
+    that arrives while the worker finishes restoring its table can be fetched and then dropped
+    before the stream is live. It is never acked, so its offset is not committed, but the
+    consumer's position is past it: the record would wait for the next restart, and its
+    session would never finish. Re-seeking fetches it again; records already folded since
+    the last commit come again too, which the idempotent fold turns into re-publishing the
+    same states.
+    """
+
+    async def reseek_later() -> None:
+        await asyncio.sleep(delay_s)
+        if app.rebalancing or app.should_stop:
+            return  # another rebalance is under way and will schedule its own re-seek
+        await app.consumer.perform_seek()
+        log.info("re-seeked input partitions to their committed offsets after rebalance")
+
+    @app.on_rebalance_complete.connect
+    async def schedule_reseek(sender: faust.App, **kwargs: Any) -> None:
+        app.add_future(reseek_later())
 
 
 @dataclass(frozen=True)

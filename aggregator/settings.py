@@ -50,6 +50,11 @@ class AggregatorSettings(ServiceSettings):
     broker_commit_interval_s: float = Field(
         default=1.0, gt=0, description="Offset commits; a crash replays at most this much (idempotently)."
     )
+    rebalance_reseek_delay_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Delay of the re-seek to committed offsets after each rebalance (0: never); see app.",
+    )
     startup_timeout_s: float = Field(default=30.0, gt=0, description="How long to wait for input topics.")
 
     @field_validator("log_level", mode="before")
