@@ -29,6 +29,9 @@ def pending_state(command: StartSession) -> SessionState:
     return initial_state(command, command.requested_at)
 
 
+IDENTITY_FIELDS = ("name", "source_url", "rapid_review_query", "created_by", "created_at")
+
+
 class SessionView:
     """Latest ``SessionState`` per session, with the API's read-your-writes overlay."""
 
@@ -51,7 +54,10 @@ class SessionView:
         if held is not None and _aware(state.updated_at) < _aware(held.updated_at):
             return False
         self._published[state.session_id] = state
-        self._pending_starts.pop(state.session_id, None)
+        if state.source_url:
+            # A placeholder (the aggregator saw the session's other records before its
+            # StartSession) has no identity yet: keep the pending start to fill it in.
+            self._pending_starts.pop(state.session_id, None)
         if state.status in ENDED_STATUSES:
             self._end_requests.pop(state.session_id, None)
         return True
@@ -82,7 +88,11 @@ class SessionView:
     # ------------------------------------------------------------------ reads
 
     def get(self, session_id: str) -> SessionState | None:
-        state = self._published.get(session_id) or self._pending_starts.get(session_id)
+        state, pending = self._published.get(session_id), self._pending_starts.get(session_id)
+        if state is None:
+            state = pending
+        elif pending is not None and not state.source_url:
+            state = state.model_copy(update={field: getattr(pending, field) for field in IDENTITY_FIELDS})
         if state is None:
             return None
         end_requested_at = self._end_requests.get(session_id)

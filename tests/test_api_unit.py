@@ -374,3 +374,15 @@ def test_start_session_refuses_a_query_naming_nothing_detectable(client: TestCli
     )
     assert response.status_code == 422
     assert "detects these COCO objects" in response.json()["detail"]
+
+
+def test_placeholder_state_keeps_the_pending_identity_until_the_real_one() -> None:
+    view = SessionView()
+    view.add_pending_start(make_start())
+    placeholder = make_state(updated=5).model_copy(update={"name": "", "source_url": ""})
+    assert view.apply_state(placeholder)
+    served = view.get("s1")
+    assert served is not None and served.status is SessionStatus.ACTIVE  # progress from the aggregator
+    assert (served.name, served.created_by) == ("cam", "key-abc")  # identity from the start command
+    view.apply_state(make_state(updated=6))
+    assert view.get("s1") == make_state(updated=6)
