@@ -6,11 +6,24 @@ whose queue is full is disconnected (with a warning) instead of slowing everyone
 ``session_feed`` turns one subscription into SSE messages: replay what the session state
 already holds, then live events, de-duplicated by ``event_id``, then ``end`` once the
 session reaches a terminal status.
+
+Messages (``id`` is always the event's ``event_id``):
+
+* ``detection``: a new event (from the events topic as soon as an analyzer publishes it, or
+  from the session state);
+* ``update``: an event already sent changed, because the aggregator merged the same object
+  seen in the next chunk into it (later ``end_time``/``t_end``, maybe higher confidence);
+* ``merged``: an event already sent was folded into another one (data: ``event_id`` and
+  ``into``), so a client showing both should drop it;
+* ``end``: the session reached FINISHED or FAILED (data: ``FeedEnd``); the stream closes.
+
+So a client that applies ``update``/``merged`` shows exactly the session's merged events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -102,6 +115,59 @@ def detection_message(event: Event) -> SseMessage:
     return {"event": "detection", "id": event.event_id, "data": event.model_dump_json()}
 
 
+def update_message(event: Event) -> SseMessage:
+    return {"event": "update", "id": event.event_id, "data": event.model_dump_json()}
+
+
+def merged_message(event: Event, into: Event | None) -> SseMessage:
+    data = json.dumps({"event_id": event.event_id, "into": into.event_id if into else None})
+    return {"event": "merged", "id": event.event_id, "data": data}
+
+
+def _extent(event: Event) -> tuple[float, float, float]:
+    return (event.start_time, event.end_time, event.confidence)
+
+
+class DeliveredEvents:
+    """What one feed has sent, to turn each new input into the messages that bring it up to date."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, Event] = {}
+
+    def from_event(self, event: Event) -> list[SseMessage]:
+        if event.event_id in self._sent:
+            return []
+        self._sent[event.event_id] = event
+        return [detection_message(event)]
+
+    def from_state(self, state: SessionState) -> list[SseMessage]:
+        messages: list[SseMessage] = []
+        for event in state.events:
+            sent = self._sent.get(event.event_id)
+            if sent is None:
+                messages.append(detection_message(event))
+            elif _extent(sent) != _extent(event):
+                messages.append(update_message(event))
+            self._sent[event.event_id] = event
+        # An event sent from the events topic whose chunk the state has folded, yet which the
+        # state does not list, was merged into an earlier event of the same label.
+        listed = {event.event_id for event in state.events}
+        folded = {chunk.chunk_index for chunk in state.chunks}
+        for event_id, sent in list(self._sent.items()):
+            if event_id not in listed and sent.chunk_index in folded:
+                into = next(
+                    (
+                        e
+                        for e in state.events
+                        if e.label == sent.label and e.start_time <= sent.start_time <= e.end_time
+                    ),
+                    None,
+                )
+                messages.append(merged_message(sent, into))
+                del self._sent[event_id]
+        return messages
+
+
 def end_message(state: SessionState) -> SseMessage:
     end = FeedEnd(
         session_id=state.session_id,
@@ -123,18 +189,12 @@ async def session_feed(
     duplicates that creates are removed by ``event_id``.
     """
     subscription = hub.subscribe(session_id)
-    seen_event_ids: set[str] = set()
-
-    def unseen(events: list[Event]) -> list[Event]:
-        fresh = [event for event in events if event.event_id not in seen_event_ids]
-        seen_event_ids.update(event.event_id for event in fresh)
-        return fresh
-
+    delivered = DeliveredEvents()
     try:
         state = current_state()
         if state is not None:
-            for event in unseen(state.events):
-                yield detection_message(event)
+            for message in delivered.from_state(state):
+                yield message
             if state.status.terminal:
                 yield end_message(state)
                 return
@@ -145,13 +205,13 @@ async def session_feed(
                     logger.warning("event feed closed: subscriber too slow (session_id=%s)", session_id)
                 return
             if isinstance(item, Event):
-                for event in unseen([item]):
-                    yield detection_message(event)
+                for message in delivered.from_event(item):
+                    yield message
                 continue
             # A session state: it may hold events this reader has not delivered yet (the
-            # events and state topics are not ordered with each other), so flush them first.
-            for event in unseen(item.events):
-                yield detection_message(event)
+            # events and state topics are not ordered with each other) and merges.
+            for message in delivered.from_state(item):
+                yield message
             if item.status.terminal:
                 yield end_message(item)
                 return

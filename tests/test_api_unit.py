@@ -21,7 +21,15 @@ from api.feeds import FeedSignal, SessionFeedHub, session_feed
 from api.settings import ApiSettings
 from api.views import SessionView, pending_state
 from livestream.errors import ConfigurationError
-from schemas.records import EndSession, Event, SessionState, SessionStatus, Severity, StartSession
+from schemas.records import (
+    ChunkSummary,
+    EndSession,
+    Event,
+    SessionState,
+    SessionStatus,
+    Severity,
+    StartSession,
+)
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 KEY = "test-key-123"
@@ -386,3 +394,35 @@ def test_placeholder_state_keeps_the_pending_identity_until_the_real_one() -> No
     assert (served.name, served.created_by) == ("cam", "key-abc")  # identity from the start command
     view.apply_state(make_state(updated=6))
     assert view.get("s1") == make_state(updated=6)
+
+
+async def test_feed_sends_updates_and_merges_so_clients_match_the_merged_state() -> None:
+    hub = SessionFeedHub(queue_size=10)
+    feed = session_feed(hub, lambda: make_state(), "s1")
+    first = make_event("a")  # chunk 0, 1-2 s
+    second = make_event("b").model_copy(update={"chunk_index": 1, "start_time": 2.0, "end_time": 4.0})
+    receiving = asyncio.create_task(collect(feed, 2))
+    await asyncio.sleep(0)  # let the feed start: it subscribes when first iterated
+    assert hub.subscriber_count("s1") == 1
+    hub.publish_event(first)
+    hub.publish_event(second)
+    assert [m["id"] for m in await asyncio.wait_for(receiving, 5)] == ["a", "b"]
+
+    # The aggregator merged b into a (same object across the chunk boundary).
+    merged = first.model_copy(update={"end_time": 4.0, "t_end": "00:04"})
+    chunks = [
+        ChunkSummary(
+            chunk_id=f"c{i}",
+            chunk_index=i,
+            start_time=0,
+            end_time=4,
+            status="ok",
+            event_count=1,
+            analysis_id="x",
+        )
+        for i in (0, 1)
+    ]
+    hub.publish_state(make_state(updated=3, events=[merged]).model_copy(update={"chunks": chunks}))
+    update, gone = await asyncio.wait_for(collect(feed, 2), 5)
+    assert (update["event"], update["id"], json.loads(update["data"])["end_time"]) == ("update", "a", 4.0)
+    assert (gone["event"], json.loads(gone["data"])) == ("merged", {"event_id": "b", "into": "a"})
