@@ -133,9 +133,12 @@ class DeliveredEvents:
 
     def __init__(self) -> None:
         self._sent: dict[str, Event] = {}
+        self._folded_chunks: set[int] = set()
 
     def from_event(self, event: Event) -> list[SseMessage]:
-        if event.event_id in self._sent:
+        # The two topics are not ordered with each other: once a state has folded the
+        # event's chunk, the state already accounts for it (listed or merged away).
+        if event.event_id in self._sent or event.chunk_index in self._folded_chunks:
             return []
         self._sent[event.event_id] = event
         return [detection_message(event)]
@@ -152,7 +155,7 @@ class DeliveredEvents:
         # An event sent from the events topic whose chunk the state has folded, yet which the
         # state does not list, was merged into an earlier event of the same label.
         listed = {event.event_id for event in state.events}
-        folded = {chunk.chunk_index for chunk in state.chunks}
+        folded = self._folded_chunks = {chunk.chunk_index for chunk in state.chunks}
         for event_id, sent in list(self._sent.items()):
             if event_id not in listed and sent.chunk_index in folded:
                 into = next(

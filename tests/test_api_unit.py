@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.auth import ApiKeyAuthenticator, bearer_token, key_fingerprint
 from api.errors import AuthenticationFailed
-from api.feeds import FeedSignal, SessionFeedHub, session_feed
+from api.feeds import DeliveredEvents, FeedSignal, SessionFeedHub, session_feed
 from api.settings import ApiSettings
 from api.views import SessionView, pending_state
 from livestream.errors import ConfigurationError
@@ -426,3 +426,27 @@ async def test_feed_sends_updates_and_merges_so_clients_match_the_merged_state()
     update, gone = await asyncio.wait_for(collect(feed, 2), 5)
     assert (update["event"], update["id"], json.loads(update["data"])["end_time"]) == ("update", "a", 4.0)
     assert (gone["event"], json.loads(gone["data"])) == ("merged", {"event_id": "b", "into": "a"})
+
+
+def test_a_raw_event_arriving_after_the_state_that_merged_it_is_not_sent() -> None:
+    delivered = DeliveredEvents()
+    late = make_event("b").model_copy(update={"chunk_index": 1, "start_time": 2.0, "end_time": 4.0})
+    merged = make_event("a").model_copy(update={"end_time": 4.0})
+    chunks = [
+        ChunkSummary(
+            chunk_id=f"c{i}",
+            chunk_index=i,
+            start_time=0,
+            end_time=4,
+            status="ok",
+            event_count=1,
+            analysis_id="x",
+        )
+        for i in (0, 1)
+    ]
+    state = make_state(events=[merged]).model_copy(update={"chunks": chunks})
+    assert [m["id"] for m in delivered.from_state(state)] == ["a"]
+    assert delivered.from_event(late) == []
+    assert [m["id"] for m in delivered.from_event(make_event("c").model_copy(update={"chunk_index": 2}))] == [
+        "c"
+    ]
