@@ -151,10 +151,13 @@ def test_scripted_stream_yields_events_at_the_right_times(
     events = with_source_times(final["events"], source.started_at)
     # One join offset for the whole session, at most the live-edge window of the source.
     offsets = {round(e["source_start"] - e["start_time"], 1) for e in events}
-    assert len(offsets) == 1 and 0 <= offsets.pop() <= 3 * source.segment_seconds, offsets
+    assert len(offsets) == 1, offsets
+    joined_at = offsets.pop()
+    assert 0 <= joined_at <= 3 * source.segment_seconds, joined_at
     truth = script.truth()
     for label, start, end in truth:
-        if label in {"person", "cat", "cup"}:
+        # A scene that was (almost) over when the session joined the live stream is not owed.
+        if label in {"person", "cat", "cup"} and end > joined_at + 1.0:
             assert any(e["label"] == label and overlaps(e, start, end, 0) for e in events), (
                 f"no {label} event during {start}-{end}s: {[(e['label'], e['t_start']) for e in events]}"
             )
