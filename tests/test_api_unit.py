@@ -396,6 +396,22 @@ def test_placeholder_state_keeps_the_pending_identity_until_the_real_one() -> No
     assert view.get("s1") == make_state(updated=6)
 
 
+def folded(*indexes: int) -> list[ChunkSummary]:
+    """Summaries of analysed chunks, as the aggregator lists them in a state."""
+    return [
+        ChunkSummary(
+            chunk_id=f"c{i}",
+            chunk_index=i,
+            start_time=0,
+            end_time=4,
+            status="ok",
+            event_count=1,
+            analysis_id="x",
+        )
+        for i in indexes
+    ]
+
+
 async def test_feed_sends_updates_and_merges_so_clients_match_the_merged_state() -> None:
     hub = SessionFeedHub(queue_size=10)
     feed = session_feed(hub, lambda: make_state(), "s1")
@@ -410,19 +426,7 @@ async def test_feed_sends_updates_and_merges_so_clients_match_the_merged_state()
 
     # The aggregator merged b into a (same object across the chunk boundary).
     merged = first.model_copy(update={"end_time": 4.0, "t_end": "00:04"})
-    chunks = [
-        ChunkSummary(
-            chunk_id=f"c{i}",
-            chunk_index=i,
-            start_time=0,
-            end_time=4,
-            status="ok",
-            event_count=1,
-            analysis_id="x",
-        )
-        for i in (0, 1)
-    ]
-    hub.publish_state(make_state(updated=3, events=[merged]).model_copy(update={"chunks": chunks}))
+    hub.publish_state(make_state(updated=3, events=[merged]).model_copy(update={"chunks": folded(0, 1)}))
     update, gone = await asyncio.wait_for(collect(feed, 2), 5)
     assert (update["event"], update["id"], json.loads(update["data"])["end_time"]) == ("update", "a", 4.0)
     assert (gone["event"], json.loads(gone["data"])) == ("merged", {"event_id": "b", "into": "a"})
@@ -432,19 +436,7 @@ def test_a_raw_event_arriving_after_the_state_that_merged_it_is_not_sent() -> No
     delivered = DeliveredEvents()
     late = make_event("b").model_copy(update={"chunk_index": 1, "start_time": 2.0, "end_time": 4.0})
     merged = make_event("a").model_copy(update={"end_time": 4.0})
-    chunks = [
-        ChunkSummary(
-            chunk_id=f"c{i}",
-            chunk_index=i,
-            start_time=0,
-            end_time=4,
-            status="ok",
-            event_count=1,
-            analysis_id="x",
-        )
-        for i in (0, 1)
-    ]
-    state = make_state(events=[merged]).model_copy(update={"chunks": chunks})
+    state = make_state(events=[merged]).model_copy(update={"chunks": folded(0, 1)})
     assert [m["id"] for m in delivered.from_state(state)] == ["a"]
     assert delivered.from_event(late) == []
     assert [m["id"] for m in delivered.from_event(make_event("c").model_copy(update={"chunk_index": 2}))] == [

@@ -6,6 +6,7 @@ JSON keeps the topics readable by consumers in any language; the JSON Schema fil
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -14,6 +15,7 @@ from livestream.errors import RecordError
 from schemas.records import SESSION_COMMAND_ADAPTER, EndSession, StartSession
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 def encode_key(session_id: str) -> bytes:
@@ -28,26 +30,28 @@ def decode_value(
     model: type[M], value: bytes | None, *, topic: str | None = None, offset: int | None = None
 ) -> M:
     """Parse one record value, raising ``RecordError`` (with topic/offset) on a poison record."""
-    if value is None:
-        raise RecordError("record has no value (tombstone)", topic=topic, offset=offset)
-    try:
-        return model.model_validate_json(value)
-    except ValidationError as exc:
-        raise RecordError(
-            f"undecodable {model.__name__} record: {exc.errors()[0]['msg']}", topic=topic, offset=offset
-        ) from exc
+    return _decode(model.model_validate_json, model.__name__, value, topic=topic, offset=offset)
 
 
 def decode_command(
     value: bytes | None, *, topic: str | None = None, offset: int | None = None
 ) -> StartSession | EndSession:
+    """Parse a session-commands value (``kind`` selects StartSession or EndSession)."""
+    return _decode(
+        SESSION_COMMAND_ADAPTER.validate_json, "session command", value, topic=topic, offset=offset
+    )
+
+
+def _decode(
+    parse: Callable[[bytes], T], what: str, value: bytes | None, *, topic: str | None, offset: int | None
+) -> T:
     if value is None:
-        raise RecordError("command record has no value", topic=topic, offset=offset)
+        raise RecordError(f"{what} record has no value (tombstone)", topic=topic, offset=offset)
     try:
-        return SESSION_COMMAND_ADAPTER.validate_json(value)
+        return parse(value)
     except ValidationError as exc:
         raise RecordError(
-            f"undecodable session command: {exc.errors()[0]['msg']}", topic=topic, offset=offset
+            f"undecodable {what} record: {exc.errors()[0]['msg']}", topic=topic, offset=offset
         ) from exc
 
 
