@@ -161,6 +161,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 client.post("/api/live/end-session", data={"stream_id": stream_id, "session_id": session_id})
                 follow_session(client, stream_id, session_id, origin, printed)
             final = client.get(f"/api/live/live-sessions/{stream_id}/{session_id}").json()
+        if final["events"]:
+            print("the session's events, merged across chunk boundaries:")
+            for event in final["events"]:
+                print(f"  {event['t_start']}-{event['t_end']}  {event['label']:<10} {event['description']}")
         print(
             f"session {final['status']}"
             + (f" ({final['status_reason']})" if final.get("status_reason") else "")
