@@ -25,9 +25,6 @@ from schemas.topics import Topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model]
 
-if not default_model_path().exists():
-    pytest.skip("ONNX detector not built: run `make models` (make test does)", allow_module_level=True)
-
 
 def jpeg(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
