@@ -22,7 +22,7 @@ from nomadic.exceptions import APIError
 
 from livestream.kafka.admin import ensure_topics
 from livestream.stack import Stack
-from livestream.testsource import LiveHlsSource, default_script
+from livestream.testsource import LiveHlsSource, default_script, short_script
 from schemas.records import Event, SessionState
 from schemas.topics import Topics
 
@@ -212,3 +212,27 @@ def test_unknown_session_is_a_404(sdk: NomadicAI) -> None:
     with pytest.raises(APIError) as excinfo:
         sdk.livestream.get_session("nope", "nope")
     assert excinfo.value.status_code == 404
+
+
+def test_concurrent_sessions_stay_separate(sdk: NomadicAI) -> None:
+    """Two live streams at once, different queries: each session gets only its own events."""
+    queries = {"cats": "is there a cat?", "cups": "detect a cup"}
+    with LiveHlsSource(short_script(6.0)) as cat_source, LiveHlsSource(short_script(6.0)) as cup_source:
+        started = {
+            name: sdk.livestream.start_session(
+                source_url=source.url, name=name, rapid_review_query=queries[name]
+            )
+            for name, source in (("cats", cat_source), ("cups", cup_source))
+        }
+        finals = {
+            name: sdk.livestream.monitor_session(
+                s["stream_id"], s["session_id"], poll_interval=0.5, timeout=180
+            )
+            for name, s in started.items()
+        }
+    for name, label in (("cats", "cat"), ("cups", "cup")):
+        final = finals[name]
+        assert final["status"] == "FINISHED" and final["chunk_count"] == final["chunks_expected"] > 0
+        assert final["events"], f"{name}: no events"
+        assert {e["label"] for e in final["events"]} == {label}
+        assert {e["session_id"] for e in final["events"]} == {started[name]["session_id"]}
