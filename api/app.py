@@ -31,7 +31,13 @@ from sse_starlette import EventSourceResponse
 from analyzer.errors import QueryError
 from analyzer.query import parse_query
 from api.auth import API_KEY_QUERY_PARAM, ApiKeyAuthenticator
-from api.errors import AuthenticationFailed, CommandPublishError, ServiceNotReady, SessionNotFound
+from api.errors import (
+    AuthenticationFailed,
+    CommandPublishError,
+    NotSessionOwner,
+    ServiceNotReady,
+    SessionNotFound,
+)
 from api.feeds import SessionFeedHub, session_feed
 from api.kafka_io import KafkaRuntime
 from api.settings import ApiSettings
@@ -126,6 +132,12 @@ async def end_session(
     state = runtime.view.find(form.stream_id, form.session_id)
     if state is None:
         raise SessionNotFound("session not found", stream_id=form.stream_id, session_id=form.session_id)
+    if state.created_by is not None and state.created_by != caller:
+        # Any key may watch any session (one deployment is one organisation), but only the
+        # key that started a session may end it, as the SDK documents (403).
+        raise NotSessionOwner(
+            "only the API key that started this session may end it", session_id=state.session_id
+        )
     if state.status in ENDED_STATUSES:
         return EndSessionResponse(status="already_ended")
     command = EndSession(session_id=state.session_id, stream_id=state.stream_id)
@@ -209,6 +221,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def on_not_found(_request: Request, exc: Exception) -> JSONResponse:
         return _error_response(404, exc)
 
+    async def on_forbidden(_request: Request, exc: Exception) -> JSONResponse:
+        return _error_response(403, exc)
+
     async def on_unavailable(_request: Request, exc: Exception) -> JSONResponse:
         logger.warning("answering 503: %s", exc)
         return _error_response(503, exc, {"Retry-After": "1"})
@@ -219,6 +234,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_exception_handler(QueryError, on_bad_query)
     app.add_exception_handler(AuthenticationFailed, on_auth_failed)
     app.add_exception_handler(SessionNotFound, on_not_found)
+    app.add_exception_handler(NotSessionOwner, on_forbidden)
     app.add_exception_handler(ServiceNotReady, on_unavailable)
     app.add_exception_handler(CommandPublishError, on_unavailable)
 

@@ -13,6 +13,10 @@ class AuthenticationFailed(ApiError):
     """No API key, or one that is not configured (HTTP 401)."""
 
 
+class NotSessionOwner(ApiError):
+    """The caller's key did not start the session it tries to end (HTTP 403)."""
+
+
 class SessionNotFound(ApiError):
     """No session with that id, or it belongs to another stream (HTTP 404)."""
 

@@ -332,6 +332,12 @@ async def test_end_session_semantics(
         "/api/live/end-session", data={"stream_id": "s-x", "session_id": session_id}
     )
     assert wrong_stream.status_code == 404
+    not_owner = await http.post(
+        "/api/live/end-session",
+        data={"stream_id": "s-3", "session_id": session_id},
+        headers={"Authorization": "Bearer other-key"},
+    )
+    assert not_owner.status_code == 403 and "only the API key that started" in not_owner.json()["detail"]
 
     ended = await http.post("/api/live/end-session", data={"stream_id": "s-3", "session_id": session_id})
     assert ended.json() == {"status": "ended"}
