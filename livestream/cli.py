@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import signal
 import socket
@@ -22,6 +21,8 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from livestream.errors import LivestreamError
 from livestream.kafka.admin import ensure_topics
@@ -39,10 +40,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class CliSettings(BaseSettings):
+    """What the CLI reads from the environment: the same variables the services read."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+        description="A cluster to use; unset: the CLI starts a local broker.",
+    )
+    topic_prefix: str = Field(default="livestream", validation_alias=AliasChoices("LIVESTREAM_TOPIC_PREFIX"))
+    api_keys: str = Field(default="", validation_alias=AliasChoices("LIVESTREAM_API_KEYS"))
+    api_port: int = Field(default=8000, validation_alias=AliasChoices("LIVESTREAM_API_PORT"))
+
+    @property
+    def first_api_key(self) -> str | None:
+        return next((key.strip() for key in self.api_keys.split(",") if key.strip()), None)
+
+
 @contextlib.contextmanager
-def kafka_cluster() -> Iterator[str]:
+def kafka_cluster(configured: str | None) -> Iterator[str]:
     """The cluster named by KAFKA_BOOTSTRAP_SERVERS, else a local single-node broker."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")  # the one variable every service reads
     if configured:
         yield configured
         return
@@ -56,7 +75,7 @@ def kafka_cluster() -> Iterator[str]:
 
 @contextlib.contextmanager
 def running_stack(args: argparse.Namespace, api_key: str) -> Iterator[Stack]:
-    with kafka_cluster() as bootstrap:
+    with kafka_cluster(args.settings.kafka_bootstrap_servers) as bootstrap:
         topics = Topics(prefix=args.topic_prefix)
         asyncio.run(ensure_topics(bootstrap, topics.specs()))
         run_dir = Path(args.run_dir).resolve()
@@ -130,7 +149,7 @@ def follow_session(
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    api_key = os.environ.get("LIVESTREAM_API_KEYS", "").split(",")[0] or secrets.token_urlsafe(16)
+    api_key = args.settings.first_api_key or secrets.token_urlsafe(16)
     with contextlib.ExitStack() as stack_of_things:
         url, origin = args.url, None
         if not url:
@@ -176,7 +195,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    api_key = os.environ.get("LIVESTREAM_API_KEYS", "").split(",")[0]
+    api_key = args.settings.first_api_key
     if not api_key:
         api_key = secrets.token_urlsafe(16)
         print(f"LIVESTREAM_API_KEYS is not set: generated API key {api_key}")
@@ -198,13 +217,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livestream", description=__doc__)
+    parser.set_defaults(settings=settings)
     parser.add_argument("--run-dir", default="var", help="logs and stored segments (default ./var)")
-    parser.add_argument("--topic-prefix", default=os.environ.get("LIVESTREAM_TOPIC_PREFIX", "livestream"))
+    parser.add_argument("--topic-prefix", default=settings.topic_prefix)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="broker + services in the foreground until Ctrl-C")
-    up.add_argument("--port", type=int, default=int(os.environ.get("LIVESTREAM_API_PORT", "8000")))
+    up.add_argument("--port", type=int, default=settings.api_port)
     up.set_defaults(func=cmd_up)
     demo = sub.add_parser("demo", help="one session on a stream, printing events until it finishes")
     demo.add_argument("--url", default="", help="HLS .m3u8 URL (default: the scripted live test source)")
@@ -217,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = build_parser().parse_args(argv)
+    args = build_parser(CliSettings()).parse_args(argv)
     if getattr(args, "port", None) == 0:
         args.port = free_port()
     try:
