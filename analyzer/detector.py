@@ -92,6 +92,13 @@ class ObjectDetector:
             session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise DetectorError(f"onnxruntime cannot load the model: {exc}", model_path=str(path)) from exc
+        if chosen[0] not in session.get_providers():
+            # e.g. CUDA is in the build but no usable GPU: onnxruntime would fall back quietly.
+            raise DetectorError(
+                f"execution provider {chosen[0]} could not be initialised",
+                model_path=str(path),
+                active=session.get_providers(),
+            )
         inputs = [i.name for i in session.get_inputs()]
         outputs = {o.name for o in session.get_outputs()}
         if inputs != [INPUT_NAME] or not set(OUTPUT_NAMES) <= outputs:
@@ -141,15 +148,21 @@ class ObjectDetector:
 
 
 def _choose_providers(requested: list[str] | None) -> list[str]:
+    """The requested providers, CPU last for the ops others lack; a missing one is an error.
+
+    Asking for CUDA and silently getting CPU would hide a broken deployment until the
+    analyzer falls behind, so an unavailable provider stops the start instead.
+    """
     available = ort.get_available_providers()
-    chosen: list[str] = []
-    for provider in requested or [CPU_PROVIDER]:
-        if provider in available:
-            chosen.append(provider)
-        else:
-            log.warning(
-                "execution provider %s is not available here (have %s); skipping", provider, available
-            )
+    missing = [provider for provider in requested or [] if provider not in available]
+    if missing:
+        raise DetectorError(
+            f"onnxruntime here lacks the requested execution providers {missing} (it has {available}); "
+            "install the matching onnxruntime build (e.g. onnxruntime-gpu) or change "
+            "LIVESTREAM_ANALYZER_PROVIDERS",
+            requested=requested,
+        )
+    chosen = list(requested or [CPU_PROVIDER])
     if CPU_PROVIDER not in chosen:
         chosen.append(CPU_PROVIDER)
     return chosen

