@@ -11,6 +11,7 @@ from analyzer.models import default_model_path
 from analyzer.scoring import ScoringPolicy
 from analyzer.service import AnalyzerService, ChunkAnalyzer
 from analyzer.settings import AnalyzerSettings
+from livestream.service import run_service
 
 
 async def _main(settings: AnalyzerSettings) -> None:
@@ -23,11 +24,11 @@ async def _main(settings: AnalyzerSettings) -> None:
     await service.run()
 
 
-def main() -> None:
+def main() -> int:
     settings = AnalyzerSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(_main(settings))
+    return run_service("analyzer", lambda: _main(settings))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

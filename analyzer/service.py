@@ -129,15 +129,15 @@ class AnalyzerService:
             enable_idempotence=True,
             linger_ms=5,
         )
-        await producer.start()
         try:
+            await producer.start()
             await consumer.start()
-            try:
-                log.info("analyzer consuming %s as group %s", self._topics.chunks, settings.group_id)
-                await self._loop(consumer, producer)
-            finally:
-                await consumer.stop()
+            log.info("analyzer consuming %s as group %s", self._topics.chunks, settings.group_id)
+            await self._loop(consumer, producer)
         finally:
+            # Stopping a client that never started is a no-op; one that half-started still
+            # holds connections.
+            await consumer.stop()
             await producer.stop()
             self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -8,6 +8,7 @@ import signal
 
 from ingest.service import IngestService
 from ingest.settings import IngestSettings
+from livestream.service import run_service
 
 
 async def serve(settings: IngestSettings) -> None:
@@ -19,10 +20,11 @@ async def serve(settings: IngestSettings) -> None:
         await service.run(stop)
 
 
-def main() -> None:
+def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(IngestSettings()))
+    settings = IngestSettings()
+    return run_service("ingest", lambda: serve(settings))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

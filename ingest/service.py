@@ -121,10 +121,12 @@ class IngestService:
             enable_auto_commit=False,
             auto_offset_reset=settings.command_offset_reset,
         )
-        await self._producer.start()
         try:
+            await self._producer.start()
             await self._consumer.start()
         except BaseException:
+            # A failed start still owns open connections (and aiokafka warns at exit).
+            await self._consumer.stop()
             await self._producer.stop()
             raise
         self._publisher = KafkaRecordPublisher(self._producer, self.topics)
