@@ -19,8 +19,10 @@ Scaling and limits: several ingest instances split the command partitions; a ses
 the instance that consumed its StartSession. EndSession of the same session_id lands on the
 same partition, so on the same instance unless a rebalance moved that partition meanwhile (it
 is then ignored by the new owner, and the source runs on until it ends or stalls).
-StartSession commands older than ``command_max_age_seconds`` are skipped, so a new consumer
-group (offset reset to earliest) does not restart days-old sessions.
+StartSession commands older than ``command_max_age_seconds`` are not started but reported
+FAILED with the reason, so a new consumer group (offset reset to earliest) does not restart
+days-old sessions, and a start that waited out an ingest outage does not hang INITIALIZING.
+
 
 Clean shutdown (SIGTERM/SIGINT): stop consuming, ask every session to stop (each flushes its
 partial chunk and reports FAILED "ingest service shut down..." with its final count), wait
@@ -32,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, timedelta
+from datetime import UTC
 from types import TracebackType
 from typing import TypeVar
 
@@ -45,7 +47,7 @@ from ingest.session import IngestSession
 from ingest.settings import IngestSettings
 from livestream.errors import RecordError
 from livestream.kafka.serde import decode_command, encode_key, encode_value
-from schemas.records import ChunkRecord, EndSession, SessionLifecycle, StartSession, utcnow
+from schemas.records import ChunkRecord, EndSession, IngestState, SessionLifecycle, StartSession, utcnow
 from schemas.topics import CHUNK_TOPIC_MAX_MESSAGE_BYTES, Topics
 
 log = logging.getLogger(__name__)
@@ -160,21 +162,42 @@ class IngestService:
             log.error("skipping undecodable command: %s", exc)
             return
         if isinstance(command, StartSession):
-            self.start_session(command)
+            too_late = self.start_too_late(command)
+            if too_late is None:
+                self.start_session(command)
+            else:
+                # Never drop a start silently: the session would sit INITIALIZING forever.
+                # For a session that already ended (a replay) the aggregator ignores this,
+                # since a terminal status never changes.
+                log.warning("not starting session %s: %s", command.session_id, too_late)
+                report = SessionLifecycle(
+                    session_id=command.session_id,
+                    stream_id=command.stream_id,
+                    state=IngestState.FAILED,
+                    reason=too_late,
+                )
+                await self._require(self._publisher).publish_lifecycle(report)
         elif isinstance(command, EndSession):
             self.end_session(command)
+
+    def start_too_late(self, command: StartSession) -> str | None:
+        """Why ``command`` is too old to start (a stale replay, or ingest was down), else None."""
+        requested_at = command.requested_at
+        if requested_at.tzinfo is None:
+            requested_at = requested_at.replace(tzinfo=UTC)
+        age = (utcnow() - requested_at).total_seconds()
+        limit = self.settings.command_max_age_seconds
+        if age <= limit:
+            return None
+        return (
+            f"ingest received the start request {age:.0f} s after it was made (limit {limit:g} s, "
+            "LIVESTREAM_INGEST_COMMAND_MAX_AGE_SECONDS); start the session again"
+        )
 
     def start_session(self, command: StartSession) -> IngestSession | None:
         session_id = command.session_id
         if session_id in self._tasks:
             log.info("session %s is already running; duplicate StartSession ignored", session_id)
-            return None
-        requested_at = command.requested_at
-        if requested_at.tzinfo is None:
-            requested_at = requested_at.replace(tzinfo=UTC)
-        age = utcnow() - requested_at
-        if age > timedelta(seconds=self.settings.command_max_age_seconds):
-            log.warning("skipping StartSession %s: it is %s old (stale replay)", session_id, age)
             return None
         session = IngestSession(
             command, self.settings, self._require(self._fetcher), self._require(self._publisher)

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +108,8 @@ async def test_ingest_service_follows_live_streams_and_reports_lifecycle(
         live_edge_segments=2,
     )
     run_id = uuid.uuid4().hex[:6]
-    ended_id, refused_id, bogus_id, user_id, shutdown_id = (
-        f"{name}-{run_id}" for name in ("ended", "refused", "bogus", "user", "shutdown")
+    ended_id, refused_id, bogus_id, user_id, shutdown_id, stale_id = (
+        f"{name}-{run_id}" for name in ("ended", "refused", "bogus", "user", "shutdown", "stale")
     )
     seen = Observed()
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
@@ -139,6 +140,11 @@ async def test_ingest_service_follows_live_streams_and_reports_lifecycle(
             await send(start(bogus_id, f"{finite.base_url}/segment_000000.ts"))
             await send(start(user_id, looping.url))
             await send(start(user_id, looping.url))  # duplicate: ignored while running
+            # A start request that waited an hour (ingest was down, or a replay) is refused, visibly.
+            hour_old = start(stale_id, finite.url).model_copy(
+                update={"requested_at": datetime.now(UTC) - timedelta(hours=1)}
+            )
+            await send(hour_old)
 
             # A running session is ended by the user once it has published a chunk.
             await read_until(consumer, topics, seen, lambda: len(seen.chunks[user_id]) >= 2)
@@ -147,7 +153,7 @@ async def test_ingest_service_follows_live_streams_and_reports_lifecycle(
                 consumer,
                 topics,
                 seen,
-                lambda: all(seen.final(s) for s in (ended_id, refused_id, bogus_id, user_id)),
+                lambda: all(seen.final(s) for s in (ended_id, refused_id, bogus_id, user_id, stale_id)),
             )
 
             # A session still running at shutdown reports FAILED with its final count.
@@ -196,6 +202,10 @@ async def test_ingest_service_follows_live_streams_and_reports_lifecycle(
     assert bogus is not None and bogus.state is IngestState.FAILED
     assert bogus.reason is not None and "not an M3U8 playlist" in bogus.reason
     assert seen.chunks[refused_id] == [] and seen.chunks[bogus_id] == []
+    stale = seen.final(stale_id)
+    assert stale is not None and [r.state for r in seen.lifecycle[stale_id]] == [IngestState.FAILED]
+    assert stale.reason is not None and "start the session again" in stale.reason
+    assert seen.chunks[stale_id] == []
 
     # --- ended by the user (the duplicate StartSession did not start a second session)
     by_user = seen.final(user_id)
