@@ -17,7 +17,7 @@ from livestream.service import run_service
 async def _main(settings: AnalyzerSettings) -> None:
     detector = ObjectDetector.load(settings.model_path or default_model_path(), settings.providers)
     policy = ScoringPolicy(threshold=settings.threshold, max_gap_frames=settings.max_gap_frames)
-    service = AnalyzerService(settings, ChunkAnalyzer(detector, policy))
+    service = AnalyzerService(settings, ChunkAnalyzer(detector, policy, settings.instance_id))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)

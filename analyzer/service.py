@@ -25,6 +25,7 @@ from dataclasses import replace
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from PIL import Image
 
 from analyzer.detector import ObjectDetector
@@ -43,9 +44,12 @@ log = logging.getLogger("analyzer")
 class ChunkAnalyzer:
     """Pure-ish core: one ChunkRecord in, one ChunkResult (with events) out. No Kafka."""
 
-    def __init__(self, detector: ObjectDetector, policy: ScoringPolicy) -> None:
+    def __init__(
+        self, detector: ObjectDetector, policy: ScoringPolicy, analyzer_id: str | None = None
+    ) -> None:
         self._detector = detector
         self._policy = policy
+        self._analyzer_id = analyzer_id
 
     def analyze(self, chunk: ChunkRecord) -> ChunkResult:
         analysis_id = uuid.uuid4().hex
@@ -82,6 +86,7 @@ class ChunkAnalyzer:
             status=status,
             error=error,
             model=self._detector.model_name,
+            analyzer_id=self._analyzer_id,
             targets=targets,
             events=events,
             inference_ms=round((time.perf_counter() - started) * 1000, 1),
@@ -117,6 +122,7 @@ class AnalyzerService:
             self._topics.chunks,
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=settings.group_id,
+            client_id=settings.instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.max_poll_records,
@@ -125,6 +131,7 @@ class AnalyzerService:
         )
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
+            client_id=settings.instance_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
@@ -149,7 +156,13 @@ class AnalyzerService:
                     if self._stopping.is_set():
                         return
                     await self._handle(record, producer)
-                    await consumer.commit({partition: record.offset + 1})
+                    try:
+                        await consumer.commit({partition: record.offset + 1})
+                    except (CommitFailedError, IllegalStateError) as exc:
+                        # The partition moved to another replica while this chunk was analysed
+                        # (scale-out, a slow poll): its new owner redelivers the chunk and
+                        # re-produces the same records, which consumers de-duplicate.
+                        log.warning("chunk offset %d of %s not committed: %s", record.offset, partition, exc)
 
     async def _handle(self, record: ConsumerRecord, producer: AIOKafkaProducer) -> None:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 from pydantic import Field
@@ -14,6 +16,10 @@ class AnalyzerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LIVESTREAM_ANALYZER_", frozen=True, extra="ignore")
 
     group_id: str = "livestream-analyzer"
+    instance_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="Names this replica in chunk results and Kafka client ids.",
+    )
     model_path: Path | None = Field(
         default=None, description="ONNX detector; default: the one `make models` builds in the cache."
     )

@@ -207,6 +207,7 @@ class ChunkResult(Record):
     status: Literal["ok", "failed"]
     error: str | None = None
     model: str
+    analyzer_id: str | None = None  # which replica analysed the chunk (operations, scale-out)
     targets: list[str]
     events: list[Event]
     inference_ms: float

@@ -119,3 +119,53 @@ async def test_chunks_become_events_and_results(kafka_bootstrap: str, running_an
     events = await collect(kafka_bootstrap, topics.events, Event, 2)
     assert {e.event_id for e in events} == {cat_event.event_id, second.events[0].event_id}
     assert all(e.session_id == "s-cat" for e in events)
+
+
+async def test_a_second_replica_takes_over_partitions_and_no_chunk_is_lost(kafka_bootstrap: str) -> None:
+    """Scale-out is the consumer group's: a replica joining mid-stream shares the partitions."""
+    topics = await create_test_topics(kafka_bootstrap)
+    detector = ObjectDetector.load(default_model_path())
+    group = f"{topics.prefix}-scale"
+
+    def replica(name: str) -> AnalyzerService:
+        settings = AnalyzerSettings(
+            kafka_bootstrap_servers=kafka_bootstrap,
+            topic_prefix=topics.prefix,
+            group_id=group,
+            instance_id=name,
+        )
+        return AnalyzerService(settings, ChunkAnalyzer(detector, ScoringPolicy(), analyzer_id=name))
+
+    cat = skdata.chelsea()
+    sessions = [f"scale-{i}" for i in range(12)]  # spread over all partitions
+    first, second = replica("replica-a"), replica("replica-b")
+    tasks = [asyncio.create_task(first.run())]
+    try:
+        batch = [chunk(s, 0, [cat], "a cat") for s in sessions]
+        await produce(kafka_bootstrap, topics.chunks, batch)
+        results = await collect(kafka_bootstrap, topics.chunk_results, ChunkResult, len(batch))
+        assert {r.analyzer_id for r in results} == {"replica-a"}
+
+        tasks.append(asyncio.create_task(second.run()))
+        produced = list(batch)
+        for index in range(1, 30):  # keep the stream flowing until the new replica shares it
+            more = [chunk(s, index, [cat], "a cat") for s in sessions]
+            await produce(kafka_bootstrap, topics.chunks, more)
+            produced += more
+            results = await collect(kafka_bootstrap, topics.chunk_results, ChunkResult, len(produced))
+            if "replica-b" in {r.analyzer_id for r in results}:
+                break
+        # Redeliveries after the rebalance may add duplicates: wait for every chunk, not a count.
+        wanted = {c.chunk_id for c in produced}
+        async with asyncio.timeout(90):
+            while {r.chunk_id for r in results} != wanted:
+                results = await collect(kafka_bootstrap, topics.chunk_results, ChunkResult, len(results) + 1)
+    finally:
+        first.stop()
+        second.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    assert {r.analyzer_id for r in results} == {"replica-a", "replica-b"}
+    # Every chunk has a result: redeliveries may duplicate, never lose.
+    assert {r.chunk_id for r in results} == {c.chunk_id for c in produced}
+    assert all(r.status == "ok" and [e.label for e in r.events] == ["cat"] for r in results)
