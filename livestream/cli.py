@@ -85,6 +85,7 @@ def running_stack(args: argparse.Namespace, api_key: str) -> Iterator[Stack]:
             api_port=args.port,
             run_dir=run_dir,
             topic_prefix=args.topic_prefix,
+            analyzer_replicas=args.analyzers,
         )
         print(f"starting services (logs in {run_dir / 'logs'})...", flush=True)
         stack.start()
@@ -222,6 +223,9 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     parser.set_defaults(settings=settings)
     parser.add_argument("--run-dir", default="var", help="logs and stored segments (default ./var)")
     parser.add_argument("--topic-prefix", default=settings.topic_prefix)
+    parser.add_argument(
+        "--analyzers", type=int, default=1, help="analyzer replicas in the consumer group (default 1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="broker + services in the foreground until Ctrl-C")
     up.add_argument("--port", type=int, default=settings.api_port)

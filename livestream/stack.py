@@ -22,7 +22,7 @@ from livestream.processes import die_with_parent
 
 log = logging.getLogger("livestream.stack")
 
-SERVICES = ("aggregator", "analyzer", "ingest", "api")
+SERVICES = ("aggregator", "analyzer", "ingest", "api")  # start order; stop runs in reverse
 
 
 class StackError(LivestreamError):
@@ -36,6 +36,7 @@ class Stack:
     api_port: int
     run_dir: Path
     topic_prefix: str = "livestream"
+    analyzer_replicas: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -62,15 +63,25 @@ class Stack:
     def log_path(self, service: str) -> Path:
         return self.run_dir / "logs" / f"{service}.log"
 
+    def instances(self) -> list[tuple[str, str]]:
+        """(instance name, module) of every process, in start order."""
+        named: list[tuple[str, str]] = []
+        for service in SERVICES:
+            if service == "analyzer" and self.analyzer_replicas > 1:
+                named += [(f"analyzer-{n}", service) for n in range(1, self.analyzer_replicas + 1)]
+            else:
+                named.append((service, service))
+        return named
+
     def start(self, *, ready_timeout: float = 90.0) -> None:
         """Start every service, then wait until the API answers /healthz."""
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         env = self.env()
-        for service in SERVICES:
-            log_file = self.log_path(service).open("ab")
-            self.processes[service] = subprocess.Popen(
-                [sys.executable, "-m", service],
-                env=env,
+        for name, module in self.instances():
+            log_file = self.log_path(name).open("ab")
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=env | {"LIVESTREAM_ANALYZER_INSTANCE_ID": name} if module == "analyzer" else env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 # Own process group: a terminal Ctrl-C reaches only the CLI, which ends the
@@ -110,8 +121,8 @@ class Stack:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM every service (API first, so no new sessions start), then wait; kill stragglers."""
-        for service in reversed(SERVICES):
-            process = self.processes.get(service)
+        for name, _module in reversed(self.instances()):
+            process = self.processes.get(name)
             if process and process.poll() is None:
                 process.terminate()
         deadline = time.monotonic() + timeout

@@ -55,6 +55,7 @@ def stack(
         api_port=_free_port(),
         run_dir=tmp_path_factory.mktemp("stack"),
         topic_prefix=e2e_topics.prefix,
+        analyzer_replicas=2,  # the chunks consumer group is shared, as in a scaled deployment
         extra_env={"LIVESTREAM_INGEST_CHUNK_SECONDS": str(CHUNK_SECONDS)},
     )
     stack.start(ready_timeout=120)
@@ -62,8 +63,8 @@ def stack(
         yield stack
     finally:
         stack.stop()
-        for service in ("ingest", "analyzer", "aggregator", "api"):
-            print(f"--- {service} log tail ---\n{stack.log_tail(service, 15)}")
+        for name, _module in stack.instances():
+            print(f"--- {name} log tail ---\n{stack.log_tail(name, 15)}")
 
 
 @pytest.fixture(scope="module")
