@@ -24,6 +24,7 @@ import httpx
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from analyzer.query import parse_query
 from livestream.errors import LivestreamError
 from livestream.kafka.admin import ensure_topics
 from livestream.stack import Stack
@@ -150,6 +151,7 @@ def follow_session(
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    parse_query(args.query)  # a query naming nothing detectable fails here, before anything starts
     api_key = args.settings.first_api_key or secrets.token_urlsafe(16)
     with contextlib.ExitStack() as stack_of_things:
         url, origin = args.url, None
@@ -169,7 +171,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "/api/live/start-session",
                 data={"source_url": url, "name": args.name, "rapid_review_query": args.query},
             )
-            started.raise_for_status()
+            if started.status_code != 200:
+                detail = started.json().get("detail", started.text)
+                if isinstance(detail, list):  # form validation errors
+                    detail = "; ".join(str(item.get("msg", item)) for item in detail)
+                print(f"error: the API refused the session: {detail}", file=sys.stderr)
+                return 2
             session = started.json()
             stream_id, session_id = session["stream_id"], session["session_id"]
             print(f"session {session_id} on {url}\nquery: {args.query!r}", flush=True)
