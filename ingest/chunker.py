@@ -65,6 +65,11 @@ class Chunker:
         if self.chunk_seconds <= 0:
             raise ValueError("chunk_seconds must be positive")
 
+    def resume(self, open_index: int, anchor: tuple[float, datetime] | None) -> None:
+        """Continue a checkpointed session: chunks before ``open_index`` are published."""
+        self.open_index = open_index
+        self._anchor = anchor
+
     def index_of(self, stream_time: float) -> int:
         return math.floor(stream_time / self.chunk_seconds + _EPSILON)
 

@@ -1,32 +1,43 @@
 """The ingest service: session commands in, one session task per StartSession, records out.
 
 Consumes the session-commands topic in a consumer group (manual commits) and publishes, keyed
-by session_id, with one idempotent producer (acks=all) to the session-lifecycle and chunks
-topics.
+by session_id, with one idempotent producer (acks=all) to the session-lifecycle, chunks and
+ingest-checkpoints topics.
+
+Sessions survive restarts and failover through their checkpoints (compacted topic, see
+``session`` and ``checkpoint``). All topics are co-partitioned and keyed by session_id, so the
+instance that owns partition N of the commands topic owns partition N of the checkpoints
+topic: on assignment (rebalance listener) it reads those checkpoint partitions to their end
+(latest value per session, tombstones delete) and resumes every open session, *before* it
+handles the partition's next commands (so an EndSession of a resumed session finds it). On
+revocation it suspends the sessions of the revoked partitions (no final report, checkpoint
+kept) and waits for them to stop before the partitions move, so two instances never run one
+session. A rebalance therefore briefly suspends and resumes sessions (aiokafka's rebalance
+protocol revokes every partition).
 
 Command handling order, and what a crash between the steps does:
 
-1. ``StartSession``: the session's task is created (it runs concurrently), then the command's
-   offset is committed. A crash before the commit redelivers the command on restart and the
-   session starts again from the live edge (its early chunks may then be published twice
-   under the same chunk ids, with different frames: at-least-once). A crash after the commit
-   loses the running session (no final report; documented limitation, see ``session``).
+1. ``StartSession``: the session's first checkpoint is written (acked), its task created (it
+   runs concurrently), then the command's offset is committed. A crash before the commit
+   redelivers the command on restart, but the checkpoint made the new owner resume the
+   session already, so the replayed start is ignored as a duplicate (no second copy).
+   A crash after the commit: the session is resumed from its checkpoint.
 2. ``EndSession``: the session is asked to stop, then the offset is committed at once (not
-   after the session's final report). A crash in between loses the session as above.
+   after the session's final report). A crash in between resumes the session from its
+   checkpoint and the EndSession is not redelivered: it runs on until the user ends it again
+   (the API answers an EndSession of an ENDING session), the source ends or stalls.
 3. Poison records are logged and committed past.
 
 Scaling and limits: several ingest instances split the command partitions; a session runs on
-the instance that consumed its StartSession. EndSession of the same session_id lands on the
-same partition, so on the same instance unless a rebalance moved that partition meanwhile (it
-is then ignored by the new owner, and the source runs on until it ends or stalls).
-StartSession commands older than ``command_max_age_seconds`` are not started but reported
-FAILED with the reason, so a new consumer group (offset reset to earliest) does not restart
-days-old sessions, and a start that waited out an ingest outage does not hang INITIALIZING.
+the instance that owns its partition. StartSession commands older than
+``command_max_age_seconds`` are not started but reported FAILED with the reason, so a new
+consumer group (offset reset to earliest) does not restart days-old sessions, and a start that
+waited out an ingest outage does not hang INITIALIZING. Resumed sessions are not subject to
+that age limit.
 
-
-Clean shutdown (SIGTERM/SIGINT): stop consuming, ask every session to stop (each flushes its
-partial chunk and reports FAILED "ingest service shut down..." with its final count), wait
-for them, flush and close the producer, close the consumer (offsets were committed already).
+Clean shutdown (SIGTERM/SIGINT): stop consuming, suspend every session (no final report: each
+keeps its checkpoint and resumes when an ingest instance owns its partition again), wait for
+them, flush and close the producer, close the consumer (offsets were committed already).
 """
 
 from __future__ import annotations
@@ -38,21 +49,38 @@ from datetime import UTC
 from types import TracebackType
 from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.errors import CommitFailedError
 
+from ingest.checkpoint import open_checkpoints
 from ingest.errors import IngestError
 from ingest.fetch import FetchPolicy, HttpFetcher
 from ingest.session import IngestSession
 from ingest.settings import IngestSettings
 from livestream.errors import RecordError
 from livestream.kafka.serde import decode_command, encode_key, encode_value
-from schemas.records import ChunkRecord, EndSession, IngestState, SessionLifecycle, StartSession, utcnow
+from schemas.records import (
+    ChunkRecord,
+    EndSession,
+    IngestCheckpoint,
+    IngestState,
+    SessionLifecycle,
+    StartSession,
+    utcnow,
+)
 from schemas.topics import CHUNK_TOPIC_MAX_MESSAGE_BYTES, Topics
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+CHECKPOINT_READ_IDLE_POLLS = 20  # empty 0.5 s polls before a checkpoint read settles for less
 
 
 class KafkaRecordPublisher:
@@ -72,6 +100,60 @@ class KafkaRecordPublisher:
             self.topics.session_lifecycle, key=encode_key(record.session_id), value=encode_value(record)
         )
 
+    async def save_checkpoint(self, checkpoint: IngestCheckpoint) -> None:
+        await self.producer.send_and_wait(
+            self.topics.ingest_checkpoints,
+            key=encode_key(checkpoint.session_id),
+            value=encode_value(checkpoint),
+        )
+
+    async def delete_checkpoint(self, session_id: str) -> None:
+        await self.producer.send_and_wait(
+            self.topics.ingest_checkpoints, key=encode_key(session_id), value=None
+        )
+
+
+class _CommandPartitionsListener(ConsumerRebalanceListener):
+    def __init__(self, service: IngestService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.service.on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.service.on_partitions_assigned(assigned)
+
+
+async def read_open_checkpoints(
+    reader: AIOKafkaConsumer, topic: str, partitions: list[int]
+) -> list[tuple[int, IngestCheckpoint]]:
+    """(partition, checkpoint) of the open sessions of these partitions of the checkpoints topic,
+    each partition read from its start to the end it had when the read began (``reader`` is a
+    started group-less consumer; its assignment is replaced)."""
+    tps = [TopicPartition(topic, number) for number in partitions]
+    reader.assign(tps)
+    await reader.seek_to_beginning(*tps)
+    end_offsets = await reader.end_offsets(tps)
+    records: dict[int, list[tuple[bytes | None, bytes | None]]] = {number: [] for number in partitions}
+    remaining = {tp for tp in tps if end_offsets[tp] > 0}
+    idle_polls = 0
+    while remaining:
+        batches = await reader.getmany(*remaining, timeout_ms=500)
+        for tp, messages in batches.items():
+            records[tp.partition] += [(m.key, m.value) for m in messages if m.offset < end_offsets[tp]]
+        remaining = {tp for tp in remaining if await reader.position(tp) < end_offsets[tp]}
+        idle_polls = 0 if batches else idle_polls + 1
+        if remaining and idle_polls >= CHECKPOINT_READ_IDLE_POLLS:
+            # Nothing more arrives below the end offset (e.g. compacted away): what was read is all.
+            log.warning("checkpoint partitions %s: stopped short of their end offsets", sorted(remaining))
+            break
+    reader.assign([])
+    return [
+        (number, checkpoint)
+        for number, partition_records in records.items()
+        for checkpoint in open_checkpoints(partition_records).values()
+    ]
+
 
 class IngestService:
     """Use as ``async with IngestService(settings) as service: await service.run(stop_event)``."""
@@ -81,7 +163,11 @@ class IngestService:
         self.topics = Topics(prefix=settings.topic_prefix)
         self.sessions: dict[str, IngestSession] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._partition_of: dict[str, int] = {}  # session_id -> its partition number
+        # Cleared while a rebalance is under way: commands wait until resumes are done.
+        self._assignment_ready = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
+        self._checkpoint_reader: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._publisher: KafkaRecordPublisher | None = None
         self._fetcher: HttpFetcher | None = None
@@ -116,22 +202,33 @@ class IngestService:
             linger_ms=0,
         )
         self._consumer = AIOKafkaConsumer(
-            self.topics.session_commands,
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=settings.group_id,
             client_id=f"{settings.group_id}-commands",
             enable_auto_commit=False,
             auto_offset_reset=settings.command_offset_reset,
         )
+        # Group-less: reads assigned checkpoint partitions from the beginning on each assignment.
+        self._checkpoint_reader = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=None,
+            client_id=f"{settings.group_id}-checkpoints",
+            enable_auto_commit=False,
+        )
+        self._publisher = KafkaRecordPublisher(self._producer, self.topics)
         try:
             await self._producer.start()
+            await self._checkpoint_reader.start()
             await self._consumer.start()
+            self._consumer.subscribe(
+                [self.topics.session_commands], listener=_CommandPartitionsListener(self)
+            )
         except BaseException:
             # A failed start still owns open connections (and aiokafka warns at exit).
             await self._consumer.stop()
+            await self._checkpoint_reader.stop()
             await self._producer.stop()
             raise
-        self._publisher = KafkaRecordPublisher(self._producer, self.topics)
         log.info(
             "ingest consuming %s as group %s on %s",
             self.topics.session_commands,
@@ -144,7 +241,12 @@ class IngestService:
         consumer = self._require(self._consumer)
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500, max_records=100)
+            if batches:
+                # Commands fetched while a new assignment's sessions are being resumed wait for it.
+                await self._assignment_ready.wait()
             for partition, messages in batches.items():
+                if partition not in consumer.assignment():
+                    continue  # revoked meanwhile: its new owner handles these (not committed here)
                 for message in messages:
                     await self.handle(message)
                     # Commit after the command took effect (session task started / stop asked);
@@ -162,9 +264,18 @@ class IngestService:
             log.error("skipping undecodable command: %s", exc)
             return
         if isinstance(command, StartSession):
+            if command.session_id in self._tasks:
+                log.info("session %s is already running; duplicate StartSession ignored", command.session_id)
+                return
             too_late = self.start_too_late(command)
             if too_late is None:
-                self.start_session(command)
+                # The first checkpoint precedes the offset commit: from here on a crash resumes it.
+                await self._require(self._publisher).save_checkpoint(
+                    IngestCheckpoint(
+                        session_id=command.session_id, stream_id=command.stream_id, command=command
+                    )
+                )
+                self.start_session(command, partition=message.partition)
             else:
                 # Never drop a start silently: the session would sit INITIALIZING forever.
                 # For a session that already ended (a replay) the aggregator ignores this,
@@ -194,18 +305,59 @@ class IngestService:
             "LIVESTREAM_INGEST_COMMAND_MAX_AGE_SECONDS); start the session again"
         )
 
-    def start_session(self, command: StartSession) -> IngestSession | None:
+    def start_session(
+        self, command: StartSession, *, partition: int, resume_from: IngestCheckpoint | None = None
+    ) -> IngestSession | None:
         session_id = command.session_id
         if session_id in self._tasks:
             log.info("session %s is already running; duplicate StartSession ignored", session_id)
             return None
+        publisher = self._require(self._publisher)
         session = IngestSession(
-            command, self.settings, self._require(self._fetcher), self._require(self._publisher)
+            command,
+            self.settings,
+            self._require(self._fetcher),
+            publisher,
+            checkpoints=publisher,
+            resume_from=resume_from,
         )
         self.sessions[session_id] = session
+        self._partition_of[session_id] = partition
         self._tasks[session_id] = asyncio.create_task(self._run_session(session), name=f"ingest-{session_id}")
-        log.info("session %s started on %s", session_id, command.source_url)
+        log.info(
+            "session %s %s on %s", session_id, "resumed" if resume_from else "started", command.source_url
+        )
         return session
+
+    # ------------------------------------------------------------------ rebalance
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Suspend the sessions of revoked command partitions; return once they have stopped."""
+        self._assignment_ready.clear()
+        numbers = {tp.partition for tp in revoked if tp.topic == self.topics.session_commands}
+        leaving = [sid for sid, partition in self._partition_of.items() if partition in numbers]
+        if leaving:
+            log.info("partitions %s revoked: suspending %d session(s)", sorted(numbers), len(leaving))
+            await self._suspend(leaving)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Resume the open sessions of the assigned partitions (before their next commands)."""
+        try:
+            numbers = sorted(tp.partition for tp in assigned if tp.topic == self.topics.session_commands)
+            if numbers:
+                for partition, checkpoint in await self.read_checkpoints(numbers):
+                    self.start_session(checkpoint.command, partition=partition, resume_from=checkpoint)
+        except Exception:
+            # aiokafka would only log it; say which sessions are at stake.
+            log.exception("could not resume the sessions of partitions %s", sorted(assigned))
+            raise
+        finally:
+            self._assignment_ready.set()
+
+    async def read_checkpoints(self, partitions: list[int]) -> list[tuple[int, IngestCheckpoint]]:
+        return await read_open_checkpoints(
+            self._require(self._checkpoint_reader), self.topics.ingest_checkpoints, partitions
+        )
 
     def end_session(self, command: EndSession) -> None:
         session = self.sessions.get(command.session_id)
@@ -227,24 +379,38 @@ class IngestService:
         finally:
             self.sessions.pop(session.session_id, None)
             self._tasks.pop(session.session_id, None)
+            self._partition_of.pop(session.session_id, None)
 
     async def wait_idle(self) -> None:
         """Wait until every running session has finished (tests, draining)."""
         while self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    async def stop(self) -> None:
-        for session in list(self.sessions.values()):
-            session.request_stop("shutdown")
-        tasks = list(self._tasks.values())
+    async def _suspend(self, session_ids: list[str]) -> None:
+        """Stop these sessions without a final report (their checkpoints stay) and wait for them;
+        past ``shutdown_timeout_seconds`` they are cancelled (a crash, as far as they know)."""
+        tasks = []
+        for session_id in session_ids:
+            session = self.sessions.get(session_id)
+            if session is not None:
+                session.request_stop("suspend")
+            if session_id in self._tasks:
+                tasks.append(self._tasks[session_id])
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout_seconds)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    async def stop(self) -> None:
+        await self._suspend(list(self._tasks))
         if self._consumer is not None:
+            # Leaving the group revokes nothing more: every session is suspended already.
             await self._consumer.stop()
             self._consumer = None
+        if self._checkpoint_reader is not None:
+            await self._checkpoint_reader.stop()
+            self._checkpoint_reader = None
         if self._producer is not None:
             await self._producer.flush()
             await self._producer.stop()

@@ -2,25 +2,36 @@
 
 Pipeline per segment, strictly in media-sequence order (one asyncio task per session):
 fetch (async HTTP) -> store on disk (thread) -> decode + sample (thread) -> chunk (pure) ->
-encode within budget (thread) -> produce and await the broker's ack -> count it.
+encode within budget (thread) -> produce and await the broker's ack -> count it ->
+checkpoint.
 
 Order of effects, and what a crash between them does:
 
 1. ``ACTIVE`` is produced (and acked) once the source answered with a valid media playlist,
-   before any chunk.
+   before any chunk; then the session's checkpoint is written.
 2. Each chunk is produced and its ack awaited *before* ``chunks_published`` is incremented
    and before the next chunk is produced, so the count only ever includes acknowledged
    chunks and chunks land in chunk_index order. The producer is idempotent, so its internal
    retries never duplicate a chunk.
-3. At the end (``#EXT-X-ENDLIST``, EndSession, failure or service shutdown) the partial
-   last chunk is flushed and acked, the local manifest gets ``#EXT-X-ENDLIST``, and only then
-   the final ``ENDED``/``FAILED`` report carries ``chunks_published`` (final).
+3. After each segment, once its completed chunks are acked, the checkpoint
+   (``IngestCheckpoint``, compacted topic) is overwritten: next chunk index, covered stream
+   time, and the resume point (the last segment that ended within the covered time).
+4. At the end (``#EXT-X-ENDLIST``, EndSession or failure) the partial last chunk is flushed
+   and acked, the local manifest gets ``#EXT-X-ENDLIST``, and only then the final
+   ``ENDED``/``FAILED`` report carries ``chunks_published`` (final). After that report is
+   acked, the checkpoint is deleted (tombstone).
 
-A crash of the process at any point loses the session's progress: no final report is
-produced, and the session is not resumed (the command offset was committed when the session
-started; see ``service``). Chunks acked before the crash stay on the topic. This is a
-documented limitation: resuming a live source mid-way would need the tracker/chunker state
-checkpointed in Kafka.
+A crash (or a suspend: service shutdown, partition revoked) leaves the last checkpoint; the
+ingest instance that owns the session's partition next resumes the session from it (see
+``checkpoint``): it re-ingests the media after the resume point and continues at the
+checkpoint's chunk index. So a crash between a chunk's ack and the next checkpoint makes the
+resumed session publish that chunk index again (same ``chunk_id``, the same frames when the
+source still lists its segments): consumers must be (and ours are) idempotent per chunk
+index; the aggregator keeps the first result per index, event ids derive from the chunk
+index. A crash between the final report and the tombstone resumes a session that already
+ended: its source is followed again and it reports a second final report, which the
+aggregator ignores (a terminal status never changes). Frames sampled after the last
+completed chunk are not checkpointed: the resumed session samples them again.
 """
 
 from __future__ import annotations
@@ -29,9 +40,11 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Literal, Protocol, TypeVar
 
+from ingest.checkpoint import START_MARK, SegmentMark, build_checkpoint, mark_of, resume_mark, wall_clock_gap
 from ingest.chunker import Chunk, Chunker, SampledFrame, build_chunk_record
 from ingest.decode import decode_segment
 from ingest.encode import encode_chunk
@@ -49,14 +62,13 @@ from ingest.sampler import FrameSampler
 from ingest.settings import IngestSettings
 from ingest.storage import SegmentStore
 from ingest.tracker import PlaylistTracker, TrackedSegment, refresh_interval
-from schemas.records import ChunkRecord, IngestState, SessionLifecycle, StartSession, utcnow
+from schemas.records import ChunkRecord, IngestCheckpoint, IngestState, SessionLifecycle, StartSession, utcnow
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-StopReason = Literal["user", "shutdown"]
-
-SHUTDOWN_REASON = "ingest service shut down while the session was running"
+# "suspend": stop without a final report, leaving the checkpoint for whoever resumes it.
+StopReason = Literal["user", "suspend"]
 
 
 class RecordPublisher(Protocol):
@@ -67,6 +79,14 @@ class RecordPublisher(Protocol):
     async def publish_lifecycle(self, record: SessionLifecycle) -> None: ...
 
 
+class CheckpointWriter(Protocol):
+    """Where a session's checkpoints go; each call returns once the broker acknowledged it."""
+
+    async def save_checkpoint(self, checkpoint: IngestCheckpoint) -> None: ...
+
+    async def delete_checkpoint(self, session_id: str) -> None: ...
+
+
 class IngestSession:
     def __init__(
         self,
@@ -74,11 +94,15 @@ class IngestSession:
         settings: IngestSettings,
         fetcher: HttpFetcher,
         publisher: RecordPublisher,
+        checkpoints: CheckpointWriter | None = None,
+        resume_from: IngestCheckpoint | None = None,
     ) -> None:
         self.command = command
         self.settings = settings
         self.fetcher = fetcher
         self.publisher = publisher
+        self.checkpoints = checkpoints
+        self.resume_from = resume_from
         self.store = SegmentStore(settings.storage_dir, command.session_id)
         self.tracker = PlaylistTracker(settings.live_edge_segments)
         self.sampler = FrameSampler(settings.sample_fps)
@@ -90,6 +114,33 @@ class IngestSession:
         self._store_open = False
         self._stop = asyncio.Event()
         self._stop_reason: StopReason | None = None
+        # Frames before this stream time are in published chunks already (set when resuming).
+        self._covered_time = 0.0
+        self._marks: list[SegmentMark] = []  # states after recent segments, for checkpoints
+        if resume_from is not None:
+            self._restore(resume_from)
+
+    def _restore(self, checkpoint: IngestCheckpoint) -> None:
+        mark = mark_of(checkpoint)
+        published_something = checkpoint.next_chunk_index > 0 or mark.media_sequence is not None
+        # Nothing published or ingested yet: the resumed session simply starts afresh.
+        gap = wall_clock_gap(checkpoint, utcnow()) if published_something else None
+        self.tracker.resume(mark, gap)
+        self.chunks_published = checkpoint.chunks_published
+        self.segments_decoded = checkpoint.segments_decoded
+        self._covered_time = checkpoint.covered_time
+        self._marks = [mark]
+        # The anchor dates chunks without frames, as before the interruption.
+        anchor_clock = mark.program_date_time or mark.ingested_at
+        anchor = (mark.stream_time, anchor_clock) if anchor_clock is not None else None
+        self.chunker.resume(checkpoint.next_chunk_index, anchor)
+        log.info(
+            "session %s resumes at chunk %d (stream time %.2f, after media sequence %s)",
+            self.session_id,
+            checkpoint.next_chunk_index,
+            checkpoint.covered_time,
+            mark.media_sequence,
+        )
 
     @property
     def session_id(self) -> str:
@@ -103,21 +154,29 @@ class IngestSession:
 
     # ------------------------------------------------------------------ main flow
 
-    async def run(self) -> SessionLifecycle:
-        """Follow the source to its end; return the final (already published) lifecycle report."""
+    async def run(self) -> SessionLifecycle | None:
+        """Follow the source to its end; return the final (already published) lifecycle report,
+        or None when the session was suspended (no final report; its checkpoint stays)."""
         try:
-            await asyncio.to_thread(self.store.open)
+            resume = self.resume_from
+            if resume is None:
+                await asyncio.to_thread(self.store.open)
+            else:
+                await asyncio.to_thread(self.store.open, resume.manifest_entries, resume.resume_stream_time)
+                self._marks = [replace(self._marks[0], manifest_entries=self.store.entry_count)]
             self._store_open = True
             playlist = await self._open_source()
             if playlist is None:  # stopped while still connecting
                 return await self._finish_stopped()
-            await self._report(IngestState.ACTIVE)
+            await self._report(IngestState.ACTIVE)  # again on resume: harmless, shows the count
+            await self._save_checkpoint()
             ended_by = await self._follow(playlist)
         except IngestError as exc:
             log.warning("session %s failed: %s", self.session_id, exc)
             return await self.fail(str(exc))
-        if ended_by == "shutdown":
-            return await self.fail(SHUTDOWN_REASON)
+        if ended_by == "suspend":
+            log.info("session %s suspended at chunk %d", self.session_id, self.chunks_published)
+            return None
         # Flush (each chunk acked, then counted), ENDLIST on the manifest, then the final report:
         # a crash before the report leaves no ENDED at all, never one with a wrong count.
         await self._flush()
@@ -131,9 +190,9 @@ class IngestSession:
             log.warning("session %s: could not flush its last chunk: %s", self.session_id, exc)
         return await self._report(IngestState.FAILED, reason=reason)
 
-    async def _finish_stopped(self) -> SessionLifecycle:
-        if self._stop_reason == "shutdown":
-            return await self.fail(SHUTDOWN_REASON)
+    async def _finish_stopped(self) -> SessionLifecycle | None:
+        if self._stop_reason == "suspend":
+            return None
         return await self._report(IngestState.ENDED, ended_by="user")
 
     async def _open_source(self) -> MediaPlaylist | None:
@@ -163,7 +222,7 @@ class IngestSession:
         except PlaylistError as exc:
             raise PlaylistError(exc.message, **exc.context, content_type=fetched.content_type) from exc
 
-    async def _follow(self, playlist: MediaPlaylist) -> Literal["stream", "user", "shutdown"]:
+    async def _follow(self, playlist: MediaPlaylist) -> Literal["stream", "user", "suspend"]:
         loop = asyncio.get_running_loop()
         loaded_at = last_progress = loop.time()
         refresh_error: IngestError | None = None
@@ -172,7 +231,8 @@ class IngestSession:
             for item in update.new_segments:
                 if self._stop.is_set():
                     break
-                await self._ingest_segment(item)
+                if await self._ingest_segment(item):
+                    await self._save_checkpoint()
                 last_progress = loop.time()
             if self._stop.is_set():
                 return self._stop_reason or "user"
@@ -211,25 +271,30 @@ class IngestSession:
 
     # ------------------------------------------------------------------ one segment
 
-    async def _ingest_segment(self, item: TrackedSegment) -> None:
+    async def _ingest_segment(self, item: TrackedSegment) -> bool:
+        """Ingest one segment; False when a stop interrupted it (it is then not part of the session)."""
         segment = item.segment
-        if item.missed_before:
+        if item.missed_duration_before > 0:
             await asyncio.to_thread(self.store.add_gap, item.missed_duration_before)
         try:
             fetched = await self._until_stopped(self.fetcher.get(segment.uri))
         except FetchError as exc:
             await self._bad_segment(item, exc)
-            return
+            return True
         if fetched is None:
-            return  # stopped mid-download: the segment is not part of the session
+            return False  # stopped mid-download: the segment is not part of the session
         arrival = utcnow()
         await asyncio.to_thread(
             self.store.add_segment, fetched.content, segment.duration, segment.uri, item.discontinuity
         )
         self.chunker.add_segment(segment.media_sequence, item.stream_start, item.stream_end)
 
+        covered = self._covered_time
+
         def keep(offset: float) -> bool:  # runs in the decode thread; only this task uses the sampler
-            return self.sampler.accept(item.stream_start + offset)
+            stream_time = item.stream_start + offset
+            # Re-ingested media of a resumed session: frames before covered time are published.
+            return stream_time >= covered - 1e-6 and self.sampler.accept(stream_time)
 
         try:
             decoded = await asyncio.to_thread(
@@ -241,7 +306,7 @@ class IngestSession:
             )
         except DecodeError as exc:
             await self._bad_segment(item, exc, stored=True)
-            return
+            return True
         self._bad_segments_in_a_row = 0
         self.segments_decoded += 1
         wall_clock_base = segment.program_date_time or arrival
@@ -256,6 +321,8 @@ class IngestSession:
             completed += self.chunker.add(sampled)
         completed += self.chunker.advance_to(item.stream_end)
         await self._publish(completed)
+        self._mark(item, arrival)
+        return True
 
     async def _bad_segment(self, item: TrackedSegment, error: IngestError, *, stored: bool = False) -> None:
         """A segment that cannot be fetched or decoded: a gap, unless too many come in a row."""
@@ -271,6 +338,34 @@ class IngestSession:
         if not stored:
             await asyncio.to_thread(self.store.add_gap, item.segment.duration, item.discontinuity)
         await self._publish(self.chunker.advance_to(item.stream_end))
+        self._mark(item, utcnow())
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _mark(self, item: TrackedSegment, ingested_at: datetime) -> None:
+        date = item.segment.program_date_time
+        self._marks.append(
+            SegmentMark(
+                media_sequence=item.media_sequence,
+                stream_time=item.stream_end,
+                program_date_time=date + timedelta(seconds=item.segment.duration) if date else None,
+                ingested_at=ingested_at,
+                segments_decoded=self.segments_decoded,
+                manifest_entries=self.store.entry_count,
+                segments_yielded=item.ordinal + 1,
+            )
+        )
+
+    async def _save_checkpoint(self) -> None:
+        """Overwrite the session's checkpoint with the current resume point (acked on return)."""
+        covered = self.chunks_published * self.settings.chunk_seconds
+        mark = resume_mark(self._marks, covered) if self._marks else START_MARK
+        # Marks before the resume point are never needed again.
+        self._marks = [m for m in self._marks if m.stream_time >= mark.stream_time]
+        if self.checkpoints is None:
+            return
+        checkpoint = build_checkpoint(self.command, self.chunks_published, self.settings.chunk_seconds, mark)
+        await self.checkpoints.save_checkpoint(checkpoint)
 
     # ------------------------------------------------------------------ output
 
@@ -316,6 +411,9 @@ class IngestSession:
         await self.publisher.publish_lifecycle(report)
         if state is not IngestState.ACTIVE:
             self.final_report = report
+            # Only after the final report is acked: a crash in between resumes the session.
+            if self.checkpoints is not None:
+                await self.checkpoints.delete_checkpoint(self.session_id)
         log.info(
             "session %s %s (chunks=%d%s)",
             self.session_id,

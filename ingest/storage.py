@@ -6,6 +6,10 @@ playlist rewritten atomically after each segment, with ``#EXT-X-ENDLIST`` once t
 ends. Segments we missed or could not fetch are written as ``#EXT-X-GAP`` entries of their
 duration, so playback time equals the session's stream time.
 
+A resumed session (see ``checkpoint``) reopens its directory and keeps the manifest entries its
+checkpoint counted (later ones belong to media it ingests again); on another machine, or if
+the manifest is gone, the stream time before the resume point is listed as one gap.
+
 Blocking file I/O: the async session calls these methods through ``asyncio.to_thread``.
 """
 
@@ -37,6 +41,25 @@ class _Entry:
     gap: bool
 
 
+def manifest_entries(text: str) -> list[_Entry]:
+    """The entries of a manifest written by ``SegmentStore.render`` (in order)."""
+    entries: list[_Entry] = []
+    discontinuity = gap = False
+    duration: float | None = None
+    for line in (raw.strip() for raw in text.splitlines()):
+        if line == "#EXT-X-DISCONTINUITY":
+            discontinuity = True
+        elif line == "#EXT-X-GAP":
+            gap = True
+        elif line.startswith("#EXTINF:"):
+            duration = float(line[len("#EXTINF:") :].split(",", 1)[0])
+        elif line and not line.startswith("#") and duration is not None:
+            entries.append(_Entry(line, duration, discontinuity, gap))
+            discontinuity = gap = False
+            duration = None
+    return entries
+
+
 class SegmentStore:
     def __init__(self, storage_dir: Path, session_id: str) -> None:
         self.directory = Path(storage_dir) / directory_name(session_id)
@@ -49,11 +72,30 @@ class SegmentStore:
     def manifest_path(self) -> Path:
         return self.directory / "index.m3u8"
 
-    def open(self) -> None:
+    @property
+    def entry_count(self) -> int:
+        return len(self._entries)
+
+    def open(self, resume_entries: int | None = None, resume_duration: float = 0.0) -> None:
+        """Create the directory and manifest; when resuming, keep the first ``resume_entries``
+        entries of an existing manifest and pad it with a gap up to ``resume_duration``."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create {self.directory}: {exc}", session_id=self.session_id) from exc
+        if resume_entries is not None:
+            try:
+                text = self.manifest_path.read_text() if self.manifest_path.exists() else ""
+            except OSError as exc:
+                message = f"cannot read {self.manifest_path}: {exc}"
+                raise StorageError(message, session_id=self.session_id) from exc
+            self._entries = manifest_entries(text)[:resume_entries]
+            self._count = len(self._entries)
+            listed = sum(entry.duration for entry in self._entries)
+            if resume_duration - listed > 1e-3:
+                self._count += 1
+                name = f"gap{self._count - 1:06d}.ts"
+                self._entries.append(_Entry(name, resume_duration - listed, discontinuity=True, gap=True))
         self._write_manifest()
 
     def add_segment(self, data: bytes, duration: float, source_uri: str, discontinuity: bool = False) -> Path:

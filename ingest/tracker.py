@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from ingest.checkpoint import SegmentMark, rejoin_gap_seconds
 from ingest.playlist import MediaPlaylist, Segment
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ class PlaylistTracker:
     playlist is read from its first segment. A media sequence that goes backwards (the
     playlist's last segment is older than the last one we yielded) is a source restart: we
     rejoin the new playlist at its live edge and mark a discontinuity; stream time goes on.
+
+    Resuming (``resume``) restores the state after a checkpointed segment: the next update
+    continues right after it when the playlist still bridges it by media sequence (segments
+    that slid out meanwhile are a gap, as above). Otherwise (a restarted source, or nothing
+    was ingested before) it joins at the live edge after a gap from ``rejoin_gap_seconds``.
     """
 
     def __init__(self, live_edge_segments: int = 2) -> None:
@@ -72,6 +78,18 @@ class PlaylistTracker:
         self.missed_total = 0
         self.resets = 0
         self._last_end_date: datetime | None = None  # PROGRAM-DATE-TIME at the end of the last segment
+        self._rejoin_wall_clock_gap: float | None = None  # set by ``resume`` until the first update
+
+    def resume(self, mark: SegmentMark, wall_clock_gap: float | None) -> None:
+        """Continue after ``mark``; ``wall_clock_gap`` (seconds since it) estimates a rejoin gap.
+
+        ``wall_clock_gap`` None means stream time restarts from the mark as if new (nothing
+        to bridge: no chunk was published yet)."""
+        self.last_media_sequence = mark.media_sequence
+        self.stream_time = mark.stream_time
+        self._last_end_date = mark.program_date_time
+        self.yielded = mark.segments_yielded
+        self._rejoin_wall_clock_gap = wall_clock_gap
 
     @property
     def started(self) -> bool:
@@ -81,9 +99,11 @@ class PlaylistTracker:
         segments = playlist.segments
         if not segments:
             return TrackerUpdate(ended=playlist.ended)
+        rejoin_wall_clock_gap, self._rejoin_wall_clock_gap = self._rejoin_wall_clock_gap, None
         if self.last_media_sequence is None:
             start = 0 if playlist.is_vod else max(0, len(segments) - self.live_edge_segments)
-            return self._emit(segments[start:], playlist, missed=0, reset=False)
+            rejoin = self._rejoin_gap(rejoin_wall_clock_gap, segments[start], playlist)
+            return self._emit(segments[start:], playlist, missed=0, reset=False, rejoin_gap=rejoin)
 
         last_in_playlist = segments[-1].media_sequence
         if last_in_playlist < self.last_media_sequence:
@@ -95,7 +115,8 @@ class PlaylistTracker:
                 playlist.url,
             )
             start = 0 if playlist.is_vod else max(0, len(segments) - self.live_edge_segments)
-            return self._emit(segments[start:], playlist, missed=0, reset=True)
+            rejoin = self._rejoin_gap(rejoin_wall_clock_gap, segments[start], playlist)
+            return self._emit(segments[start:], playlist, missed=0, reset=True, rejoin_gap=rejoin)
 
         wanted = self.last_media_sequence + 1
         new = [s for s in segments if s.media_sequence >= wanted]
@@ -109,11 +130,21 @@ class PlaylistTracker:
         *,
         missed: int,
         reset: bool,
+        rejoin_gap: float = 0.0,
     ) -> TrackerUpdate:
         tracked: list[TrackedSegment] = []
         for position, segment in enumerate(segments):
             first = position == 0
             missed_duration = 0.0
+            if first and rejoin_gap > 0:
+                missed_duration = rejoin_gap
+                log.warning(
+                    "resumed session rejoins at media sequence %d at %s after a gap of ~%.1fs",
+                    segment.media_sequence,
+                    playlist.url,
+                    rejoin_gap,
+                )
+                self.stream_time += rejoin_gap
             if first and missed:
                 missed_duration = self._missed_duration(missed, segment, playlist)
                 self.missed_total += missed
@@ -129,7 +160,7 @@ class PlaylistTracker:
                 segment=segment,
                 ordinal=self.yielded,
                 stream_start=self.stream_time,
-                discontinuity=segment.discontinuity or (first and (reset or missed > 0)),
+                discontinuity=segment.discontinuity or (first and (reset or missed > 0 or rejoin_gap > 0)),
                 missed_before=missed if first else 0,
                 missed_duration_before=missed_duration,
             )
@@ -140,6 +171,13 @@ class PlaylistTracker:
             date = segment.program_date_time
             self._last_end_date = date + timedelta(seconds=segment.duration) if date else None
         return TrackerUpdate(new_segments=tracked, missed=missed, reset=reset, ended=playlist.ended)
+
+    def _rejoin_gap(self, wall_clock_gap: float | None, first: Segment, playlist: MediaPlaylist) -> float:
+        if wall_clock_gap is None:
+            return 0.0
+        return rejoin_gap_seconds(
+            self._last_end_date, first.program_date_time, wall_clock_gap, playlist.target_duration
+        )
 
     def _missed_duration(self, missed: int, segment: Segment, playlist: MediaPlaylist) -> float:
         """Duration of segments we never saw: from PROGRAM-DATE-TIME when both sides have one,

@@ -149,6 +149,35 @@ def chunk_id_for(session_id: str, chunk_index: int) -> str:
     return f"{session_id}-c{chunk_index:06d}"
 
 
+# --------------------------------------------------------------------------- ingest checkpoints
+
+
+class IngestCheckpoint(Record):
+    """Ingest -> ingest (compacted, keyed by session_id): where a running session stands.
+
+    Written when a session starts and after each ingested segment whose chunks were acked; a
+    tombstone deletes it once the session's final report was acked. The ingest instance that
+    owns a command partition resumes the open sessions of the same checkpoint partition:
+    chunk indexes continue at ``next_chunk_index`` and media after the ``resume_*`` segment
+    (the last one that ended before ``covered_time``) is ingested again, so the resumed chunks
+    are the ones an uninterrupted session would have published.
+    """
+
+    session_id: str
+    stream_id: str
+    command: StartSession
+    next_chunk_index: int = 0  # chunks 0..next_chunk_index-1 are published and acked
+    chunks_published: int = 0
+    covered_time: float = 0.0  # stream time covered by those chunks (end of the last one)
+    resume_media_sequence: int | None = None  # last segment ingested that ended by covered_time
+    resume_stream_time: float = 0.0  # stream time at the end of that segment (<= covered_time)
+    resume_program_date_time: datetime | None = None  # its PROGRAM-DATE-TIME at its end, if any
+    resume_ingested_at: datetime | None = None  # wall clock when it was ingested
+    segments_decoded: int = 0  # segments decoded up to it
+    manifest_entries: int = 0  # entries of the local playback manifest up to it
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 # --------------------------------------------------------------------------- events
 
 
@@ -277,6 +306,7 @@ TOPIC_RECORDS: dict[str, type[BaseModel] | TypeAdapter] = {
     "chunk-results": ChunkResult,
     "events": Event,
     "session-state": SessionState,
+    "ingest-checkpoints": IngestCheckpoint,
 }
 
 

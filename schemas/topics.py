@@ -60,6 +60,10 @@ class Topics:
     def session_state(self) -> str:
         return f"{self.prefix}.session-state"
 
+    @property
+    def ingest_checkpoints(self) -> str:
+        return f"{self.prefix}.ingest-checkpoints"
+
     def specs(self) -> list[TopicSpec]:
         week = str(7 * DAY_MS)
         return [
@@ -104,5 +108,13 @@ class Topics:
                 # Latest state per session is all anyone needs: compact, keep forever.
                 {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
                 "materialized session state (SessionState), compacted by session_id",
+            ),
+            TopicSpec(
+                self.ingest_checkpoints,
+                self.partitions,
+                # One live checkpoint per running session; tombstones remove ended ones.
+                {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
+                "progress of each running ingest session (IngestCheckpoint), so another ingest "
+                "instance resumes it after a restart or rebalance; compacted by session_id",
             ),
         ]

@@ -2,7 +2,8 @@
 
 One service instance handles several sessions at once (as in production): a live stream that
 ends by itself, an unreachable URL, a URL that is not a playlist, a looping stream ended by
-EndSession, and one still running when the service shuts down.
+EndSession, and one still running when the service shuts down (suspended, not failed: it
+resumes from its checkpoint on the next instance, see ``test_ingest_resume``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from PIL import Image
 
-from ingest.service import IngestService
+from ingest.service import IngestService, read_open_checkpoints
 from ingest.settings import IngestSettings
 from livestream.kafka.serde import decode_value, encode_key, encode_value
 from livestream.testsource import LiveHlsSource, short_script
@@ -70,6 +71,18 @@ async def read_until(
                 else:
                     report = decode_value(SessionLifecycle, message.value)
                     seen.lifecycle[report.session_id].append(report)
+
+
+async def open_checkpoint_ids(bootstrap: str, topics: Topics) -> set[str]:
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await reader.start()
+    try:
+        opened = await read_open_checkpoints(
+            reader, topics.ingest_checkpoints, list(range(topics.partitions))
+        )
+        return {checkpoint.session_id for _, checkpoint in opened}
+    finally:
+        await reader.stop()
 
 
 def start(session_id: str, url: str) -> StartSession:
@@ -156,12 +169,13 @@ async def test_ingest_service_follows_live_streams_and_reports_lifecycle(
                 lambda: all(seen.final(s) for s in (ended_id, refused_id, bogus_id, user_id, stale_id)),
             )
 
-            # A session still running at shutdown reports FAILED with its final count.
+            # A session still running at shutdown is suspended: no final report, checkpoint kept.
             await send(start(shutdown_id, looping.url))
-            await read_until(consumer, topics, seen, lambda: len(seen.lifecycle[shutdown_id]) >= 1)
+            await read_until(consumer, topics, seen, lambda: len(seen.chunks[shutdown_id]) >= 1)
             stop_service.set()
             await asyncio.wait_for(service_task, timeout=10)
-        await read_until(consumer, topics, seen, lambda: seen.final(shutdown_id) is not None)
+        await read_until(consumer, topics, seen, lambda: True)
+        open_after_shutdown = await open_checkpoint_ids(kafka_bootstrap, topics)
     finally:
         await asyncio.to_thread(finite.stop)
         await asyncio.to_thread(looping.stop)
@@ -214,8 +228,9 @@ async def test_ingest_service_follows_live_streams_and_reports_lifecycle(
     assert by_user.ended_by == "user"
     assert_contiguous(seen.chunks[user_id], by_user)
 
-    # --- stopped by service shutdown
-    shut = seen.final(shutdown_id)
-    assert shut is not None and shut.state is IngestState.FAILED
-    assert shut.reason is not None and "shut down" in shut.reason
-    assert_contiguous(seen.chunks[shutdown_id], shut)
+    # --- suspended by service shutdown; only it is left open
+    assert seen.final(shutdown_id) is None
+    assert [r.state for r in seen.lifecycle[shutdown_id]] == [IngestState.ACTIVE]
+    assert open_after_shutdown == {shutdown_id}
+    indexes = [c.chunk_index for c in seen.chunks[shutdown_id]]
+    assert indexes == list(range(len(indexes)))
