@@ -15,7 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-SCHEMA_VERSION = 1
+# 2: the session-state topic carries SessionHeader (lists moved to session-chunks/-events).
+SCHEMA_VERSION = 2
 
 # Stable namespace for deterministic event ids (uuid5), so a re-analysed chunk yields the
 # same ids and every consumer can de-duplicate at-least-once deliveries.
@@ -80,8 +81,37 @@ class EndSession(Record):
     requested_at: datetime = Field(default_factory=utcnow)
 
 
-SessionCommand = Annotated[StartSession | EndSession, Field(discriminator="kind")]
-SESSION_COMMAND_ADAPTER: TypeAdapter[StartSession | EndSession] = TypeAdapter(SessionCommand)
+class SessionDeadline(Record):
+    """Aggregator -> aggregator: the aggregator's clock passed a deadline of the session.
+
+    Produced by the aggregator's timer for a session that has been ENDING longer than its
+    ending timeout (it then ends anyway, naming the chunks whose results never came). Other
+    readers of the commands topic ignore it.
+    """
+
+    kind: Literal["deadline"] = "deadline"
+    session_id: str
+    stream_id: str
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
+class PurgeSession(Record):
+    """Aggregator -> aggregator, ingest: the session's retention ran out; remove it everywhere.
+
+    The aggregator writes tombstones for the session's header, chunk and event records and drops
+    it from its table; ingest deletes its recording and tombstones its checkpoint.
+    """
+
+    kind: Literal["purge"] = "purge"
+    session_id: str
+    stream_id: str
+    reason: str = "retention"
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
+SessionCommandRecord = StartSession | EndSession | SessionDeadline | PurgeSession
+SessionCommand = Annotated[SessionCommandRecord, Field(discriminator="kind")]
+SESSION_COMMAND_ADAPTER: TypeAdapter[SessionCommandRecord] = TypeAdapter(SessionCommand)
 
 
 # --------------------------------------------------------------------------- ingest lifecycle
@@ -244,25 +274,84 @@ class ChunkResult(Record):
 
 
 # --------------------------------------------------------------------------- session state
+#
+# A session's state is split by how it changes, so that no record grows with the session's age:
+#
+# * ``SessionHeader`` (compacted ``session-state`` topic, key = session_id): status, counters and
+#   the few events still open. Re-published after every folded input record; its size is
+#   bounded by the number of labels the query names and by the reorder window.
+# * ``SessionChunk`` (compacted ``session-chunks`` topic): one record per chunk, written once
+#   when the chunk is folded (or declared missing).
+# * ``SessionEvent`` (compacted ``session-events`` topic): the merged events, one record per
+#   version: ``opened`` when an event first appears, ``updated`` when its window grows,
+#   ``closed`` when it can grow no more (then it is immutable).
+#
+# Keys of the last two are ``<session_id>/chunk/<index>`` and ``<session_id>/event/<number>``, so
+# compaction keeps the latest version of each chunk and event; they are produced to the
+# partition the default partitioner gives the bare ``session_id`` (``livestream.kafka.serde.session_partition``), so
+# all of a session's records stay in one partition, co-partitioned with every other topic.
+
+
+ChunkStatus = Literal["ok", "failed", "missing"]
 
 
 class ChunkSummary(BaseModel):
+    """One chunk of a session as the API lists it (``missing``: its result never arrived)."""
+
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     chunk_id: str
     chunk_index: int
     start_time: float
     end_time: float
-    status: Literal["ok", "failed"]
+    status: ChunkStatus
     event_count: int
     analysis_id: str
+    error: str | None = None
 
 
-class SessionState(Record):
-    """Aggregator -> compacted topic -> API: everything known about one session.
+class SessionChunk(Record):
+    """Aggregator -> compacted ``session-chunks`` topic: one chunk's summary, written once."""
 
-    ``chunk_count`` counts analysed chunks; ``events`` are merged across chunk boundaries
-    (an object seen at the end of chunk N and the start of N+1 is one event).
+    session_id: str
+    stream_id: str
+    chunk: ChunkSummary
+    written_at: datetime = Field(default_factory=utcnow)
+
+
+EventLifecycle = Literal["opened", "updated", "closed"]
+
+
+class SessionEvent(Record):
+    """Aggregator -> compacted ``session-events`` topic: one version of one merged event.
+
+    ``number`` counts the session's merged events from 0 in the order they opened (it names the
+    record's key); ``cursor`` is the session's feed cursor when this version was written: it only
+    grows, so "everything after cursor c" is the records with a larger cursor. Every event gets
+    exactly one ``opened`` and one ``closed`` record (in that order, ``updated`` ones between),
+    unless the session is purged first. ``event`` keeps the ``event_id`` of the first detection
+    it merged; ``end_time``, ``confidence`` and ``description`` grow with it.
+    """
+
+    session_id: str
+    stream_id: str
+    number: int
+    cursor: int
+    lifecycle: EventLifecycle
+    event: Event
+    written_at: datetime = Field(default_factory=utcnow)
+
+
+class SessionHeader(Record):
+    """Aggregator -> compacted ``session-state`` topic: everything about a session but its lists.
+
+    ``chunk_count`` counts analysed chunks (ok or failed); ``next_chunk_index`` is the fold's
+    watermark: every chunk below it has been folded, in order, or declared missing
+    (``missing_chunks``, the first ``MISSING_CHUNKS_LISTED`` of them). Results of chunks above it
+    wait in ``pending_results`` (the reorder window) so merging happens in chunk order.
+    ``open_events`` are the merged events that may still grow. ``cursor`` is the session's feed
+    cursor (it grows with every ``SessionEvent`` written and every status change);
+    ``events_cursor`` is the cursor of the newest ``SessionEvent`` written.
     """
 
     stream_id: str
@@ -276,17 +365,45 @@ class SessionState(Record):
     created_at: datetime
     updated_at: datetime
     ended_at: datetime | None = None
+    ending_since: datetime | None = None
+    ingest_state: IngestState | None = None
+    ingest_reason: str | None = None
     chunks_published: int = 0
     chunks_expected: int | None = None
     chunk_count: int = 0
-    chunks: list[ChunkSummary] = Field(default_factory=list)
-    events: list[Event] = Field(default_factory=list)
+    failed_chunk_count: int = 0
+    missing_chunk_count: int = 0
+    missing_chunks: list[int] = Field(default_factory=list)
+    next_chunk_index: int = 0
+    analysed_time: float = 0.0
+    event_count: int = 0
+    cursor: int = 0
+    events_cursor: int = 0
+    open_events: list[SessionEvent] = Field(default_factory=list)
+    pending_results: list[ChunkResult] = Field(default_factory=list)
     manifest_path: str | None = None
 
 
-def initial_state(start: StartSession, updated_at: datetime) -> SessionState:
-    """The INITIALIZING state of a just-started session (aggregator's fold, API's overlay)."""
-    return SessionState(
+MISSING_CHUNKS_LISTED = 256
+
+
+class SessionState(SessionHeader):
+    """API view of a session (``get_session``): the header plus its chunks and merged events.
+
+    ``events`` are the merged events (latest version of each, open ones included) ordered by
+    start time; ``chunks`` the chunk summaries by index. Both may be a page of the whole, see
+    the API's paging parameters and ``chunks_total``/``events_total``.
+    """
+
+    chunks: list[ChunkSummary] = Field(default_factory=list)
+    events: list[Event] = Field(default_factory=list)
+    chunks_total: int | None = None
+    events_total: int | None = None
+
+
+def initial_header(start: StartSession, updated_at: datetime) -> SessionHeader:
+    """The INITIALIZING header of a just-started session (aggregator's fold, API's overlay)."""
+    return SessionHeader(
         stream_id=start.stream_id,
         session_id=start.session_id,
         name=start.name,
@@ -299,13 +416,25 @@ def initial_state(start: StartSession, updated_at: datetime) -> SessionState:
     )
 
 
+def chunk_record_key(session_id: str, chunk_index: int) -> str:
+    """Key of a ``SessionChunk`` on the compacted session-chunks topic."""
+    return f"{session_id}/chunk/{chunk_index}"
+
+
+def event_record_key(session_id: str, number: int) -> str:
+    """Key of a ``SessionEvent`` on the compacted session-events topic."""
+    return f"{session_id}/event/{number}"
+
+
 TOPIC_RECORDS: dict[str, type[BaseModel] | TypeAdapter] = {
     "session-commands": SESSION_COMMAND_ADAPTER,
     "session-lifecycle": SessionLifecycle,
     "chunks": ChunkRecord,
     "chunk-results": ChunkResult,
     "events": Event,
-    "session-state": SessionState,
+    "session-state": SessionHeader,
+    "session-chunks": SessionChunk,
+    "session-events": SessionEvent,
     "ingest-checkpoints": IngestCheckpoint,
 }
 

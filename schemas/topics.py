@@ -61,6 +61,14 @@ class Topics:
         return f"{self.prefix}.session-state"
 
     @property
+    def session_chunks(self) -> str:
+        return f"{self.prefix}.session-chunks"
+
+    @property
+    def session_events(self) -> str:
+        return f"{self.prefix}.session-events"
+
+    @property
     def ingest_checkpoints(self) -> str:
         return f"{self.prefix}.ingest-checkpoints"
 
@@ -105,9 +113,27 @@ class Topics:
             TopicSpec(
                 self.session_state,
                 self.partitions,
-                # Latest state per session is all anyone needs: compact, keep forever.
+                # Latest header per session is all anyone needs: compact; the aggregator's
+                # retention writes the tombstone that removes a session.
                 {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
-                "materialized session state (SessionState), compacted by session_id",
+                "session headers (SessionHeader): status, counters, open events; compacted by session_id",
+            ),
+            TopicSpec(
+                self.session_chunks,
+                self.partitions,
+                # One record per chunk, keyed <session_id>/chunk/<index>, in the session's partition.
+                {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
+                "chunk summaries (SessionChunk), written once per chunk; compacted by "
+                "<session_id>/chunk/<index>, partitioned by session_id",
+            ),
+            TopicSpec(
+                self.session_events,
+                self.partitions,
+                # Versions of merged events, keyed <session_id>/event/<number>: compaction keeps
+                # the latest version of each event.
+                {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
+                "merged events (SessionEvent: opened, updated, closed); compacted by "
+                "<session_id>/event/<number>, partitioned by session_id",
             ),
             TopicSpec(
                 self.ingest_checkpoints,

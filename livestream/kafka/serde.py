@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from aiokafka.partitioner import murmur2
 from pydantic import BaseModel, ValidationError
 
 from livestream.errors import RecordError
-from schemas.records import SESSION_COMMAND_ADAPTER, EndSession, StartSession
+from schemas.records import SESSION_COMMAND_ADAPTER, SessionCommandRecord
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -20,6 +21,16 @@ T = TypeVar("T")
 
 def encode_key(session_id: str) -> bytes:
     return session_id.encode()
+
+
+def session_partition(session_id: str, partitions: int) -> int:
+    """The partition the default partitioner (Java's and aiokafka's, murmur2) gives ``session_id``.
+
+    Records keyed otherwise than by the bare session id (``<session_id>/event/<n>`` on the
+    compacted session-events and session-chunks topics) are produced to this partition
+    explicitly, so every record of a session lives in the same partition number of every topic.
+    """
+    return (murmur2(encode_key(session_id)) & 0x7FFFFFFF) % partitions
 
 
 def encode_value(record: BaseModel) -> bytes:
@@ -35,8 +46,8 @@ def decode_value(
 
 def decode_command(
     value: bytes | None, *, topic: str | None = None, offset: int | None = None
-) -> StartSession | EndSession:
-    """Parse a session-commands value (``kind`` selects StartSession or EndSession)."""
+) -> SessionCommandRecord:
+    """Parse a session-commands value (``kind`` selects the command class)."""
     return _decode(
         SESSION_COMMAND_ADAPTER.validate_json, "session command", value, topic=topic, offset=offset
     )
@@ -55,4 +66,4 @@ def _decode(
         ) from exc
 
 
-__all__ = ["decode_command", "decode_value", "encode_key", "encode_value"]
+__all__ = ["decode_command", "decode_value", "encode_key", "encode_value", "session_partition"]
