@@ -288,8 +288,9 @@ class ChunkResult(Record):
 #
 # Keys of the last two are ``<session_id>/chunk/<index>`` and ``<session_id>/event/<number>``, so
 # compaction keeps the latest version of each chunk and event; they are produced to the
-# partition the default partitioner gives the bare ``session_id`` (``livestream.kafka.serde.session_partition``), so
-# all of a session's records stay in one partition, co-partitioned with every other topic.
+# partition the default partitioner gives the bare ``session_id``
+# (``livestream.kafka.serde.session_partition``), so all of a session's records stay in one
+# partition, co-partitioned with every other topic.
 
 
 ChunkStatus = Literal["ok", "failed", "missing"]
