@@ -1,73 +1,154 @@
-"""Merging of a session's events across chunk boundaries (pure, order-independent).
+"""Incremental merging of a session's events across chunk boundaries (pure, no I/O).
 
 The analyzer reports each chunk separately, so an object that stays visible across a chunk
 boundary arrives as two events (end of chunk N, start of chunk N+1). Same-label events whose
-spans overlap or are separated by at most ``gap_tolerance_s`` are one event.
+spans overlap or are separated by at most ``gap_tolerance_s`` are one merged event.
 
-Merging is the union of intervals, each widened by the tolerance: a union is commutative and
-associative, so folding chunk results in any order (or twice) yields the same events.
+The reducer feeds chunks to ``EventLog.add_chunk`` strictly in chunk order (results that arrive
+early wait in the session's reorder window), which is what keeps this cheap *and* exact:
+
+* only the newest merged event of each label can still grow, so at most one event per label is
+  *open*; every other event is *closed* and immutable, and never needs to be looked at again;
+* an open event closes as soon as no later chunk can reach it: once the analysed stream time
+  passes its end by more than the gap tolerance (every later detection starts after that), or
+  when growing it would make it longer than ``max_event_duration_s`` (then the detection that
+  would have grown it opens a new event: a parked car seen for a week is a series of events,
+  each at most that long, not one event that never closes);
+* each change is one ``SessionEvent`` record: ``opened``, ``updated`` (its window or confidence
+  grew), ``closed``; each record takes the next value of the session's feed cursor.
+
+So the cost of a chunk depends on the chunk's own detections and the number of open labels,
+never on how long the session has run.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from schemas.records import Event, describe_event
+from schemas.records import Event, EventLifecycle, SessionEvent, describe_event
 
 _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
 
 
-def merge_events(existing: list[Event], new: list[Event], gap_tolerance_s: float) -> list[Event]:
-    """Return ``existing`` plus ``new``, de-duplicated by event_id and merged across small gaps.
-
-    Sorted by (start_time, label, event_id).
-    """
-    by_id: dict[str, Event] = {}
-    for event in [*existing, *new]:
-        by_id.setdefault(event.event_id, event)  # an id already known (redelivery) is dropped
-
-    by_label: dict[str, list[Event]] = defaultdict(list)
-    for event in by_id.values():
-        by_label[event.label].append(event)
-
-    merged: list[Event] = []
-    for events in by_label.values():
-        merged.extend(_merge_same_label(events, gap_tolerance_s))
-    merged.sort(key=lambda e: (e.start_time, e.label, e.event_id))
-    return merged
+@dataclass(frozen=True)
+class MergePolicy:
+    gap_tolerance_s: float
+    max_event_duration_s: float
 
 
-def _merge_same_label(events: list[Event], gap_tolerance_s: float) -> list[Event]:
-    """Sweep the events of one label by start time, grouping those within the tolerance."""
-    ordered = sorted(events, key=lambda e: (e.start_time, e.event_id))
-    groups: list[list[Event]] = []
-    group_end = float("-inf")
-    for event in ordered:
-        if groups and event.start_time <= group_end + gap_tolerance_s:
-            groups[-1].append(event)
-            group_end = max(group_end, event.end_time)
-        else:
-            groups.append([event])
-            group_end = event.end_time
-    return [_combine(group) for group in groups]
-
-
-def _combine(group: Iterable[Event]) -> Event:
-    """One event for a group: identity and start from the earliest, end from the latest."""
-    members = list(group)
-    if len(members) == 1:
-        return members[0]
-    first = min(members, key=lambda e: (e.start_time, e.event_id))
-    last = max(members, key=lambda e: (e.end_time, e.event_id))
-    confidence = max(e.confidence for e in members)
-    severity = max((e.severity for e in members), key=lambda s: _SEVERITY_RANK.get(s.value, 0))
-    return first.model_copy(
+def grown(event: Event, detection: Event) -> Event:
+    """``event`` widened by ``detection`` (same label): identity and start stay, end and confidence grow."""
+    end_time = max(event.end_time, detection.end_time)
+    t_end = event.t_end if event.end_time >= detection.end_time else detection.t_end
+    confidence = max(event.confidence, detection.confidence)
+    severity = max(event.severity, detection.severity, key=lambda s: _SEVERITY_RANK.get(s.value, 0))
+    if (end_time, confidence, severity) == (event.end_time, event.confidence, event.severity):
+        return event
+    return event.model_copy(
         update={
-            "end_time": last.end_time,
-            "t_end": last.t_end,
+            "end_time": end_time,
+            "t_end": t_end,
             "confidence": confidence,
             "severity": severity,
-            "description": describe_event(first.label, first.start_time, last.end_time, confidence),
+            "description": describe_event(event.label, event.start_time, end_time, confidence),
         }
     )
+
+
+@dataclass
+class EventLog:
+    """One fold's working copy of a session's merged events: open ones, counters, records written.
+
+    Built from the session header (``open_events``, ``event_count``, ``cursor``) and written back
+    into it by the reducer; ``written`` collects the ``SessionEvent`` records to publish, in cursor
+    order.
+    """
+
+    session_id: str
+    stream_id: str
+    now: datetime
+    cursor: int
+    event_count: int
+    open_by_label: dict[str, SessionEvent]
+    written: list[SessionEvent] = field(default_factory=list)
+
+    @classmethod
+    def resume(
+        cls,
+        session_id: str,
+        stream_id: str,
+        now: datetime,
+        *,
+        cursor: int,
+        event_count: int,
+        open_events: Iterable[SessionEvent],
+    ) -> EventLog:
+        return cls(session_id, stream_id, now, cursor, event_count, {e.event.label: e for e in open_events})
+
+    @property
+    def open_events(self) -> list[SessionEvent]:
+        return sorted(self.open_by_label.values(), key=lambda e: e.number)
+
+    @property
+    def events_cursor(self) -> int | None:
+        """Cursor of the newest record written by this fold (None if none)."""
+        return self.written[-1].cursor if self.written else None
+
+    def add_chunk(self, detections: Iterable[Event], chunk_end_time: float, policy: MergePolicy) -> None:
+        """Merge the detections of the next chunk (in chunk order), then close what can no longer grow."""
+        for detection in sorted(detections, key=lambda e: (e.start_time, e.label, e.event_id)):
+            current = self.open_by_label.get(detection.label)
+            if current is None:
+                self._open(detection)
+                continue
+            reaches = detection.start_time <= current.event.end_time + policy.gap_tolerance_s
+            longest = max(current.event.end_time, detection.end_time) - current.event.start_time
+            if reaches and longest <= policy.max_event_duration_s:
+                widened = grown(current.event, detection)
+                if widened is not current.event:
+                    self.open_by_label[detection.label] = self._write(current.number, "updated", widened)
+                continue
+            # Either the detection starts beyond the gap (later detections start later still,
+            # so the open event can no longer grow) or growing would exceed the maximum duration.
+            self.close(detection.label)
+            self._open(detection)
+        for label, current in list(self.open_by_label.items()):
+            if current.event.end_time + policy.gap_tolerance_s < chunk_end_time:
+                self.close(label)
+
+    def add_standalone(self, detections: Iterable[Event]) -> None:
+        """Detections that arrived after their chunk was declared missing: each opens and closes."""
+        for detection in sorted(detections, key=lambda e: (e.start_time, e.label, e.event_id)):
+            number = self.event_count
+            self.event_count += 1
+            self._write(number, "opened", detection)
+            self._write(number, "closed", detection)
+
+    def close(self, label: str) -> None:
+        current = self.open_by_label.pop(label)
+        self._write(current.number, "closed", current.event)
+
+    def close_all(self) -> None:
+        for current in self.open_events:
+            self.close(current.event.label)
+
+    def _open(self, detection: Event) -> None:
+        number = self.event_count
+        self.event_count += 1
+        self.open_by_label[detection.label] = self._write(number, "opened", detection)
+
+    def _write(self, number: int, lifecycle: EventLifecycle, event: Event) -> SessionEvent:
+        self.cursor += 1
+        record = SessionEvent(
+            session_id=self.session_id,
+            stream_id=self.stream_id,
+            number=number,
+            cursor=self.cursor,
+            lifecycle=lifecycle,
+            event=event,
+            written_at=self.now,
+        )
+        self.written.append(record)
+        return record

@@ -1,75 +1,155 @@
-"""Folding of one session's records into its ``SessionState`` (pure: no I/O, no clock).
+"""Folding of one session's input records into its bounded ``SessionHeader`` (pure: no I/O, no clock).
 
 Records of the three input topics may arrive in any order relative to each other, and any
 record may be delivered twice (at-least-once). So the fold is idempotent, a record for an
-unknown session creates a placeholder state, and a session becomes terminal only once the
-results of all chunks ingest reported have been folded in: nobody sees FINISHED (where the
-SDK stops reading events) before the last events.
+unknown session creates a placeholder header, and a session becomes terminal only once every
+chunk ingest reported has been folded (or, after the ending timeout, declared missing): nobody
+sees FINISHED (where the SDK stops reading events) before the last events.
 
-While a session is ENDING with a final chunk total, ``status_reason`` set means ingest
-reported FAILED (the session will end FAILED), unset means ENDED (it will end FINISHED).
+Bounded state. The header holds counters, the open merged events (at most one per label) and
+the reorder window; everything that accumulates is written out once, as ``SessionChunk`` and
+``SessionEvent`` records (see ``aggregator.merge``), so folding a chunk costs the same on day 7
+as in minute 1. Chunk results are folded strictly in chunk order: a result that arrives before
+its predecessors waits in ``pending_results``; when the window spans more than
+``reorder_window_chunks`` chunks, or holds more than ``reorder_window_events`` detections, the
+oldest chunk still missing is declared ``missing`` and folding moves on. A result that arrives
+after its chunk was declared missing is still folded: its chunk record is rewritten with its real
+status, and its detections become events of their own (opened and closed at once), since the
+events around them may already be closed. Redelivered results of folded chunks change nothing.
+
+Ending. ``EndSession`` or ingest's ENDED/FAILED report make the session ENDING (``ending_since``).
+It becomes FINISHED (FAILED when ingest failed) once every published chunk is folded. A
+``SessionDeadline`` (the aggregator's timer) after ``ending_timeout_s`` ends it anyway: chunks
+whose results never came are declared missing and named in ``status_reason``; if ingest never
+reported the end, the chunks seen so far are taken as the total.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from aggregator.merge import merge_events
-from aggregator.settings import DEFAULT_GAP_TOLERANCE_S
+from aggregator.merge import EventLog, MergePolicy
 from schemas.records import (
+    MISSING_CHUNKS_LISTED,
     ChunkResult,
     ChunkSummary,
     EndSession,
     IngestState,
+    PurgeSession,
+    SessionChunk,
+    SessionDeadline,
+    SessionEvent,
+    SessionHeader,
     SessionLifecycle,
-    SessionState,
     SessionStatus,
     StartSession,
-    initial_state,
+    chunk_id_for,
+    chunk_record_key,
+    event_record_key,
+    initial_header,
 )
 
-InputRecord = StartSession | EndSession | SessionLifecycle | ChunkResult
+InputRecord = StartSession | EndSession | SessionDeadline | PurgeSession | SessionLifecycle | ChunkResult
+
+MISSING_CHUNKS_NAMED = 20  # how many missing chunk indexes a status_reason names
+
+DEFAULT_GAP_TOLERANCE_S = 1.5
+DEFAULT_MAX_EVENT_DURATION_S = 600.0
+# 16 waiting results and 32 waiting detections keep the header well under 64 KiB.
+DEFAULT_REORDER_WINDOW_CHUNKS = 16
+DEFAULT_REORDER_WINDOW_EVENTS = 32
+DEFAULT_ENDING_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class FoldPolicy:
+    """The aggregator's merging and ending rules (from ``AggregatorSettings``)."""
+
+    gap_tolerance_s: float = DEFAULT_GAP_TOLERANCE_S
+    max_event_duration_s: float = DEFAULT_MAX_EVENT_DURATION_S
+    reorder_window_chunks: int = DEFAULT_REORDER_WINDOW_CHUNKS
+    reorder_window_events: int = DEFAULT_REORDER_WINDOW_EVENTS
+    ending_timeout_s: float = DEFAULT_ENDING_TIMEOUT_S
+
+    @property
+    def merge(self) -> MergePolicy:
+        return MergePolicy(self.gap_tolerance_s, self.max_event_duration_s)
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """What one input record did to its session.
+
+    ``header`` is the session's header after the record (None: the session is unknown and stays
+    so, or was purged); ``changed`` says whether it differs from the one before. ``chunks`` and
+    ``events`` are the records to write, in order; ``purged`` asks for the session's removal.
+    """
+
+    header: SessionHeader | None
+    changed: bool
+    chunks: tuple[SessionChunk, ...] = ()
+    events: tuple[SessionEvent, ...] = ()
+    purged: bool = False
 
 
 def fold(
-    state: SessionState | None,
+    header: SessionHeader | None,
     record: InputRecord,
     now: datetime,
-    *,
-    gap_tolerance_s: float = DEFAULT_GAP_TOLERANCE_S,
-) -> SessionState:
-    """Return the state after ``record``; ``state`` itself when the record changes nothing."""
-    if state is None:
+    policy: FoldPolicy = FoldPolicy(),
+) -> FoldResult:
+    """The header after ``record`` and the chunk and event records it makes the session write."""
+    if isinstance(record, PurgeSession):
+        return FoldResult(header=None, changed=header is not None, purged=True)
+    if header is None:
+        if isinstance(record, SessionDeadline):
+            return FoldResult(header=None, changed=False)  # a deadline of a session purged since
         if isinstance(record, StartSession):
-            return initial_state(record, now)
-        state = _placeholder(record, now)
+            return FoldResult(header=initial_header(record, now), changed=True)
+        header = _placeholder(record, now)
         before = None
     else:
-        before = state
+        before = header
 
+    folding = _Folding(header, now, policy)
     match record:
         case StartSession():
-            after = _on_start(state, record)
+            folding.on_start(record)
         case EndSession():
-            after = _on_end(state)
+            folding.on_end()
+        case SessionDeadline():
+            folding.on_deadline()
         case SessionLifecycle():
-            after = _on_lifecycle(state, record)
+            folding.on_lifecycle(record)
         case ChunkResult():
-            after = _on_chunk_result(state, record, gap_tolerance_s)
-    after = _settle(after, now)
-
+            folding.on_chunk_result(record)
+    folding.settle()
+    after = folding.finish()
     if before is not None and after == before:
-        return before
-    return after.model_copy(update={"updated_at": now})
+        return FoldResult(header=before, changed=False)
+    return FoldResult(
+        header=after.model_copy(update={"updated_at": now}),
+        changed=True,
+        chunks=tuple(folding.chunks),
+        events=tuple(folding.log.written),
+    )
 
 
-def is_placeholder(state: SessionState) -> bool:
+def is_placeholder(header: SessionHeader) -> bool:
     """True until the session's StartSession has been folded in (it always names a source)."""
-    return not state.source_url
+    return not header.source_url
 
 
-def _placeholder(record: InputRecord, now: datetime) -> SessionState:
-    return SessionState(
+def record_keys(header: SessionHeader) -> list[tuple[str, str]]:
+    """(kind, key) of every chunk and event record the session may have written, for tombstones."""
+    chunks = [("chunk", chunk_record_key(header.session_id, i)) for i in range(header.next_chunk_index)]
+    events = [("event", event_record_key(header.session_id, n)) for n in range(header.event_count)]
+    return [*chunks, *events]
+
+
+def _placeholder(record: InputRecord, now: datetime) -> SessionHeader:
+    return SessionHeader(
         stream_id=record.stream_id,
         session_id=record.session_id,
         name="",
@@ -80,47 +160,228 @@ def _placeholder(record: InputRecord, now: datetime) -> SessionState:
     )
 
 
-def _on_start(state: SessionState, start: StartSession) -> SessionState:
-    if not is_placeholder(state):
-        return state  # duplicate start
-    return state.model_copy(
-        update={
-            "name": start.name,
-            "source_url": start.source_url,
-            "rapid_review_query": start.rapid_review_query,
-            "created_by": start.created_by,
-            "created_at": start.requested_at,
-        }
-    )
+@dataclass
+class _Folding:
+    """One fold's mutable working copy: header field updates, event log, chunk records written."""
 
+    header: SessionHeader
+    now: datetime
+    policy: FoldPolicy
+    update: dict[str, object] = field(default_factory=dict)
+    chunks: list[SessionChunk] = field(default_factory=list)
+    log: EventLog = field(init=False)
 
-def _on_end(state: SessionState) -> SessionState:
-    if state.status.terminal or state.status is SessionStatus.ENDING:
-        return state
-    return state.model_copy(update={"status": SessionStatus.ENDING})
+    def __post_init__(self) -> None:
+        self.log = EventLog.resume(
+            self.header.session_id,
+            self.header.stream_id,
+            self.now,
+            cursor=self.header.cursor,
+            event_count=self.header.event_count,
+            open_events=self.header.open_events,
+        )
 
+    def get(self, name: str) -> object:
+        return self.update[name] if name in self.update else getattr(self.header, name)
 
-def _on_lifecycle(state: SessionState, report: SessionLifecycle) -> SessionState:
-    update: dict[str, object] = {"chunks_published": max(state.chunks_published, report.chunks_published)}
-    if report.manifest_path:
-        update["manifest_path"] = report.manifest_path
-    if not state.status.terminal:
-        if report.state is IngestState.ACTIVE:
-            if state.status is SessionStatus.INITIALIZING:
-                update["status"] = SessionStatus.ACTIVE
-        else:
-            update["status"] = SessionStatus.ENDING
-            update["chunks_expected"] = report.chunks_published
-            update["status_reason"] = (
-                (report.reason or "ingest failed") if report.state is IngestState.FAILED else None
+    @property
+    def status(self) -> SessionStatus:
+        return self.get("status")  # type: ignore[return-value]
+
+    @property
+    def next_chunk_index(self) -> int:
+        return self.get("next_chunk_index")  # type: ignore[return-value]
+
+    @property
+    def pending(self) -> list[ChunkResult]:
+        return self.get("pending_results")  # type: ignore[return-value]
+
+    @property
+    def missing(self) -> list[int]:
+        return self.get("missing_chunks")  # type: ignore[return-value]
+
+    def bump(self, name: str, by: int = 1) -> None:
+        self.update[name] = self.get(name) + by  # type: ignore[operator]
+
+    # ------------------------------------------------------------------ records
+
+    def on_start(self, start: StartSession) -> None:
+        if not is_placeholder(self.header):
+            return  # duplicate start
+        self.update.update(
+            name=start.name,
+            source_url=start.source_url,
+            rapid_review_query=start.rapid_review_query,
+            created_by=start.created_by,
+            created_at=start.requested_at,
+        )
+
+    def on_end(self) -> None:
+        if self.status.terminal or self.status is SessionStatus.ENDING:
+            return
+        self._set_status(SessionStatus.ENDING)
+
+    def on_deadline(self) -> None:
+        since = self.get("ending_since")
+        if self.status is not SessionStatus.ENDING or since is None:
+            return
+        if (self.now - since).total_seconds() < self.policy.ending_timeout_s:  # type: ignore[operator]
+            return
+        expected = self.get("chunks_expected")
+        if expected is None:
+            # Ingest never confirmed the end: what it published so far is all there will be.
+            seen = [self.next_chunk_index, self.get("chunks_published")]
+            seen += [result.chunk_index + 1 for result in self.pending]
+            expected = max(seen)  # type: ignore[type-var]
+            self.update["chunks_expected"] = expected
+            self.update["ingest_reason"] = (
+                f"ingest did not confirm the end within {self.policy.ending_timeout_s:g}s"
             )
-    return state.model_copy(update=update)
+        while self.next_chunk_index < expected:  # type: ignore[operator]
+            self._declare_missing()
+            self._drain()
+
+    def on_lifecycle(self, report: SessionLifecycle) -> None:
+        self.update["chunks_published"] = max(self.get("chunks_published"), report.chunks_published)  # type: ignore[type-var]
+        if report.manifest_path:
+            self.update["manifest_path"] = report.manifest_path
+        if self.status.terminal:
+            return
+        if report.state is IngestState.ACTIVE:
+            if self.status is SessionStatus.INITIALIZING:
+                self._set_status(SessionStatus.ACTIVE)
+            return
+        self.update["ingest_state"] = report.state
+        self.update["chunks_expected"] = report.chunks_published
+        if report.state is IngestState.FAILED:
+            self.update["ingest_reason"] = report.reason or "ingest failed"
+            self.update["status_reason"] = self.update["ingest_reason"]
+        if self.status is not SessionStatus.ENDING:
+            self._set_status(SessionStatus.ENDING)
+
+    def on_chunk_result(self, result: ChunkResult) -> None:
+        if self.status.terminal:
+            return  # only a result of a chunk declared missing can still come; the session is over
+        index = result.chunk_index
+        self.update["chunks_published"] = max(self.get("chunks_published"), index + 1)  # type: ignore[type-var]
+        if index < self.next_chunk_index:
+            if index in self.missing:
+                self._fold_late(result)
+            return  # a redelivered result of a folded chunk
+        if any(waiting.chunk_index == index for waiting in self.pending):
+            return  # a redelivered result still waiting in the window
+        self.update["pending_results"] = sorted([*self.pending, result], key=lambda r: r.chunk_index)
+        self._drain()
+        while self.pending and self._window_exceeded():
+            self._declare_missing()
+            self._drain()
+
+    # ------------------------------------------------------------------ ending
+
+    def settle(self) -> None:
+        """Make an ENDING session terminal once every chunk of its final total is accounted for."""
+        expected = self.get("chunks_expected")
+        if self.status is not SessionStatus.ENDING or expected is None:
+            return
+        if self.next_chunk_index < expected:  # type: ignore[operator]
+            return
+        self.log.close_all()
+        self.update["pending_results"] = []  # results beyond the final total cannot exist
+        failed = self.get("ingest_state") is IngestState.FAILED
+        reasons = [self.get("ingest_reason")] if self.get("ingest_reason") else []
+        missing_count = self.get("missing_chunk_count")
+        if missing_count:
+            named = ", ".join(str(i) for i in self.missing[:MISSING_CHUNKS_NAMED])
+            more = "" if missing_count <= MISSING_CHUNKS_NAMED else ", ..."  # type: ignore[operator]
+            reasons.append(f"the results of {missing_count} chunk(s) never arrived: {named}{more}")
+        self.update["status_reason"] = "; ".join(reasons) if reasons else None  # type: ignore[arg-type]
+        self.update["ended_at"] = self.now
+        self._set_status(SessionStatus.FAILED if failed else SessionStatus.FINISHED)
+
+    def finish(self) -> SessionHeader:
+        """The header with every update, event counters and cursor applied."""
+        update = dict(self.update)
+        update["cursor"] = self.log.cursor
+        update["event_count"] = self.log.event_count
+        update["open_events"] = self.log.open_events
+        if self.log.events_cursor is not None:
+            update["events_cursor"] = self.log.events_cursor
+        return self.header.model_copy(update=update)
+
+    # ------------------------------------------------------------------ chunks
+
+    def _window_exceeded(self) -> bool:
+        span = self.pending[-1].chunk_index - self.next_chunk_index + 1
+        detections = sum(len(result.events) for result in self.pending)
+        return span > self.policy.reorder_window_chunks or detections > self.policy.reorder_window_events
+
+    def _drain(self) -> None:
+        """Fold the waiting results that are next in chunk order."""
+        pending = self.pending
+        while pending and pending[0].chunk_index == self.next_chunk_index:
+            result, pending = pending[0], pending[1:]
+            self.update["pending_results"] = pending
+            self._fold_in_order(result)
+
+    def _fold_in_order(self, result: ChunkResult) -> None:
+        self._write_chunk(_summary(result))
+        self.bump("chunk_count")
+        if result.status == "failed":
+            self.bump("failed_chunk_count")
+        self.log.add_chunk(result.events, result.end_time, self.policy.merge)
+        self.update["next_chunk_index"] = result.chunk_index + 1
+        self.update["analysed_time"] = result.end_time
+
+    def _declare_missing(self) -> None:
+        """Give up waiting for the next chunk's result; its span is what lies between its neighbours."""
+        index = self.next_chunk_index
+        start = self.get("analysed_time")
+        following = next((r for r in self.pending if r.chunk_index == index + 1), None)
+        end = following.start_time if following is not None else start
+        summary = ChunkSummary(
+            chunk_id=chunk_id_for(self.header.session_id, index),
+            chunk_index=index,
+            start_time=start,  # type: ignore[arg-type]
+            end_time=end,  # type: ignore[arg-type]
+            status="missing",
+            event_count=0,
+            analysis_id="",
+            error="no analysis result arrived",
+        )
+        self._write_chunk(summary)
+        self.bump("missing_chunk_count")
+        if len(self.missing) < MISSING_CHUNKS_LISTED:
+            self.update["missing_chunks"] = [*self.missing, index]
+        self.update["next_chunk_index"] = index + 1
+
+    def _fold_late(self, result: ChunkResult) -> None:
+        self._write_chunk(_summary(result))
+        self.update["missing_chunks"] = [i for i in self.missing if i != result.chunk_index]
+        self.bump("missing_chunk_count", -1)
+        self.bump("chunk_count")
+        if result.status == "failed":
+            self.bump("failed_chunk_count")
+        self.log.add_standalone(result.events)
+
+    def _write_chunk(self, summary: ChunkSummary) -> None:
+        self.chunks.append(
+            SessionChunk(
+                session_id=self.header.session_id,
+                stream_id=self.header.stream_id,
+                chunk=summary,
+                written_at=self.now,
+            )
+        )
+
+    def _set_status(self, status: SessionStatus) -> None:
+        self.update["status"] = status
+        if status is SessionStatus.ENDING:
+            self.update["ending_since"] = self.now
+        self.log.cursor += 1  # a status change is a feed message of its own
 
 
-def _on_chunk_result(state: SessionState, result: ChunkResult, gap_tolerance_s: float) -> SessionState:
-    if any(chunk.chunk_index == result.chunk_index for chunk in state.chunks):
-        return state  # redelivered result
-    summary = ChunkSummary(
+def _summary(result: ChunkResult) -> ChunkSummary:
+    return ChunkSummary(
         chunk_id=result.chunk_id,
         chunk_index=result.chunk_index,
         start_time=result.start_time,
@@ -128,25 +389,5 @@ def _on_chunk_result(state: SessionState, result: ChunkResult, gap_tolerance_s: 
         status=result.status,
         event_count=len(result.events),
         analysis_id=result.analysis_id,
+        error=result.error,
     )
-    chunks = sorted([*state.chunks, summary], key=lambda c: c.chunk_index)
-    return state.model_copy(
-        update={
-            "chunks": chunks,
-            "chunk_count": len(chunks),
-            "events": merge_events(state.events, result.events, gap_tolerance_s),
-            "chunks_published": max(state.chunks_published, result.chunk_index + 1),
-        }
-    )
-
-
-def _settle(state: SessionState, now: datetime) -> SessionState:
-    """Make an ENDING session with a final chunk total terminal once all its results are in."""
-    if state.status is not SessionStatus.ENDING or state.chunks_expected is None:
-        return state
-    expected = state.chunks_expected
-    analysed = sum(1 for chunk in state.chunks if chunk.chunk_index < expected)
-    if analysed < expected:
-        return state
-    status = SessionStatus.FAILED if state.status_reason is not None else SessionStatus.FINISHED
-    return state.model_copy(update={"status": status, "ended_at": now})

@@ -7,9 +7,17 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from aggregator.reducer import (
+    DEFAULT_ENDING_TIMEOUT_S,
+    DEFAULT_GAP_TOLERANCE_S,
+    DEFAULT_MAX_EVENT_DURATION_S,
+    DEFAULT_REORDER_WINDOW_CHUNKS,
+    DEFAULT_REORDER_WINDOW_EVENTS,
+    FoldPolicy,
+)
 from livestream.settings import ServiceSettings
 
-DEFAULT_GAP_TOLERANCE_S = 1.5
+DEFAULT_RETENTION_S = 30 * 24 * 3600.0
 
 
 class AggregatorSettings(ServiceSettings):
@@ -28,6 +36,39 @@ class AggregatorSettings(ServiceSettings):
         default=DEFAULT_GAP_TOLERANCE_S,
         ge=0.0,
         description="Same-label events this close in stream time are merged into one (chunk boundaries).",
+    )
+    max_event_duration_s: float = Field(
+        default=DEFAULT_MAX_EVENT_DURATION_S,
+        gt=0.0,
+        description="A merged event never grows longer: the object still visible opens a new event.",
+    )
+    reorder_window_chunks: int = Field(
+        default=DEFAULT_REORDER_WINDOW_CHUNKS,
+        ge=1,
+        description="Chunk results arriving early wait for their predecessors over at most this many "
+        "chunks; then the oldest chunk still without result is declared missing.",
+    )
+    reorder_window_events: int = Field(
+        default=DEFAULT_REORDER_WINDOW_EVENTS,
+        ge=1,
+        description="At most this many detections wait in the reorder window (keeps the header small).",
+    )
+    ending_timeout_s: float = Field(
+        default=DEFAULT_ENDING_TIMEOUT_S,
+        gt=0.0,
+        description="An ENDING session whose missing chunk results (or ingest's end report) do not "
+        "arrive within this time ends anyway, naming the missing chunks in its status_reason.",
+    )
+    retention_s: float = Field(
+        default=DEFAULT_RETENTION_S,
+        gt=0.0,
+        description="Finished and failed sessions (and placeholders never started) are purged "
+        "everywhere this long after they ended: header, chunk and event records, checkpoint, recording.",
+    )
+    timer_interval_s: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="How often the worker looks for sessions past their ending timeout or retention.",
     )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         default="info", description="Worker log level."
@@ -61,6 +102,16 @@ class AggregatorSettings(ServiceSettings):
     @classmethod
     def _lowercase_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @property
+    def fold_policy(self) -> FoldPolicy:
+        return FoldPolicy(
+            gap_tolerance_s=self.gap_tolerance_s,
+            max_event_duration_s=self.max_event_duration_s,
+            reorder_window_chunks=self.reorder_window_chunks,
+            reorder_window_events=self.reorder_window_events,
+            ending_timeout_s=self.ending_timeout_s,
+        )
 
     @property
     def effective_app_id(self) -> str:
