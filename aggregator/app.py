@@ -1,12 +1,19 @@
-"""The aggregator's faust app: commands, lifecycle reports and chunk results -> SessionState.
+"""The aggregator's faust app: commands, lifecycle reports and chunk results -> session records.
 
 One agent consumes the three input topics through one topic object, so the records of one
 session (same key, same partition number in every co-partitioned topic) are folded serially.
-The state lives in a faust table keyed by session_id whose changelog has the inputs'
-partition count; every folded record re-publishes the session's state on the compacted
-session-state topic, which is what the API reads. Delivery is at-least-once (see the agent);
-shortly after each rebalance the inputs are re-read from their committed offsets once, to
-work around a faust recovery race (see ``_reseek_after_rebalances``).
+Each session's bounded ``SessionHeader`` lives in a faust table keyed by session_id whose
+changelog has the inputs' partition count; every folded record writes the chunk and event
+records the fold made (compacted session-chunks and session-events topics, in the session's
+partition) and re-publishes the header on the compacted session-state topic, which is what the
+API reads. Delivery is at-least-once (see the agent); shortly after each rebalance the inputs
+are re-read from their committed offsets once, to work around a faust recovery race (see
+``_reseek_after_rebalances``).
+
+A timer (every ``timer_interval_s``) scans this worker's sessions and produces a
+``SessionDeadline`` for those ENDING longer than the ending timeout and a ``PurgeSession`` for
+those whose retention ran out; both come back through the commands topic, so every change of a
+session is still made by the agent, in order with the session's other records.
 """
 
 from __future__ import annotations
@@ -25,11 +32,20 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from aggregator.errors import AggregatorError, TopicLayoutError
-from aggregator.reducer import InputRecord, fold
+from aggregator.reducer import FoldResult, InputRecord, fold, record_keys
 from aggregator.settings import AggregatorSettings
 from livestream.errors import RecordError
 from livestream.kafka.serde import decode_command, decode_value
-from schemas.records import ChunkResult, SessionLifecycle, SessionState
+from schemas.records import (
+    ChunkResult,
+    PurgeSession,
+    SessionDeadline,
+    SessionHeader,
+    SessionLifecycle,
+    SessionStatus,
+    chunk_record_key,
+    event_record_key,
+)
 from schemas.topics import DEFAULT_PARTITIONS, Topics
 
 log = logging.getLogger(__name__)
@@ -128,13 +144,44 @@ def build_app(settings: AggregatorSettings) -> faust.App:
         TABLE_NAME,
         default=None,
         partitions=partitions,
-        # Faust picks the json codec for both: keys are JSON strings, values SessionState dicts.
+        # Faust picks the json codec for both: keys are JSON strings, values SessionHeader dicts.
         key_type=str,
         value_type=None,
     )
     source = app.topic(*input_topic_names(topics), key_type=bytes, value_type=bytes)
-    state_topic = app.topic(topics.session_state, key_type=bytes, value_type=bytes)
+    commands_topic = app.topic(topics.session_commands, key_type=bytes, value_type=bytes)
+    header_topic = app.topic(topics.session_state, key_type=bytes, value_type=bytes)
+    chunk_topic = app.topic(topics.session_chunks, key_type=bytes, value_type=bytes)
+    event_topic = app.topic(topics.session_events, key_type=bytes, value_type=bytes)
     decoders = decoder_for_topic(topics)
+    policy = settings.fold_policy
+
+    async def write_records(folded: FoldResult, partition: int) -> None:
+        """Produce the fold's chunk and event records and wait until the broker has them all."""
+        sends = [
+            await chunk_topic.send(
+                key=chunk_record_key(c.session_id, c.chunk.chunk_index).encode(),
+                value=c.to_bytes(),
+                partition=partition,
+            )
+            for c in folded.chunks
+        ]
+        sends += [
+            await event_topic.send(
+                key=event_record_key(e.session_id, e.number).encode(), value=e.to_bytes(), partition=partition
+            )
+            for e in folded.events
+        ]
+        await asyncio.gather(*sends)
+
+    async def write_tombstones(header: SessionHeader, partition: int) -> None:
+        """Tombstones for every chunk and event record the session may have written."""
+        targets = {"chunk": chunk_topic, "event": event_topic}
+        sends = [
+            await targets[kind].send(key=key.encode(), value=None, partition=partition)
+            for kind, key in record_keys(header)
+        ]
+        await asyncio.gather(*sends)
 
     @app.agent(source, name="aggregate-sessions")
     async def aggregate_sessions(stream: faust.StreamT[bytes]) -> None:
@@ -151,12 +198,12 @@ def build_app(settings: AggregatorSettings) -> faust.App:
             session_id = record.session_id
             stored = table.get(session_id)
             try:
-                before = None if stored is None else SessionState.model_validate(stored)
+                before = None if stored is None else SessionHeader.model_validate(stored)
             except ValidationError as exc:
                 log.error(
                     "%s",
                     AggregatorError(
-                        f"stored session state is unreadable, record skipped: {exc.errors()[0]['msg']}",
+                        f"stored session header is unreadable, record skipped: {exc.errors()[0]['msg']}",
                         session_id=session_id,
                         topic=message.topic,
                         partition=message.partition,
@@ -164,37 +211,108 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                     ),
                 )
                 continue
-            after = fold(before, record, datetime.now(UTC), gap_tolerance_s=settings.gap_tolerance_s)
-            # Order and crash semantics (at-least-once):
-            #  1. table write: updates the in-memory store and queues a changelog record
-            #     (partition = this event's partition) in the producer;
-            #  2. state publish: queues the SessionState on the session-state topic;
-            #  3. offset commit: faust acks this event when the agent asks for the next one and
+            folded = fold(before, record, datetime.now(UTC), policy)
+            key = session_id.encode()
+            # Order and crash semantics (at-least-once). The input record's partition is the
+            # session's partition in every (co-partitioned) topic.
+            #  1. chunk and event records: produced and *acknowledged* before anything else, since
+            #     a replayed record that the table already folded writes nothing again;
+            #  2. table write: updates the in-memory store and queues a changelog record;
+            #  3. header publish: queues the header on the session-state topic (a tombstone on purge);
+            #  4. offset commit: faust acks this event when the agent asks for the next one and
             #     commits acked offsets every broker_commit_interval, flushing the producer first,
-            #     so 1 and 2 are on the broker before the offset is.
-            # A crash before 3 redelivers the record: the table is recovered from its changelog
-            # (with or without step 1; 1 and 2 may reach the broker independently), the
-            # idempotent fold yields the same state (only updated_at/ended_at may differ) and
-            # step 2 re-publishes it. That is why the state is published after every record,
-            # changed or not: a replay can never leave the compacted topic behind the table.
-            if after is not before:
+            #     so 2 and 3 are on the broker before the offset is.
+            # A crash before 2 reaches the broker redelivers the record: the table is recovered
+            # without it, the fold runs again and step 1 re-produces the same records (same keys
+            # and cursors: consumers keep the latest). A crash after 2 but before 4 redelivers a
+            # record the table already holds: the fold changes nothing and step 3 re-publishes
+            # the header. That is why the header is published after every record, changed or
+            # not: a replay can never leave the compacted topic behind the table.
+            if folded.purged:
+                if before is not None:
+                    await write_tombstones(before, message.partition)
+                if stored is not None:
+                    del table[session_id]
+                await header_topic.send(key=key, value=None, partition=message.partition)
+                log.info("session %s purged (%s)", session_id, getattr(record, "reason", "purge"))
+                continue
+            after = folded.header
+            if after is None:
+                continue  # a deadline of a session that no longer exists
+            await write_records(folded, message.partition)
+            if folded.changed:
                 table[session_id] = after.model_dump(mode="json")
-            await state_topic.send(key=session_id.encode(), value=after.to_bytes())
-            if after is not before:
+            await header_topic.send(key=key, value=after.to_bytes(), partition=message.partition)
+            if folded.changed:
                 log.info(
                     "session %s: %s, %d/%s chunks, %d events (%s offset %d)",
                     session_id,
                     after.status,
                     after.chunk_count,
                     after.chunks_expected if after.chunks_expected is not None else "?",
-                    len(after.events),
+                    after.event_count,
                     message.topic,
                     message.offset,
                 )
 
+    requested: dict[tuple[str, str], float] = {}
+
+    @app.timer(interval=settings.timer_interval_s)
+    async def request_deadlines_and_purges() -> None:
+        """Ask (through the commands topic) for the deadlines and purges that are due."""
+        now = datetime.now(UTC)
+        due = sessions_due(list(table.items()), now, settings)
+        # One request per session and kind per few intervals: the agent may not have folded
+        # the previous one yet.
+        horizon = time.monotonic() - 3 * settings.timer_interval_s
+        for stale in [k for k, sent in requested.items() if sent < horizon]:
+            del requested[stale]
+        for command in due:
+            marker = (command.session_id, command.kind)
+            if marker in requested:
+                continue
+            requested[marker] = time.monotonic()
+            await commands_topic.send(key=command.session_id.encode(), value=command.to_bytes())
+
     if settings.rebalance_reseek_delay_s > 0:
         _reseek_after_rebalances(app, settings.rebalance_reseek_delay_s)
     return app
+
+
+def sessions_due(
+    entries: list[tuple[str, Any]], now: datetime, settings: AggregatorSettings
+) -> list[SessionDeadline | PurgeSession]:
+    """The deadline and purge commands due for these stored headers (pure; reads raw dicts)."""
+    due: list[SessionDeadline | PurgeSession] = []
+    for session_id, stored in entries:
+        if not isinstance(stored, dict):
+            continue
+        stream_id = str(stored.get("stream_id", ""))
+        status = stored.get("status")
+        if status == SessionStatus.ENDING:
+            since = _parse_time(stored.get("ending_since"))
+            if since is not None and (now - since).total_seconds() >= settings.ending_timeout_s:
+                due.append(SessionDeadline(session_id=session_id, stream_id=stream_id, requested_at=now))
+            continue
+        if status in (SessionStatus.FINISHED, SessionStatus.FAILED):
+            since = _parse_time(stored.get("ended_at"))
+        elif not stored.get("source_url"):
+            since = _parse_time(stored.get("updated_at"))  # a placeholder whose start never came
+        else:
+            continue
+        if since is not None and (now - since).total_seconds() >= settings.retention_s:
+            due.append(PurgeSession(session_id=session_id, stream_id=stream_id, requested_at=now))
+    return due
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _reseek_after_rebalances(app: faust.App, delay_s: float) -> None:
@@ -234,7 +352,7 @@ async def discover_topic_layout(settings: AggregatorSettings) -> TopicLayout:
     be co-partitioned with each other and with the table's changelog).
     """
     topics = Topics(prefix=settings.topic_prefix)
-    wanted = [*input_topic_names(topics), topics.session_state]
+    wanted = [*input_topic_names(topics), topics.session_state, topics.session_chunks, topics.session_events]
     deadline = time.monotonic() + settings.startup_timeout_s
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     try:

@@ -19,15 +19,18 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from livestream.kafka.serde import encode_key, encode_value
+from livestream.kafka.serde import decode_command, encode_key, encode_value, session_partition
 from livestream.kafka.testing import create_test_topics
 from schemas.records import (
     ChunkResult,
     EndSession,
     Event,
     IngestState,
+    PurgeSession,
+    SessionChunk,
+    SessionEvent,
+    SessionHeader,
     SessionLifecycle,
-    SessionState,
     SessionStatus,
     Severity,
     StartSession,
@@ -51,13 +54,14 @@ CHUNK_S = 4.0
 class AggregatorProcess:
     """``python -m aggregator`` as a subprocess, logging to a file the tests can read."""
 
-    def __init__(self, bootstrap: str, topics: Topics, log_path: Path) -> None:
+    def __init__(self, bootstrap: str, topics: Topics, log_path: Path, **settings: str) -> None:
         self.log_path = log_path
         env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "LIVESTREAM_TOPIC_PREFIX": topics.prefix,
             "LIVESTREAM_AGGREGATOR_LOG_LEVEL": "info",
+            **{f"LIVESTREAM_AGGREGATOR_{name.upper()}": value for name, value in settings.items()},
         }
         self._log_file = log_path.open("ab")
         self.started_at = time.monotonic()
@@ -182,9 +186,9 @@ async def states_until(
     bootstrap: str,
     topics: Topics,
     session_id: str,
-    done: Callable[[list[SessionState]], bool],
+    done: Callable[[list[SessionHeader]], bool],
     timeout_s: float = STATE_TIMEOUT_S,
-) -> list[SessionState]:
+) -> list[SessionHeader]:
     """Every state published for ``session_id`` (from the topic's start) once ``done`` holds."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
@@ -192,13 +196,13 @@ async def states_until(
         partitions = [TopicPartition(topics.session_state, p) for p in range(topics.partitions)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        states: list[SessionState] = []
+        states: list[SessionHeader] = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 states.extend(
-                    SessionState.model_validate_json(r.value)
+                    SessionHeader.model_validate_json(r.value)
                     for r in records
                     if r.key == encode_key(session_id) and r.value is not None
                 )
@@ -212,13 +216,47 @@ async def states_until(
         await consumer.stop()
 
 
-def finished(states: list[SessionState]) -> bool:
+def finished(states: list[SessionHeader]) -> bool:
     return states[-1].status.terminal
 
 
-def distinct_changes(states: list[SessionState]) -> list[SessionState]:
+async def latest_by_key(
+    bootstrap: str, topic: str, partition: int, key_prefix: str
+) -> dict[str, bytes | None]:
+    """The last value of every key starting with ``key_prefix`` in one partition (None: tombstone)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        # Explicit offsets: a seek_to_beginning after end_offsets may resolve to the end.
+        begin = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, begin)
+        latest: dict[str, bytes | None] = {}
+        while await consumer.position(tp) < end:
+            for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+                for r in records:
+                    if r.key is not None and r.key.decode().startswith(key_prefix):
+                        latest[r.key.decode()] = r.value
+        return latest
+    finally:
+        await consumer.stop()
+
+
+async def session_records(
+    bootstrap: str, topics: Topics, session_id: str
+) -> tuple[dict[str, bytes | None], dict[str, bytes | None]]:
+    """Latest chunk and event records of a session, read from the session's partition."""
+    partition = session_partition(session_id, topics.partitions)
+    chunks = await latest_by_key(bootstrap, topics.session_chunks, partition, f"{session_id}/chunk/")
+    events = await latest_by_key(bootstrap, topics.session_events, partition, f"{session_id}/event/")
+    return chunks, events
+
+
+def distinct_changes(states: list[SessionHeader]) -> list[SessionHeader]:
     """The states up to the first terminal one, without consecutive repeats (re-publications)."""
-    changes: list[SessionState] = []
+    changes: list[SessionHeader] = []
     for state in states:
         if not changes or state != changes[-1]:
             changes.append(state)
@@ -260,9 +298,15 @@ async def test_session_folds_to_finished_with_merged_events(
     assert final.status is SessionStatus.FINISHED
     assert final.name == f"camera {sid}"
     assert final.chunk_count == 3 and final.chunks_expected == 3
-    assert [c.chunk_index for c in final.chunks] == [0, 1, 2]
     assert final.ended_at is not None
-    [cat] = final.events
+    assert final.open_events == [] and final.pending_results == [] and final.event_count == 1
+    chunks, events = await session_records(kafka_bootstrap, agg_topics, sid)
+    summaries = [SessionChunk.model_validate_json(v).chunk for v in chunks.values() if v is not None]
+    assert sorted((c.chunk_index, c.status) for c in summaries) == [(0, "ok"), (1, "ok"), (2, "ok")]
+    [record] = [SessionEvent.model_validate_json(v) for v in events.values() if v is not None]
+    assert (record.number, record.lifecycle) == (0, "closed")
+    assert record.cursor == final.events_cursor < final.cursor
+    cat = record.event
     assert (cat.start_time, cat.end_time, cat.confidence) == (2.0, 6.5, 0.93)
     assert cat.event_id == event_id_for(sid, 0, "cat", 2.0)
     assert cat.description == "cat visible from 00:02 to 00:06 (max confidence 0.93)"
@@ -314,8 +358,11 @@ async def test_sigterm_exits_cleanly_and_restart_recovers_table(
     producer: AIOKafkaProducer,
     tmp_path: Path,
 ) -> None:
-    sid = "sess-full"
-    await states_until(kafka_bootstrap, agg_topics, sid, finished)
+    sid = "sess-restart"
+    await send(producer, agg_topics.session_commands, sid, encode_value(start_cmd(sid)))
+    await states_until(kafka_bootstrap, agg_topics, sid, lambda s: True)
+    await send(producer, agg_topics.chunk_results, sid, encode_value(chunk_result(sid, 0, [])))
+    await states_until(kafka_bootstrap, agg_topics, sid, lambda s: s[-1].chunk_count == 1)
     stop_started = time.monotonic()
     assert aggregator.stop() == 0
     print(f"aggregator: stopped in {time.monotonic() - stop_started:.1f}s")
@@ -323,20 +370,75 @@ async def test_sigterm_exits_cleanly_and_restart_recovers_table(
 
     restarted = AggregatorProcess(kafka_bootstrap, agg_topics, tmp_path / "restarted.log")
     try:
-        # A late result for the finished session: folded into the recovered state it keeps
-        # the session's name and status; an empty table would make it a nameless placeholder.
-        await send(producer, agg_topics.chunk_results, sid, encode_value(chunk_result(sid, 3, [])))
-        states = await states_until(
-            kafka_bootstrap, agg_topics, sid, lambda s: any(c.chunk_index == 3 for c in s[-1].chunks)
+        # The rest of the session, folded into the recovered header: it finishes with its name
+        # and both chunks; an empty table would make it a nameless placeholder waiting for chunk 0.
+        await send(producer, agg_topics.chunk_results, sid, encode_value(chunk_result(sid, 1, [])))
+        await send(
+            producer, agg_topics.session_lifecycle, sid, encode_value(lifecycle(sid, IngestState.ENDED, 2))
         )
+        states = await states_until(kafka_bootstrap, agg_topics, sid, finished)
         print(f"aggregator: restart answered {time.monotonic() - restarted.started_at:.1f}s after start")
-        late = states[-1]
-        assert late.status is SessionStatus.FINISHED
-        assert late.name == f"camera {sid}"
-        assert late.chunk_count == 4
-        assert len(late.events) == 1
+        final = states[-1]
+        assert final.status is SessionStatus.FINISHED
+        assert final.name == f"camera {sid}"
+        assert final.chunk_count == 2
     finally:
         assert restarted.stop() == 0
+
+
+async def test_lost_chunk_ends_at_the_deadline_and_retention_purges_every_record(
+    kafka_bootstrap: str, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    topics = await create_test_topics(kafka_bootstrap)
+    worker = AggregatorProcess(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "worker.log",
+        ending_timeout_s="2",
+        retention_s="4",
+        timer_interval_s="0.5",
+    )
+    sid = "sess-lost-chunk"
+    try:
+        await send(producer, topics.session_commands, sid, encode_value(start_cmd(sid)))
+        await states_until(kafka_bootstrap, topics, sid, lambda s: True)
+        for index, events in ((0, [cat_event(sid, 0, 1.0, 2.0, 0.8)]), (2, [])):
+            await send(producer, topics.chunk_results, sid, encode_value(chunk_result(sid, index, events)))
+        # Ingest published 3 chunks; the result of chunk 1 is lost.
+        await send(
+            producer, topics.session_lifecycle, sid, encode_value(lifecycle(sid, IngestState.ENDED, 3))
+        )
+        states = await states_until(kafka_bootstrap, topics, sid, finished)
+        final = states[-1]
+        assert final.status is SessionStatus.FINISHED
+        assert final.status_reason == "the results of 1 chunk(s) never arrived: 1"
+        assert final.missing_chunks == [1]
+        waited = (final.ended_at - final.ending_since).total_seconds()  # type: ignore[operator]
+        assert 2.0 <= waited < 10.0
+        chunks, events = await session_records(kafka_bootstrap, topics, sid)
+        statuses = {k: SessionChunk.model_validate_json(v).chunk.status for k, v in chunks.items() if v}
+        assert statuses == {f"{sid}/chunk/0": "ok", f"{sid}/chunk/1": "missing", f"{sid}/chunk/2": "ok"}
+        assert len(events) == 1
+
+        # Retention: 4 s after it ended, the session is removed from every topic the aggregator
+        # writes, and a purge command tells ingest to remove its checkpoint and recording.
+        deadline = time.monotonic() + 30
+        partition = session_partition(sid, topics.partitions)
+        while True:
+            headers = await latest_by_key(kafka_bootstrap, topics.session_state, partition, sid)
+            if headers.get(sid, b"") is None:
+                break
+            assert time.monotonic() < deadline, "the session was not purged"
+            await asyncio.sleep(0.5)
+        chunks, events = await session_records(kafka_bootstrap, topics, sid)
+        assert set(chunks) == {f"{sid}/chunk/{i}" for i in range(3)}
+        assert set(events) == {f"{sid}/event/0"}
+        assert all(value is None for value in [*chunks.values(), *events.values()])
+        commands = await latest_by_key(kafka_bootstrap, topics.session_commands, partition, sid)
+        assert isinstance(decode_command(commands[sid]), PurgeSession)
+        assert "Traceback" not in worker.log()
+    finally:
+        assert worker.stop() == 0
 
 
 async def test_worker_refuses_missing_topics(kafka_bootstrap: str, tmp_path: Path) -> None:
