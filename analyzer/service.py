@@ -9,19 +9,27 @@ A crash before 3 redelivers the chunk to some analyzer of the group, which re-pr
 same records: event ids are deterministic (``schemas.records.event_id_for``) and the
 aggregator folds chunk results idempotently by chunk index, so the guarantee is
 at-least-once delivery with idempotent consumers; consumers of the events topic de-duplicate
-by ``event_id``. A crash after 3 loses nothing. A chunk that cannot be analysed (bad JPEG,
-unsupported query) still gets a ``failed`` ChunkResult so its session can finish.
+by ``event_id``. A crash after 3 loses nothing.
+
+A chunk that cannot be analysed (bad JPEG, unsupported query) still gets a ``failed`` ChunkResult
+so its session can finish (the aggregator waits for a result per published chunk). So does a
+chunk record that cannot even be decoded (a bad field, bad base64 frames), as long as its raw
+JSON still names its session, stream and chunk index and its key is that session
+(``chunk_identity``); only a record without a readable session is logged and skipped, since
+there is no session to report it to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
+import math
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -35,7 +43,7 @@ from analyzer.scoring import FrameDetections, ScoringPolicy, score_chunk
 from analyzer.settings import AnalyzerSettings
 from livestream.errors import LivestreamError, RecordError
 from livestream.kafka.serde import decode_value, encode_key, encode_value
-from schemas.records import ChunkRecord, ChunkResult
+from schemas.records import ChunkRecord, ChunkResult, chunk_id_for
 from schemas.topics import Topics
 
 log = logging.getLogger("analyzer")
@@ -91,6 +99,70 @@ class ChunkAnalyzer:
             events=events,
             inference_ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+    def failed_result(self, chunk: ChunkIdentity, error: str) -> ChunkResult:
+        """The ``failed`` result of a chunk that could not be decoded (nothing was analysed)."""
+        return ChunkResult(
+            session_id=chunk.session_id,
+            stream_id=chunk.stream_id,
+            chunk_id=chunk_id_for(chunk.session_id, chunk.chunk_index),
+            chunk_index=chunk.chunk_index,
+            analysis_id=uuid.uuid4().hex,
+            start_time=chunk.start_time,
+            end_time=chunk.end_time,
+            frame_count=0,
+            status="failed",
+            error=error,
+            model=self._detector.model_name,
+            analyzer_id=self._analyzer_id,
+            targets=[],
+            events=[],
+            inference_ms=0.0,
+        )
+
+
+@dataclass(frozen=True)
+class ChunkIdentity:
+    """What an undecodable chunk record still says about itself: enough to report it failed."""
+
+    session_id: str
+    stream_id: str
+    chunk_index: int
+    start_time: float
+    end_time: float
+
+
+def chunk_identity(key: bytes | None, value: bytes | None) -> ChunkIdentity | None:
+    """The identity of a chunk record that failed to decode, read from its raw JSON, or None.
+
+    Needs ``session_id``, ``stream_id`` (strings) and ``chunk_index`` (an integer >= 0), and the
+    record's key must be that session id: a record whose key disagrees with its value cannot be
+    trusted to belong to that session. Times that are unreadable become 0.0.
+    """
+    if key is None or value is None:
+        return None
+    try:
+        raw = json.loads(value)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    if not isinstance(raw, dict):
+        return None
+    session_id, stream_id, index = raw.get("session_id"), raw.get("stream_id"), raw.get("chunk_index")
+    if not (isinstance(session_id, str) and session_id and isinstance(stream_id, str)):
+        return None
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        return None
+    if key != encode_key(session_id):
+        return None
+    return ChunkIdentity(
+        session_id, stream_id, index, _seconds(raw.get("start_time")), _seconds(raw.get("end_time"))
+    )
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return 0.0
 
 
 def _decode_jpeg(data: bytes) -> np.ndarray:
@@ -168,19 +240,30 @@ class AnalyzerService:
         try:
             chunk = decode_value(ChunkRecord, record.value, topic=record.topic, offset=record.offset)
         except RecordError as exc:
-            # A poison record has no trustworthy session to report to: log and move on.
-            log.error("skipping undecodable chunk record: %s", exc)
-            return
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, self._analyzer.analyze, chunk)
-        key = encode_key(chunk.session_id)
+            identity = chunk_identity(record.key, record.value)
+            if identity is None:
+                # No trustworthy session to report to: log and move on.
+                log.error("skipping undecodable chunk record: %s", exc)
+                return
+            # Its session waits for a result per chunk: report this one failed so it can finish.
+            log.warning(
+                "chunk %d of session %s is undecodable, reported failed: %s",
+                identity.chunk_index,
+                identity.session_id,
+                exc,
+            )
+            result = self._analyzer.failed_result(identity, str(exc))
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, self._analyzer.analyze, chunk)
+        key = encode_key(result.session_id)
         sends = [await producer.send(self._topics.events, encode_value(e), key=key) for e in result.events]
         sends.append(await producer.send(self._topics.chunk_results, encode_value(result), key=key))
         await asyncio.gather(*sends)
         log.info(
             "session %s chunk %d: %d frames, %d events, %.0f ms (%s)",
-            chunk.session_id,
-            chunk.chunk_index,
+            result.session_id,
+            result.chunk_index,
             result.frame_count,
             len(result.events),
             result.inference_ms,
@@ -188,4 +271,4 @@ class AnalyzerService:
         )
 
 
-__all__ = ["AnalyzerService", "ChunkAnalyzer"]
+__all__ = ["AnalyzerService", "ChunkAnalyzer", "ChunkIdentity", "chunk_identity"]

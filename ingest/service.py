@@ -26,7 +26,22 @@ Command handling order, and what a crash between the steps does:
    after the session's final report). A crash in between resumes the session from its
    checkpoint and the EndSession is not redelivered: it runs on until the user ends it again
    (the API answers an EndSession of an ENDING session), the source ends or stalls.
-3. Poison records are logged and committed past.
+3. ``PurgeSession`` (the aggregator's: a finished session's retention ran out), in this order:
+   a. if a task of the session still runs here (it should not: retention starts once a session
+      ended), it is suspended (stopped without a final report) and awaited, so it writes
+      neither files nor checkpoints afterwards;
+   b. a tombstone for its checkpoint is produced and acked (even when there was none: a
+      tombstone of an unknown key is harmless, and this makes the purge idempotent);
+   c. its recording directory is deleted (and dropped from the storage's running total);
+   d. the offset is committed.
+   A crash before d redelivers the purge, which repeats b and c harmlessly (an absent
+   directory is fine). The tombstone comes before the directory on purpose: a crash after
+   deleting the recording but before the tombstone would let the partition's next owner
+   resume the purged session from its checkpoint. A directory that cannot be deleted (an
+   OSError) is logged as an error and committed past, so one bad directory does not block
+   the partition; its files stay counted until removed by hand.
+4. ``SessionDeadline`` is the aggregator's timer for itself: ignored (debug log), committed.
+5. Poison records are logged and committed past.
 
 Scaling and limits: several ingest instances split the command partitions; a session runs on
 the instance that owns its partition. StartSession commands older than
@@ -34,6 +49,10 @@ the instance that owns its partition. StartSession commands older than
 consumer group (offset reset to earliest) does not restart days-old sessions, and a start that
 waited out an ingest outage does not hang INITIALIZING. Resumed sessions are not subject to
 that age limit.
+
+Local recordings are bounded (``storage``): per-session size and age caps, and a total size cap
+across the storage directory kept as a running count (one scan of the directory at start-up,
+before any session resumes).
 
 Clean shutdown (SIGTERM/SIGINT): stop consuming, suspend every session (no final report: each
 keeps its checkpoint and resumes when an ingest instance owns its partition again), wait for
@@ -59,10 +78,11 @@ from aiokafka import (
 from aiokafka.errors import CommitFailedError
 
 from ingest.checkpoint import open_checkpoints
-from ingest.errors import IngestError
+from ingest.errors import IngestError, StorageError
 from ingest.fetch import FetchPolicy, HttpFetcher
 from ingest.session import IngestSession
 from ingest.settings import IngestSettings
+from ingest.storage import RecordingLimits, RecordingStorage
 from livestream.errors import RecordError
 from livestream.kafka.serde import decode_command, encode_key, encode_value
 from schemas.records import (
@@ -70,6 +90,8 @@ from schemas.records import (
     EndSession,
     IngestCheckpoint,
     IngestState,
+    PurgeSession,
+    SessionDeadline,
     SessionLifecycle,
     StartSession,
     utcnow,
@@ -161,6 +183,7 @@ class IngestService:
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
         self.topics = Topics(prefix=settings.topic_prefix)
+        self.storage = RecordingStorage(settings.storage_dir, RecordingLimits.of(settings))
         self.sessions: dict[str, IngestSession] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._partition_of: dict[str, int] = {}  # session_id -> its partition number
@@ -216,6 +239,8 @@ class IngestService:
             enable_auto_commit=False,
         )
         self._publisher = KafkaRecordPublisher(self._producer, self.topics)
+        # Before the first assignment resumes sessions: their stores join the counted total.
+        await asyncio.to_thread(self.storage.scan)
         try:
             await self._producer.start()
             await self._checkpoint_reader.start()
@@ -290,6 +315,10 @@ class IngestService:
                 await self._require(self._publisher).publish_lifecycle(report)
         elif isinstance(command, EndSession):
             self.end_session(command)
+        elif isinstance(command, PurgeSession):
+            await self.purge_session(command)
+        elif isinstance(command, SessionDeadline):
+            log.debug("session %s: deadline command (the aggregator's own); ignored", command.session_id)
 
     def start_too_late(self, command: StartSession) -> str | None:
         """Why ``command`` is too old to start (a stale replay, or ingest was down), else None."""
@@ -320,6 +349,7 @@ class IngestService:
             publisher,
             checkpoints=publisher,
             resume_from=resume_from,
+            storage=self.storage,
         )
         self.sessions[session_id] = session
         self._partition_of[session_id] = partition
@@ -365,6 +395,29 @@ class IngestService:
             log.info("EndSession %s: no such running session here; ignored", command.session_id)
             return
         session.request_stop("user")
+
+    async def purge_session(self, command: PurgeSession) -> None:
+        """Remove everything ingest keeps of the session (order: see the module docstring)."""
+        session_id = command.session_id
+        if session_id in self._tasks:
+            log.warning(
+                "session %s is purged (%s) while still running here: stopping it", session_id, command.reason
+            )
+            await self._suspend([session_id])
+        await self._require(self._publisher).delete_checkpoint(session_id)
+        try:
+            removed = await asyncio.to_thread(self.storage.purge, session_id)
+        except StorageError as exc:
+            log.error(
+                "session %s: purge (%s) could not delete its recording: %s", session_id, command.reason, exc
+            )
+            return
+        log.info(
+            "session %s purged (%s): checkpoint tombstoned, %s",
+            session_id,
+            command.reason,
+            "recording deleted" if removed else "no recording here",
+        )
 
     async def _run_session(self, session: IngestSession) -> None:
         try:

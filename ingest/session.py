@@ -60,7 +60,7 @@ from ingest.fetch import HttpFetcher
 from ingest.playlist import MasterPlaylist, MediaPlaylist, choose_variant, parse_playlist
 from ingest.sampler import FrameSampler
 from ingest.settings import IngestSettings
-from ingest.storage import SegmentStore
+from ingest.storage import RecordingLimits, RecordingStorage
 from ingest.tracker import PlaylistTracker, TrackedSegment, refresh_interval
 from schemas.records import ChunkRecord, IngestCheckpoint, IngestState, SessionLifecycle, StartSession, utcnow
 
@@ -96,6 +96,7 @@ class IngestSession:
         publisher: RecordPublisher,
         checkpoints: CheckpointWriter | None = None,
         resume_from: IngestCheckpoint | None = None,
+        storage: RecordingStorage | None = None,
     ) -> None:
         self.command = command
         self.settings = settings
@@ -103,7 +104,10 @@ class IngestSession:
         self.publisher = publisher
         self.checkpoints = checkpoints
         self.resume_from = resume_from
-        self.store = SegmentStore(settings.storage_dir, command.session_id)
+        # The service shares one storage among its sessions (the total cap spans them all).
+        if storage is None:
+            storage = RecordingStorage(settings.storage_dir, RecordingLimits.of(settings))
+        self.store = storage.store(command.session_id)
         self.tracker = PlaylistTracker(settings.live_edge_segments)
         self.sampler = FrameSampler(settings.sample_fps)
         self.chunker = Chunker(settings.chunk_seconds)
@@ -157,6 +161,13 @@ class IngestSession:
     async def run(self) -> SessionLifecycle | None:
         """Follow the source to its end; return the final (already published) lifecycle report,
         or None when the session was suspended (no final report; its checkpoint stays)."""
+        try:
+            return await self._run()
+        finally:
+            # Ended, suspended or failed: the manifest's append handle is not needed any more.
+            await asyncio.to_thread(self.store.close)
+
+    async def _run(self) -> SessionLifecycle | None:
         try:
             resume = self.resume_from
             if resume is None:

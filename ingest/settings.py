@@ -10,6 +10,9 @@ from pydantic_settings import SettingsConfigDict
 
 from livestream.settings import ServiceSettings
 
+GIB = 1024**3
+DAY_SECONDS = 24 * 60 * 60
+
 
 class IngestSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LIVESTREAM_INGEST_", frozen=True, extra="ignore")
@@ -27,6 +30,30 @@ class IngestSettings(ServiceSettings):
     storage_dir: Path = Field(
         default=Path("./var/segments"),
         description="Fetched segments and each session's playback manifest live under <dir>/<session_id>/.",
+    )
+    recording_max_bytes_per_session: int = Field(
+        default=2 * GIB,
+        ge=0,
+        description=(
+            "Bytes of recorded segment files kept per session; past it the oldest are deleted (down to "
+            "90%) and stay listed in the manifest as #EXT-X-GAP. 0: unlimited."
+        ),
+    )
+    recording_max_age_s: float = Field(
+        default=7 * DAY_SECONDS,
+        ge=0,
+        description=(
+            "Recorded segment files of a running session older than this are deleted (down to 90% of "
+            "it) and listed as #EXT-X-GAP. 0: unlimited."
+        ),
+    )
+    recording_max_bytes_total: int = Field(
+        default=20 * GIB,
+        ge=0,
+        description=(
+            "Bytes of segment files of all recordings under storage_dir (finished ones too); past it "
+            "the oldest across sessions are deleted (down to 90%). 0: unlimited."
+        ),
     )
     sample_fps: float = Field(default=2.0, gt=0, le=60, description="Frames kept per second of stream time.")
     chunk_seconds: float = Field(default=4.0, gt=0, le=60, description="Stream time covered by one chunk.")

@@ -1,36 +1,105 @@
-"""Local copy of every fetched segment, with a growing playback manifest per session.
+"""Local copy of every fetched segment, with a playback manifest per session, within caps.
 
 Layout: ``<storage_dir>/<session_id>/index.m3u8`` plus ``seg000000.ts``, ``seg000001.ts``...
-numbered in ingest order (the source's media sequence may reset). The manifest is an EVENT
-playlist rewritten atomically after each segment, with ``#EXT-X-ENDLIST`` once the session
-ends. Segments we missed or could not fetch are written as ``#EXT-X-GAP`` entries of their
-duration, so playback time equals the session's stream time.
+numbered in ingest order (the source's media sequence may reset). Segments we missed or could
+not fetch are written as ``#EXT-X-GAP`` entries of their duration, so playback time equals the
+session's stream time.
 
-A resumed session (see ``checkpoint``) reopens its directory and keeps the manifest entries its
-checkpoint counted (later ones belong to media it ingests again); on another machine, or if
-the manifest is gone, the stream time before the resume point is listed as one gap.
+The manifest is an EVENT playlist that is opened once and appended to: one write per entry,
+flushed, and ``#EXT-X-ENDLIST`` appended once the session ends. It is rewritten whole
+(write-then-rename, so a player never reads a half-rewritten file) only when
 
-Blocking file I/O: the async session calls these methods through ``asyncio.to_thread``.
+* its header must change: a longer entry raises ``#EXT-X-TARGETDURATION``, or the first gap
+  needs ``#EXT-X-VERSION:8`` (a few times per session at most);
+* a session resumes (see ``checkpoint``): it keeps the manifest entries its checkpoint counted
+  (later ones belong to media it ingests again, whose files are deleted); on another machine,
+  or if the manifest is gone, the stream time before the resume point is listed as one gap;
+* pruning deleted segment files (below).
+
+Retention (``RecordingLimits``): a session's segment files are capped in bytes and in age, and
+all recordings under the storage directory together are capped in bytes. Past a cap the oldest
+segment files are deleted first, in one batch down to ``PRUNE_TO_FRACTION`` of the cap, so the
+manifest rewrite that follows is rare. A deleted segment's entry stays in the manifest, as an
+``#EXT-X-GAP`` entry of the same duration and name: the stream-time position of every later
+segment (where events are placed) does not move, and the entry counts that checkpoints hold stay
+valid. A recording still being written keeps its newest segment, so a cap smaller than one
+segment does not empty it: the caps may be exceeded by at most that segment. The per-session caps
+are checked as a session adds segments; the total cap whenever any recording grows, across every
+recording of the directory, finished ones included.
+
+The total is a running count kept by ``RecordingStorage`` (one per ingest service, which must be
+the only writer of its storage directory): one scan of the directory at start-up, then every
+write and deletion adjusts it. Only segment files count; manifests are small.
+
+Blocking file I/O: the async code calls every method that touches files through
+``asyncio.to_thread``. Sessions run concurrently, so a store guards its state with a lock, and the
+total-cap pruning (which may touch any store) takes one store lock at a time and is never called
+with one held, so locks cannot deadlock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
+import logging
 import math
 import os
 import re
-from dataclasses import dataclass
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlparse
 
 from ingest.errors import StorageError
 
+if TYPE_CHECKING:
+    from ingest.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "index.m3u8"
+ENDLIST = "#EXT-X-ENDLIST"
+# Pruning past a cap goes down to this fraction of it, so pruning (and the manifest rewrite it
+# needs) happens once per tenth of the cap rather than once per segment.
+PRUNE_TO_FRACTION = 0.9
+
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
+_SEGMENT_FILE = re.compile(r"^seg\d{6,}\.[A-Za-z0-9]+$")
+_SEGMENT_SUFFIXES = {".ts", ".m4s", ".mp4", ".aac", ".m2ts"}
+
+Clock = Callable[[], float]
 
 
 def directory_name(session_id: str) -> str:
     """The session's directory name: its id, with anything path-like replaced by ``_``."""
     name = _UNSAFE_CHARACTERS.sub("_", session_id)[:200]
     return name if name.strip(".") else f"_{name}"
+
+
+@dataclass(frozen=True)
+class RecordingLimits:
+    """Caps on recorded segment files; 0 means unlimited (see the module docstring)."""
+
+    max_bytes_per_session: int = 0
+    max_age_seconds: float = 0.0
+    max_bytes_total: int = 0
+
+    @classmethod
+    def of(cls, settings: IngestSettings) -> RecordingLimits:
+        return cls(
+            max_bytes_per_session=settings.recording_max_bytes_per_session,
+            max_age_seconds=settings.recording_max_age_s,
+            max_bytes_total=settings.recording_max_bytes_total,
+        )
+
+
+UNLIMITED = RecordingLimits()
 
 
 @dataclass(frozen=True)
@@ -41,8 +110,17 @@ class _Entry:
     gap: bool
 
 
+@dataclass(frozen=True)
+class _StoredFile:
+    """A segment file on disk (not yet pruned)."""
+
+    name: str
+    size: int
+    stored_at: float  # wall clock (``time.time``) when written
+
+
 def manifest_entries(text: str) -> list[_Entry]:
-    """The entries of a manifest written by ``SegmentStore.render`` (in order)."""
+    """The entries of a manifest written by ``SegmentStore`` (in order)."""
     entries: list[_Entry] = []
     discontinuity = gap = False
     duration: float | None = None
@@ -60,100 +138,481 @@ def manifest_entries(text: str) -> list[_Entry]:
     return entries
 
 
+def _target_duration(durations: Iterable[float]) -> int:
+    return max(1, math.ceil(max(durations, default=1.0)))
+
+
+def _render_header(target_duration: int, has_gap: bool) -> str:
+    return (
+        "#EXTM3U\n"
+        + ("#EXT-X-VERSION:8\n" if has_gap else "#EXT-X-VERSION:3\n")  # EXT-X-GAP needs version 8
+        + "#EXT-X-PLAYLIST-TYPE:EVENT\n"
+        + f"#EXT-X-TARGETDURATION:{target_duration}\n"
+        + "#EXT-X-MEDIA-SEQUENCE:0\n"
+    )
+
+
+def _render_entry(entry: _Entry) -> str:
+    lines = []
+    if entry.discontinuity:
+        lines.append("#EXT-X-DISCONTINUITY\n")
+    if entry.gap:
+        lines.append("#EXT-X-GAP\n")
+    lines.append(f"#EXTINF:{entry.duration:.6f},\n{entry.uri}\n")
+    return "".join(lines)
+
+
+def render_manifest(entries: Sequence[_Entry], ended: bool) -> str:
+    header = _render_header(_target_duration(e.duration for e in entries), any(e.gap for e in entries))
+    return header + "".join(_render_entry(e) for e in entries) + (f"{ENDLIST}\n" if ended else "")
+
+
 class SegmentStore:
-    def __init__(self, storage_dir: Path, session_id: str) -> None:
+    """One session's recording directory (segment files and manifest).
+
+    Every method does blocking file I/O: call it in a worker thread. ``on_change`` is told how
+    many bytes of segment files a call added (negative: removed), after the store's lock is
+    released; ``RecordingStorage`` keeps its running total with it.
+    """
+
+    def __init__(
+        self,
+        storage_dir: Path,
+        session_id: str,
+        limits: RecordingLimits = UNLIMITED,
+        *,
+        on_change: Callable[[int], None] | None = None,
+        clock: Clock = time.time,
+    ) -> None:
         self.directory = Path(storage_dir) / directory_name(session_id)
         self.session_id = session_id
-        self._entries: list[_Entry] = []
+        self.limits = limits
+        self._on_change = on_change
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._manifest: TextIO | None = None  # append handle while the recording is written
+        self._entry_count = 0
+        self._target_duration = 1  # what the manifest's header says
+        self._has_gap = False  # whether the header says version 8
         self._ended = False
-        self._count = 0
+        self._writing = False  # a session writes it (opened, not finished or closed)
+        self._purged = False
+        self._files: deque[_StoredFile] = deque()  # segment files on disk, oldest first
+        self._bytes = 0  # sum of their sizes
 
     @property
     def manifest_path(self) -> Path:
-        return self.directory / "index.m3u8"
+        return self.directory / MANIFEST_NAME
 
     @property
     def entry_count(self) -> int:
-        return len(self._entries)
+        return self._entry_count
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of this recording's segment files still on disk."""
+        return self._bytes
+
+    # ------------------------------------------------------------------ writing a recording
 
     def open(self, resume_entries: int | None = None, resume_duration: float = 0.0) -> None:
         """Create the directory and manifest; when resuming, keep the first ``resume_entries``
-        entries of an existing manifest and pad it with a gap up to ``resume_duration``."""
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create {self.directory}: {exc}", session_id=self.session_id) from exc
-        if resume_entries is not None:
+        entries of an existing manifest and pad it with a gap up to ``resume_duration``.
+
+        Segment files the kept entries do not list (media ingested again after the resume
+        point, or an earlier recording of a fresh start) are deleted, so disk and manifest agree.
+        """
+        with self._changing():
             try:
-                text = self.manifest_path.read_text() if self.manifest_path.exists() else ""
+                self.directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                message = f"cannot read {self.manifest_path}: {exc}"
-                raise StorageError(message, session_id=self.session_id) from exc
-            self._entries = manifest_entries(text)[:resume_entries]
-            self._count = len(self._entries)
-            listed = sum(entry.duration for entry in self._entries)
-            if resume_duration - listed > 1e-3:
-                self._count += 1
-                name = f"gap{self._count - 1:06d}.ts"
-                self._entries.append(_Entry(name, resume_duration - listed, discontinuity=True, gap=True))
-        self._write_manifest()
+                raise self._failure("create", self.directory, exc) from exc
+            entries: list[_Entry] = []
+            if resume_entries is not None:
+                entries = manifest_entries(self._read_manifest_locked())[:resume_entries]
+                listed = sum(entry.duration for entry in entries)
+                if resume_duration - listed > 1e-3:
+                    name = f"gap{len(entries):06d}.ts"
+                    entries.append(_Entry(name, resume_duration - listed, discontinuity=True, gap=True))
+            entries = self._adopt_files_locked(entries)
+            self._ended = self._purged = False
+            self._writing = True
+            self._rewrite_locked(entries, ended=False)
 
     def add_segment(self, data: bytes, duration: float, source_uri: str, discontinuity: bool = False) -> Path:
-        """Store one segment's bytes and list it in the manifest; return its path."""
+        """Store one segment's bytes and list it in the manifest (then enforce the session's
+        caps); return its path."""
         suffix = Path(urlparse(source_uri).path).suffix.lower()
-        if suffix not in {".ts", ".m4s", ".mp4", ".aac", ".m2ts"}:
+        if suffix not in _SEGMENT_SUFFIXES:
             suffix = ".ts"
-        path = self.directory / f"seg{self._count:06d}{suffix}"
-        self._count += 1
-        try:
-            path.write_bytes(data)
-        except OSError as exc:
-            raise StorageError(f"cannot write {path}: {exc}", session_id=self.session_id) from exc
-        self._entries.append(_Entry(path.name, duration, discontinuity, gap=False))
-        self._write_manifest()
+        with self._changing():
+            if self._purged:
+                raise StorageError("the recording was purged", session_id=self.session_id)
+            path = self.directory / f"seg{self._entry_count:06d}{suffix}"
+            try:
+                path.write_bytes(data)
+            except OSError as exc:
+                raise self._failure("write", path, exc) from exc
+            self._files.append(_StoredFile(path.name, len(data), self._clock()))
+            self._bytes += len(data)
+            self._append_locked(_Entry(path.name, duration, discontinuity, gap=False))
+            self._prune_session_locked()
         return path
 
     def add_gap(self, duration: float, discontinuity: bool = True) -> None:
         """A stretch of stream time we have no media for (missed or unfetchable segments)."""
         if duration <= 0:
             return
-        name = f"gap{self._count:06d}.ts"
-        self._count += 1
-        self._entries.append(_Entry(name, duration, discontinuity, gap=True))
-        self._write_manifest()
+        with self._lock:
+            self._append_locked(_Entry(f"gap{self._entry_count:06d}.ts", duration, discontinuity, gap=True))
 
     def finish(self) -> None:
         """Append ``#EXT-X-ENDLIST``: the recording is complete."""
-        self._ended = True
-        self._write_manifest()
+        with self._lock:
+            if not self._ended and not self._purged:
+                self._write_locked(f"{ENDLIST}\n")
+            self._ended = True
+            self._writing = False
+            self._close_locked()
 
-    def render(self) -> str:
-        longest = max((e.duration for e in self._entries), default=1.0)
-        lines = [
-            "#EXTM3U",
-            "#EXT-X-VERSION:8" if any(e.gap for e in self._entries) else "#EXT-X-VERSION:3",
-            "#EXT-X-PLAYLIST-TYPE:EVENT",
-            f"#EXT-X-TARGETDURATION:{max(1, math.ceil(longest))}",
-            "#EXT-X-MEDIA-SEQUENCE:0",
+    def close(self) -> None:
+        """Stop writing without ending the recording (the session was suspended or crashed)."""
+        with self._lock:
+            self._writing = False
+            self._close_locked()
+
+    # ------------------------------------------------------------------ pruning and retention
+
+    def load(self) -> int:
+        """Take stock of a recording already on disk (storage start-up scan): its segment files,
+        oldest first by modification time. Returns their bytes (not reported to ``on_change``:
+        the scan counts them all at once)."""
+        with self._lock:
+            found: list[_StoredFile] = []
+            try:
+                with os.scandir(self.directory) as listing:
+                    for item in listing:
+                        if _SEGMENT_FILE.match(item.name) and item.is_file():
+                            stat = item.stat()
+                            found.append(_StoredFile(item.name, stat.st_size, stat.st_mtime))
+            except OSError as exc:
+                raise self._failure("list", self.directory, exc) from exc
+            found.sort(key=lambda f: (f.stored_at, f.name))
+            self._files = deque(found)
+            self._bytes = sum(f.size for f in found)
+            return self._bytes
+
+    def prunable(self) -> list[_StoredFile]:
+        """The segment files pruning may delete, oldest first (a snapshot)."""
+        with self._lock:
+            return self._prunable_locked()
+
+    def prune_files(self, names: set[str]) -> int:
+        """Delete these segment files (if still there) and list them as gaps; return the bytes
+        freed. For ``RecordingStorage``'s total cap: the caller accounts for the bytes."""
+        with self._lock:
+            if self._purged:
+                return 0
+            victims = [f for f in self._prunable_locked() if f.name in names]
+            return self._delete_locked(victims, why="total cap") if victims else 0
+
+    def _prunable_locked(self) -> list[_StoredFile]:
+        # A recording being written keeps its newest segment (see the module docstring).
+        files = list(self._files)
+        return files[:-1] if self._writing else files
+
+    def mark_purged(self) -> int:
+        """Stop writing and forget every file (the directory is about to be removed); return the
+        bytes it held."""
+        with self._lock:
+            self._close_locked()
+            self._purged = True
+            self._writing = False
+            freed, self._bytes = self._bytes, 0
+            self._files.clear()
+            return freed
+
+    def _prune_session_locked(self) -> int:
+        """Enforce the per-session caps after a segment was added; return the bytes freed."""
+        limits = self.limits
+        candidates = self._prunable_locked()
+        if not candidates:
+            return 0
+        victims: list[_StoredFile] = []
+        reasons = []
+        if limits.max_age_seconds > 0:
+            now = self._clock()
+            if candidates[0].stored_at < now - limits.max_age_seconds:
+                cutoff = now - limits.max_age_seconds * PRUNE_TO_FRACTION
+                victims = list(itertools.takewhile(lambda f: f.stored_at < cutoff, candidates))
+                reasons.append("age cap")
+        if limits.max_bytes_per_session > 0 and self._bytes > limits.max_bytes_per_session:
+            target = limits.max_bytes_per_session * PRUNE_TO_FRACTION
+            remaining = self._bytes - sum(f.size for f in victims)
+            for stored in candidates[len(victims) :]:
+                if remaining <= target:
+                    break
+                victims.append(stored)
+                remaining -= stored.size
+            reasons.append("size cap")
+        return self._delete_locked(victims, why=" and ".join(reasons)) if victims else 0
+
+    def _delete_locked(self, victims: list[_StoredFile], *, why: str) -> int:
+        """Delete ``victims`` (oldest first) and rewrite the manifest listing them as gaps."""
+        deleted: set[str] = set()
+        freed = 0
+        for stored in victims:
+            try:
+                (self.directory / stored.name).unlink()
+            except FileNotFoundError:
+                pass  # gone already: it no longer takes space either
+            except OSError as exc:
+                # Keep it (and the younger ones) counted; the next pruning tries again.
+                log.warning("recording %s: cannot delete %s (%s): %s", self.session_id, stored.name, why, exc)
+                break
+            deleted.add(stored.name)
+            freed += stored.size
+        if not deleted:
+            return 0
+        self._files = deque(f for f in self._files if f.name not in deleted)
+        self._bytes -= freed
+        text = self._read_manifest_locked()
+        entries = [replace(e, gap=True) if e.uri in deleted else e for e in manifest_entries(text)]
+        # A finished recording loaded by the start-up scan: its manifest says whether it ended.
+        ended = self._ended or any(line.strip() == ENDLIST for line in text.splitlines()[-2:])
+        self._rewrite_locked(entries, ended=ended)
+        log.info(
+            "recording %s: pruned %d oldest segment(s), %d bytes (%s); %d bytes left",
+            self.session_id,
+            len(deleted),
+            freed,
+            why,
+            self._bytes,
+        )
+        return freed
+
+    # ------------------------------------------------------------------ manifest file
+
+    def _adopt_files_locked(self, entries: list[_Entry]) -> list[_Entry]:
+        """Make the stored files those ``entries`` list: a listed file that is missing becomes a
+        gap, an unlisted one is deleted. Returns the entries (with such gaps)."""
+        listed = {entry.uri for entry in entries if not entry.gap}
+        on_disk: dict[str, os.stat_result] = {}
+        try:
+            with os.scandir(self.directory) as listing:
+                for item in listing:
+                    if _SEGMENT_FILE.match(item.name) and item.is_file():
+                        on_disk[item.name] = item.stat()
+            for name in on_disk.keys() - listed:
+                (self.directory / name).unlink()
+        except OSError as exc:
+            raise self._failure("tidy", self.directory, exc) from exc
+        adopted = [
+            entry if entry.gap or entry.uri in on_disk else replace(entry, gap=True) for entry in entries
         ]
-        for entry in self._entries:
-            if entry.discontinuity:
-                lines.append("#EXT-X-DISCONTINUITY")
-            if entry.gap:
-                lines.append("#EXT-X-GAP")
-            lines.append(f"#EXTINF:{entry.duration:.6f},")
-            lines.append(entry.uri)
-        if self._ended:
-            lines.append("#EXT-X-ENDLIST")
-        return "\n".join(lines) + "\n"
+        self._files = deque(
+            _StoredFile(entry.uri, on_disk[entry.uri].st_size, on_disk[entry.uri].st_mtime)
+            for entry in adopted
+            if not entry.gap
+        )
+        self._bytes = sum(f.size for f in self._files)
+        return adopted
 
-    def _write_manifest(self) -> None:
-        # Write-then-rename, so a player never reads a half-written manifest.
+    def _read_manifest_locked(self) -> str:
+        try:
+            return self.manifest_path.read_text() if self.manifest_path.exists() else ""
+        except OSError as exc:
+            raise self._failure("read", self.manifest_path, exc) from exc
+
+    def _append_locked(self, entry: _Entry) -> None:
+        if self._purged:
+            raise StorageError("the recording was purged", session_id=self.session_id)
+        needs_header = math.ceil(entry.duration) > self._target_duration or (entry.gap and not self._has_gap)
+        if needs_header:
+            # The header is at the top of the file: rewrite it whole (rare, see the docstring).
+            entries = [*manifest_entries(self._read_manifest_locked()), entry]
+            self._rewrite_locked(entries, ended=self._ended)
+        else:
+            self._write_locked(_render_entry(entry))
+            self._entry_count += 1
+
+    def _write_locked(self, text: str) -> None:
+        """Append ``text`` with one write, flushed, so a reader sees whole entries."""
+        try:
+            if self._manifest is None:
+                self._manifest = self.manifest_path.open("a")
+            self._manifest.write(text)
+            self._manifest.flush()
+        except OSError as exc:
+            raise self._failure("write", self.manifest_path, exc) from exc
+
+    def _rewrite_locked(self, entries: list[_Entry], *, ended: bool) -> None:
+        # Write-then-rename, so a player never reads a half-written manifest; the append handle
+        # is reopened on the new file.
+        self._close_locked()
         temporary = self.manifest_path.with_suffix(".m3u8.tmp")
         try:
-            temporary.write_text(self.render())
+            temporary.write_text(render_manifest(entries, ended))
             os.replace(temporary, self.manifest_path)
         except OSError as exc:
-            raise StorageError(
-                f"cannot write {self.manifest_path}: {exc}", session_id=self.session_id
-            ) from exc
+            raise self._failure("write", self.manifest_path, exc) from exc
+        self._entry_count = len(entries)
+        self._target_duration = _target_duration(e.duration for e in entries)
+        self._has_gap = any(e.gap for e in entries)
+
+    def _close_locked(self) -> None:
+        manifest, self._manifest = self._manifest, None
+        if manifest is not None:
+            try:
+                manifest.close()
+            except OSError as exc:  # everything was flushed already; nothing is lost
+                log.warning("recording %s: closing %s: %s", self.session_id, self.manifest_path, exc)
+
+    def _failure(self, action: str, path: Path, exc: OSError) -> StorageError:
+        return StorageError(f"cannot {action} {path}: {exc}", session_id=self.session_id)
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Hold the lock for a change of the stored files; once it is released (also after an
+        error), report how many bytes the change added or removed."""
+        delta = 0
+        try:
+            with self._lock:
+                before = self._bytes
+                try:
+                    yield
+                finally:
+                    delta = self._bytes - before
+        finally:
+            if delta and self._on_change is not None:
+                self._on_change(delta)
+
+
+class RecordingStorage:
+    """The storage directory of one ingest service: its recordings and their total size cap.
+
+    ``store(session_id)`` hands out the session's ``SegmentStore``. With a total cap, every store
+    is registered (finished ones too, until purged) and reports its growth here; the running
+    total starts from ``scan()``. Without one, nothing is registered or counted.
+    """
+
+    def __init__(self, storage_dir: Path, limits: RecordingLimits, *, clock: Clock = time.time) -> None:
+        self.storage_dir = Path(storage_dir)
+        self.limits = limits
+        self._clock = clock
+        self._lock = threading.Lock()  # guards _stores and _total; never held while a store's is taken
+        self._pruning = threading.Lock()  # one total-cap pruning at a time
+        self._stores: dict[str, SegmentStore] = {}
+        self._total = 0
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of segment files under the storage directory, as counted (total cap only)."""
+        return self._total
+
+    def store(self, session_id: str) -> SegmentStore:
+        """The session's store (no I/O: safe on the event loop)."""
+        if self.limits.max_bytes_total <= 0:
+            return SegmentStore(self.storage_dir, session_id, self.limits, clock=self._clock)
+        name = directory_name(session_id)
+        with self._lock:
+            store = self._stores.get(name)
+            if store is None:
+                store = self._new_store(session_id)
+                self._stores[name] = store
+            else:
+                store.session_id = session_id  # a scanned store only knew its directory name
+            return store
+
+    def scan(self) -> None:
+        """Count the recordings already on disk (start-up, once; blocking), then enforce the cap."""
+        if self.limits.max_bytes_total <= 0:
+            return
+        try:
+            directories = [item for item in self.storage_dir.iterdir() if item.is_dir()]
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot list {self.storage_dir}: {exc}") from exc
+        found = 0
+        for directory in directories:
+            if directory.name != directory_name(directory.name):
+                continue  # not a recording of ours
+            with self._lock:
+                store = self._stores.setdefault(directory.name, self._new_store(directory.name))
+            found += store.load()
+        # Counted at once and pruned after the whole scan, so pruning sees every recording.
+        self._account(found)
+        log.info(
+            "recordings in %s: %d, %d bytes of segments (total cap %d)",
+            self.storage_dir,
+            len(directories),
+            self._total,
+            self.limits.max_bytes_total,
+        )
+
+    def purge(self, session_id: str) -> bool:
+        """Delete the session's recording directory (blocking); False if there was none."""
+        name = directory_name(session_id)
+        with self._lock:
+            store = self._stores.pop(name, None)
+        if store is not None:
+            freed = store.mark_purged()
+            with self._lock:
+                self._total -= freed
+        directory = self.storage_dir / name
+        try:
+            shutil.rmtree(directory)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"cannot delete {directory}: {exc}", session_id=session_id) from exc
+        return True
+
+    def _new_store(self, session_id: str) -> SegmentStore:
+        return SegmentStore(
+            self.storage_dir, session_id, self.limits, on_change=self._account, clock=self._clock
+        )
+
+    def _account(self, delta: int) -> None:
+        with self._lock:
+            self._total += delta
+            over = self._total > self.limits.max_bytes_total
+        if over:
+            self._prune_total()
+
+    def _prune_total(self) -> None:
+        """Delete the oldest segment files across all recordings, down to PRUNE_TO_FRACTION of
+        the total cap. Runs in the thread whose write crossed the cap."""
+        if not self._pruning.acquire(blocking=False):
+            return  # another thread is pruning; it frees enough for this write too (or the next one will)
+        try:
+            with self._lock:
+                stores = list(self._stores.values())
+                excess = self._total - self.limits.max_bytes_total * PRUNE_TO_FRACTION
+            if excess <= 0:
+                return
+            oldest_first = heapq.merge(
+                *(
+                    [(f.stored_at, store.directory.name, f.name, f.size, store) for f in store.prunable()]
+                    for store in stores
+                ),
+                key=lambda item: item[:3],
+            )
+            chosen: dict[str, tuple[SegmentStore, set[str]]] = {}
+            for _, directory, name, size, store in oldest_first:
+                if excess <= 0:
+                    break
+                chosen.setdefault(directory, (store, set()))[1].add(name)
+                excess -= size
+            freed = 0
+            for directory, (store, names) in chosen.items():
+                try:
+                    freed += store.prune_files(names)
+                except StorageError as exc:
+                    # Another session's recording: its own writes report the trouble to it.
+                    log.warning("total cap: cannot prune recording %s: %s", directory, exc)
+            with self._lock:
+                self._total -= freed
+        finally:
+            self._pruning.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -119,6 +120,50 @@ async def test_chunks_become_events_and_results(kafka_bootstrap: str, running_an
     events = await collect(kafka_bootstrap, topics.events, Event, 2)
     assert {e.event_id for e in events} == {cat_event.event_id, second.events[0].event_id}
     assert all(e.session_id == "s-cat" for e in events)
+
+
+async def test_undecodable_chunks_of_a_readable_session_get_failed_results(
+    kafka_bootstrap: str, running_analyzer: Topics
+) -> None:
+    """So the session can finish: the aggregator waits for a result per published chunk."""
+    topics = running_analyzer
+    good = chunk("s-broken", 0, [skdata.chelsea()], "a cat")
+    raw = json.loads(encode_value(good))
+    bad_frames = {**raw, "chunk_index": 1, "start_time": 4.0, "end_time": 8.0}
+    bad_frames["frames"] = [{**raw["frames"][0], "jpeg": "not base64 at all!"}]
+    bad_field = {**raw, "chunk_index": 2, "capture_time": "yesterday", "start_time": "4"}
+    del bad_field["end_time"]
+    foreign = {**bad_frames, "session_id": "s-other", "chunk_index": 3}  # key says s-broken: untrusted
+    records = [
+        (b"s-broken", json.dumps(bad_frames).encode()),
+        (b"s-broken", json.dumps(bad_field).encode()),
+        (b"s-broken", json.dumps(foreign).encode()),
+        (b"s-broken", json.dumps({"session_id": "s-broken", "stream_id": "cams"}).encode()),  # no index
+        (b"s-broken", encode_value(good)),  # same partition, after the rest: all were handled
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=2 * 1024 * 1024)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topics.chunks, value, key=key)
+    finally:
+        await producer.stop()
+
+    results: list[ChunkResult] = []
+    async with asyncio.timeout(90):
+        while chunk_id_for("s-broken", 0) not in {r.chunk_id for r in results}:
+            found = await collect(kafka_bootstrap, topics.chunk_results, ChunkResult, len(results) + 1)
+            results = [r for r in found if r.session_id in {"s-broken", "s-other"}]
+    by_index = {r.chunk_index: r for r in results}
+    assert sorted(by_index) == [0, 1, 2]  # the foreign and the index-less records were skipped
+    assert by_index[0].status == "ok"
+    for index, (start, end) in ((1, (4.0, 8.0)), (2, (0.0, 0.0))):
+        failed = by_index[index]
+        assert failed.status == "failed" and failed.error and "undecodable ChunkRecord" in failed.error
+        assert (failed.session_id, failed.stream_id) == ("s-broken", "cams")
+        assert failed.chunk_id == chunk_id_for("s-broken", index)
+        assert (failed.start_time, failed.end_time) == (start, end)
+        assert (failed.events, failed.frame_count, failed.targets) == ([], 0, [])
 
 
 async def test_a_second_replica_takes_over_partitions_and_no_chunk_is_lost(kafka_bootstrap: str) -> None:
