@@ -3,16 +3,24 @@
 Routes (all ``/api`` routes need an API key, see ``api.auth``):
 
 * ``POST /api/live/start-session`` (form: source_url, name, rapid_review_query?, stream_id?)
-* ``POST /api/live/end-session`` (form: stream_id, session_id)
-* ``GET  /api/live/live-sessions[?scope=personal|org|all]`` (default personal, as the SDK documents)
+* ``POST /api/live/end-session`` (form: stream_id, session_id): ``ended`` (also re-sent while the
+  session is ENDING, so a lost end command can be repeated) or ``already_ended``
+* ``GET  /api/live/live-sessions[?scope=personal|org|all&limit=100&cursor=...&include_events=false]``:
+  a page of sessions newest first (default personal, as the SDK documents), ``next_cursor``
 * ``GET  /api/live/live-sessions/{stream_id}/{session_id}``
-* ``GET  /api/live/live-sessions/{stream_id}/{session_id}/events/stream`` (Server-Sent Events)
-* ``GET  /healthz`` (no key): 200 once Kafka clients run and the session view caught up
+  ``[?events_after&events_limit&chunks_after&chunks_limit]``: the session with ALL its merged
+  events by default (the SDK's ``iter_events`` reads them) and its most recent 1000 chunks
+* ``GET  /api/live/live-sessions/{stream_id}/{session_id}/events?after=<cursor>&limit=100``:
+  the latest version of each merged event after a cursor, in cursor order
+* ``GET  /api/live/live-sessions/{stream_id}/{session_id}/events/stream`` (SSE, resumable)
+* ``GET  /api/live/events/stream?scope=personal|org|all`` (SSE of every visible session, resumable)
+* ``GET  /healthz`` (no key): 200 once Kafka clients run and the session topics are caught up
 * ``GET  /`` a small browser page (``api/static/index.html``)
 
-Browsers' ``EventSource`` cannot send headers, so every ``/api`` route also accepts the key
-as the ``api_key`` query parameter; prefer the headers elsewhere (query strings end up in
-access logs).
+The SSE messages are described in ``api.feeds``. Browsers' ``EventSource`` cannot send
+headers, so every ``/api`` route also accepts the key as the ``api_key`` query parameter
+(and the SSE routes ``last_event_id`` for ``Last-Event-ID``); prefer the headers elsewhere
+(query strings end up in access logs).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
@@ -34,28 +42,42 @@ from api.auth import API_KEY_QUERY_PARAM, ApiKeyAuthenticator
 from api.errors import (
     AuthenticationFailed,
     CommandPublishError,
+    InvalidCursor,
     NotSessionOwner,
     ServiceNotReady,
     SessionNotFound,
+    StoreError,
 )
-from api.feeds import SessionFeedHub, session_feed
+from api.feeds import AllSessionsFeed, SessionFeedHub, all_sessions_feed, session_feed
 from api.kafka_io import KafkaRuntime
+from api.sessions import Sessions
 from api.settings import ApiSettings
-from api.views import ENDED_STATUSES, SessionView
+from api.store import NO_CURSOR, ListsQuery, StoreWorker
+from api.views import SessionView
 from schemas.api import (
     EndSessionForm,
     EndSessionResponse,
     HealthResponse,
+    SessionEventsPage,
     SessionListResponse,
+    SessionResponse,
     SessionScope,
     StartSessionForm,
     StartSessionResponse,
 )
-from schemas.records import EndSession, SessionState, SessionStatus, StartSession
+from schemas.records import EndSession, SessionStatus, StartSession
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+SESSIONS_PAGE_DEFAULT = 100  # what the SDK's get_sessions (no parameters) sees: the newest 100
+SESSIONS_PAGE_MAX = 1000
+CHUNKS_PAGE_DEFAULT = 1000
+CHUNKS_PAGE_MAX = 10_000
+EVENTS_PAGE_DEFAULT = 100
+EVENTS_PAGE_MAX = 1000
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 # --------------------------------------------------------------------------- dependencies
@@ -73,6 +95,11 @@ def authenticated_caller(
 
 
 Caller = Annotated[str, Depends(authenticated_caller)]
+LastEventIdHeader = Annotated[str | None, Header(alias="Last-Event-ID", include_in_schema=False)]
+LastEventIdQuery = Annotated[
+    str | None,
+    Query(description="For browsers' EventSource: the Last-Event-ID to resume after (the header wins)."),
+]
 
 
 def kafka_runtime(request: Request, *, need_view: bool = True) -> KafkaRuntime:
@@ -84,10 +111,20 @@ def kafka_runtime(request: Request, *, need_view: bool = True) -> KafkaRuntime:
     if runtime is None or not runtime.started:
         raise ServiceNotReady("Kafka clients are not started")
     if runtime.failure is not None:
-        raise ServiceNotReady("a Kafka reader has failed", error=repr(runtime.failure))
+        raise ServiceNotReady("the session topics reader has failed", error=repr(runtime.failure))
     if need_view and not runtime.caught_up:
-        raise ServiceNotReady("the session view is still catching up with the session-state topic")
+        raise ServiceNotReady("the session view is still catching up with the session topics")
     return runtime
+
+
+def creator_filter(scope: SessionScope | None, caller: str) -> str | None:
+    """The SDK documents no scope as "personal": only the caller's own sessions."""
+    return None if scope in (SessionScope.ORG, SessionScope.ALL) else caller
+
+
+def json_response(body: str) -> Response:
+    # Bodies are assembled from the store's JSON text (see api.sessions): no re-validation.
+    return Response(content=body, media_type="application/json")
 
 
 # --------------------------------------------------------------------------- routes
@@ -112,7 +149,7 @@ async def start_session(
         created_by=caller,
     )
     await runtime.publisher.publish(command)
-    runtime.view.add_pending_start(command)
+    runtime.sessions.add_pending_start(command)
     logger.info(
         "session started (session_id=%s, stream_id=%s, created_by=%s)",
         command.session_id,
@@ -129,55 +166,127 @@ async def end_session(
     request: Request, form: Annotated[EndSessionForm, Form()], caller: Caller
 ) -> EndSessionResponse:
     runtime = kafka_runtime(request)
-    state = runtime.view.find(form.stream_id, form.session_id)
-    if state is None:
-        raise SessionNotFound("session not found", stream_id=form.stream_id, session_id=form.session_id)
-    if state.created_by is not None and state.created_by != caller:
+    header = await runtime.sessions.find(form.stream_id, form.session_id)
+    if header.created_by is not None and header.created_by != caller:
         # Any key may watch any session (one deployment is one organisation), but only the
         # key that started a session may end it, as the SDK documents (403).
         raise NotSessionOwner(
-            "only the API key that started this session may end it", session_id=state.session_id
+            "only the API key that started this session may end it", session_id=header.session_id
         )
-    if state.status in ENDED_STATUSES:
+    if header.status.terminal:
         return EndSessionResponse(status="already_ended")
-    command = EndSession(session_id=state.session_id, stream_id=state.stream_id)
+    # An ENDING session gets the command again: the first one may have been lost (a source
+    # that keeps running), and ingest and aggregator treat a repeated end as a no-op.
+    command = EndSession(session_id=header.session_id, stream_id=header.stream_id)
     await runtime.publisher.publish(command)
-    runtime.view.mark_end_requested(command)
-    logger.info("session end requested (session_id=%s, by=%s)", state.session_id, caller)
+    runtime.sessions.mark_end_requested(command, header)
+    logger.info(
+        "session end requested (session_id=%s, by=%s, status=%s)", header.session_id, caller, header.status
+    )
     return EndSessionResponse(status="ended")
 
 
 @live.get("/live-sessions", response_model=SessionListResponse)
 async def list_sessions(
-    request: Request, caller: Caller, scope: SessionScope | None = None
-) -> SessionListResponse:
+    request: Request,
+    caller: Caller,
+    scope: SessionScope | None = None,
+    limit: Annotated[int, Query(ge=1, le=SESSIONS_PAGE_MAX)] = SESSIONS_PAGE_DEFAULT,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="next_cursor of the previous page")
+    ] = None,
+    include_events: Annotated[
+        bool, Query(description="Each session with its events and chunks, as get_session returns it.")
+    ] = False,
+) -> Response:
+    """A page of sessions, newest first; items are headers unless ``include_events``."""
     runtime = kafka_runtime(request)
-    # The SDK documents no scope as "personal": only the caller's own sessions.
-    created_by = None if scope in (SessionScope.ORG, SessionScope.ALL) else caller
-    return SessionListResponse(sessions=runtime.view.sessions(created_by=created_by))
+    body = await runtime.sessions.list_body(creator_filter(scope, caller), cursor, limit, include_events)
+    return json_response(body)
 
 
-@live.get("/live-sessions/{stream_id}/{session_id}", response_model=SessionState)
-async def get_session(request: Request, stream_id: str, session_id: str) -> SessionState:
+@live.get("/live-sessions/{stream_id}/{session_id}", response_model=SessionResponse)
+async def get_session(
+    request: Request,
+    stream_id: str,
+    session_id: str,
+    events_after: Annotated[
+        int | None, Query(ge=0, description="Only events whose latest version's cursor is above this.")
+    ] = None,
+    events_limit: Annotated[int | None, Query(ge=0, description="At most this many events.")] = None,
+    chunks_after: Annotated[int | None, Query(ge=-1, description="Only chunks with a larger index.")] = None,
+    chunks_limit: Annotated[int, Query(ge=0, le=CHUNKS_PAGE_MAX)] = CHUNKS_PAGE_DEFAULT,
+) -> Response:
+    """The session with its events and chunks.
+
+    ``events``: by default every merged event (latest version), ordered by start time; with
+    ``events_after`` or ``events_limit``, a page in cursor order (``events_next_cursor`` for the
+    next one). ``chunks``: by default the most recent ``chunks_limit`` (1000) by index; with
+    ``chunks_after`` the ``chunks_limit`` chunks after that index (``chunks_next_after``).
+    ``events_total``/``chunks_total`` count them all.
+    """
     runtime = kafka_runtime(request)
-    state = runtime.view.find(stream_id, session_id)
-    if state is None:
-        raise SessionNotFound("session not found", stream_id=stream_id, session_id=session_id)
-    return state
+    header = await runtime.sessions.find(stream_id, session_id)
+    query = ListsQuery(
+        events_after=events_after,
+        events_limit=events_limit,
+        chunks_after=chunks_after,
+        chunks_limit=chunks_limit,
+    )
+    return json_response(await runtime.sessions.session_body(header, query))
+
+
+@live.get("/live-sessions/{stream_id}/{session_id}/events", response_model=SessionEventsPage)
+async def list_session_events(
+    request: Request,
+    stream_id: str,
+    session_id: str,
+    after: Annotated[int, Query(ge=0, description="A cursor: only versions written after it.")] = NO_CURSOR,
+    limit: Annotated[int, Query(ge=1, le=EVENTS_PAGE_MAX)] = EVENTS_PAGE_DEFAULT,
+) -> Response:
+    """The latest version (``SessionEvent``) of each merged event whose cursor is above ``after``."""
+    runtime = kafka_runtime(request)
+    await runtime.sessions.find(stream_id, session_id)
+    return json_response(await runtime.sessions.events_page_body(session_id, after, limit))
 
 
 @live.get("/live-sessions/{stream_id}/{session_id}/events/stream", response_class=EventSourceResponse)
-async def stream_session_events(request: Request, stream_id: str, session_id: str) -> EventSourceResponse:
-    """``detection`` messages (id = event_id, data = Event JSON), then one ``end`` message."""
+async def stream_session_events(
+    request: Request,
+    stream_id: str,
+    session_id: str,
+    last_event_id_header: LastEventIdHeader = None,
+    last_event_id: LastEventIdQuery = None,
+) -> EventSourceResponse:
+    """``detection``/``update`` (id = session cursor), then ``end``; ``resync`` for an unusable id."""
     runtime = kafka_runtime(request)
-    if runtime.view.find(stream_id, session_id) is None:
-        raise SessionNotFound("session not found", stream_id=stream_id, session_id=session_id)
+    await runtime.sessions.find(stream_id, session_id)
     settings: ApiSettings = request.app.state.settings
-    view = runtime.view
+    sessions = runtime.sessions
     return EventSourceResponse(
-        session_feed(runtime.hub, lambda: view.get(session_id), session_id),
+        session_feed(sessions.hub, sessions, session_id, last_event_id_header or last_event_id),
         ping=settings.sse_ping_seconds,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=SSE_HEADERS,
+    )
+
+
+@live.get("/events/stream", response_class=EventSourceResponse)
+async def stream_all_events(
+    request: Request,
+    caller: Caller,
+    scope: SessionScope | None = None,
+    last_event_id_header: LastEventIdHeader = None,
+    last_event_id: LastEventIdQuery = None,
+) -> EventSourceResponse:
+    """Messages of every session the scope shows (see ``api.feeds``), ids ``<epoch>-<seq>``."""
+    runtime = kafka_runtime(request)
+    settings: ApiSettings = request.app.state.settings
+    return EventSourceResponse(
+        all_sessions_feed(
+            runtime.sessions.all_feed, creator_filter(scope, caller), last_event_id_header or last_event_id
+        ),
+        ping=settings.sse_ping_seconds,
+        headers=SSE_HEADERS,
     )
 
 
@@ -191,24 +300,32 @@ def _error_response(status_code: int, exc: Exception, headers: dict[str, str] | 
 def create_app(settings: ApiSettings) -> FastAPI:
     """The API app; raises ``ConfigurationError`` when no API key is configured."""
     authenticator = ApiKeyAuthenticator(settings.require_api_keys())
-    view = SessionView()
-    hub = SessionFeedHub(queue_size=settings.subscriber_queue_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = KafkaRuntime(settings, view, hub)
-        await runtime.start()
-        app.state.runtime = runtime
+        store = await StoreWorker.open(settings.store_dir, settings.store_cache_mib)
+        sessions = Sessions(
+            SessionView(settings.recent_finished_sessions, settings.recent_finished_seconds),
+            store,
+            SessionFeedHub(queue_size=settings.subscriber_queue_size),
+            AllSessionsFeed(
+                ring_size=settings.global_feed_ring_size, queue_size=settings.subscriber_queue_size
+            ),
+        )
+        runtime = KafkaRuntime(settings, sessions)
         try:
+            await runtime.start()
+            app.state.runtime = runtime
             yield
         finally:
             app.state.runtime = None
             await runtime.stop()
+            await store.close()
 
     app = FastAPI(
         title="Livestream analytics API",
         description="NomadicML-compatible livestream sessions over Kafka.",
-        version="0.1.0",
+        version="0.2.0",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -228,15 +345,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
         logger.warning("answering 503: %s", exc)
         return _error_response(503, exc, {"Retry-After": "1"})
 
-    async def on_bad_query(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_unprocessable(_request: Request, exc: Exception) -> JSONResponse:
         return _error_response(422, exc)
 
-    app.add_exception_handler(QueryError, on_bad_query)
+    app.add_exception_handler(QueryError, on_unprocessable)
+    app.add_exception_handler(InvalidCursor, on_unprocessable)
     app.add_exception_handler(AuthenticationFailed, on_auth_failed)
     app.add_exception_handler(SessionNotFound, on_not_found)
     app.add_exception_handler(NotSessionOwner, on_forbidden)
     app.add_exception_handler(ServiceNotReady, on_unavailable)
     app.add_exception_handler(CommandPublishError, on_unavailable)
+    app.add_exception_handler(StoreError, on_unavailable)
 
     @app.get("/healthz", response_model=HealthResponse)
     async def healthz(request: Request) -> JSONResponse:
@@ -246,7 +365,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             status="failed" if failure else ("ok" if runtime is not None and runtime.ready else "starting"),
             kafka_clients_started=runtime is not None and runtime.started,
             session_view_caught_up=runtime is not None and runtime.caught_up,
-            sessions=len(view),
+            sessions=runtime.sessions.stored_sessions if runtime is not None else 0,
+            sessions_in_memory=len(runtime.sessions.view) if runtime is not None else 0,
             error=repr(failure) if failure else None,
         )
         return JSONResponse(status_code=200 if health.status == "ok" else 503, content=health.model_dump())

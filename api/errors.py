@@ -27,3 +27,11 @@ class ServiceNotReady(ApiError):
 
 class CommandPublishError(ApiError):
     """The broker did not acknowledge a session command in time (HTTP 503)."""
+
+
+class InvalidCursor(ApiError):
+    """A paging cursor the API did not issue or cannot read (HTTP 422)."""
+
+
+class StoreError(ApiError):
+    """The embedded SQLite store failed; the session view cannot be trusted (HTTP 503)."""

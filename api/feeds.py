@@ -1,23 +1,39 @@
-"""Fan-out of a session's events to its Server-Sent-Events subscribers (no Kafka here).
+"""Server-Sent-Events feeds: fan-out to bounded subscriber queues, resumable by ``Last-Event-ID``.
 
-``SessionFeedHub`` hands each subscriber its own bounded queue; the events reader pushes
-``Event``s and the session-state reader pushes ``SessionState``s into it. A subscriber
-whose queue is full is disconnected (with a warning) instead of slowing everyone down.
-``session_feed`` turns one subscription into SSE messages: replay what the session state
-already holds, then live events, de-duplicated by ``event_id``, then ``end`` once the
-session reaches a terminal status.
+No Kafka and no SQLite here: the reader hands what each batch stored to the hubs, and the
+feeds read history through a ``SessionFeedSource`` (the store). A subscriber whose queue is
+full is disconnected (with a warning) instead of slowing everyone down; it reconnects with
+its ``Last-Event-ID`` and misses nothing.
 
-Messages (``id`` is always the event's ``event_id``):
+**Per-session feed** (``.../live-sessions/{stream_id}/{session_id}/events/stream``). Every
+message's ``id`` is the session's feed cursor (a decimal integer; it grows with every merged
+event version and status change the aggregator writes):
 
-* ``detection``: a new event (from the events topic as soon as an analyzer publishes it, or
-  from the session state);
-* ``update``: an event already sent changed, because the aggregator merged the same object
-  seen in the next chunk into it (later ``end_time``/``t_end``, maybe higher confidence);
-* ``merged``: an event already sent was folded into another one (data: ``event_id`` and
-  ``into``), so a client showing both should drop it;
-* ``end``: the session reached FINISHED or FAILED (data: ``FeedEnd``); the stream closes.
+* ``detection``: a merged event opened (data: the ``Event`` JSON plus ``number``,
+  ``lifecycle`` and ``cursor``);
+* ``update``: a merged event grew or closed (same data; ``lifecycle`` ``updated``/``closed``).
+  Compaction keeps only an event's latest version, so a replay may show an event first as
+  ``update``: clients upsert by ``event_id`` (or ``number``) on both;
+* ``end``: the session is FINISHED or FAILED and every event version up to its last one was
+  sent (data: ``FeedEnd``; id: the header's cursor); the stream closes;
+* ``resync``: the ``Last-Event-ID`` (header, or ``last_event_id`` query parameter for
+  browsers) is not a cursor or is beyond anything the session has; refetch the session, the
+  feed continues from the current state (data: ``FeedResync``).
 
-So a client that applies ``update``/``merged`` shows exactly the session's merged events.
+Without ``Last-Event-ID`` the feed replays the latest version of every event, in cursor order,
+then goes live; with it, exactly the versions after that cursor, then live.
+
+**All-sessions feed** (``/api/live/events/stream?scope=personal|org|all``): ``detection`` and
+``update`` as above (the data carries ``session_id``/``stream_id``), ``status`` when a session's
+status changes (``FeedStatus``), ``end`` once a session is terminal and its events were sent
+(``FeedEnd``), ``removed`` when retention purged it (``FeedRemoved``). Ids are
+``<epoch>-<seq>``: ``epoch`` names this API process (random at start-up), ``seq`` counts its
+messages. The last ``ring_size`` messages are kept in memory; a ``Last-Event-ID`` of this epoch
+still in that ring resumes exactly after it, any other (another process, too old, unparsable)
+gets one ``resync`` (refetch the session list) and the feed continues live. The feed carries
+what this process saw after it caught up with the topics, never a replay of history.
+
+Heartbeats are SSE comments sent by sse-starlette's ping, so idle feeds stay open.
 """
 
 from __future__ import annotations
@@ -25,14 +41,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Generic, Protocol, TypeVar
 
-from schemas.api import FeedEnd
-from schemas.records import Event, SessionState
+from api.store import NO_CURSOR
+from schemas.api import FeedEnd, FeedRemoved, FeedResync, FeedStatus
+from schemas.records import SessionEvent, SessionHeader, SessionStatus
 
 logger = logging.getLogger(__name__)
+
+REPLAY_PAGE = 1000  # event versions read from the store per query while replaying
 
 
 class FeedSignal(Enum):
@@ -40,17 +62,100 @@ class FeedSignal(Enum):
 
     OVERFLOW = "overflow"  # the subscriber fell too far behind and was dropped
     SHUTDOWN = "shutdown"  # the service is stopping
+    PURGED = "purged"  # the session was removed by retention
 
 
-FeedItem = Event | SessionState | FeedSignal
 SseMessage = dict[str, str]
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
-class Subscription:
-    session_id: str
-    queue: asyncio.Queue[FeedItem]
+class Subscription(Generic[T]):
+    """One subscriber's bounded queue; ``key`` is its session (None on the all-sessions feed)."""
+
+    key: str | None
+    queue: asyncio.Queue[T | FeedSignal]
+    created_by: str | None = None  # all-sessions feed, scope personal: only this key's sessions
     closed: bool = field(default=False)
+
+
+def offer(subscription: Subscription[T], item: T, queue_size: int) -> bool:
+    """Queue ``item`` without blocking; False (and the subscriber is closed) when it is full."""
+    try:
+        subscription.queue.put_nowait(item)
+    except asyncio.QueueFull:
+        logger.warning(
+            "disconnecting a slow event-feed subscriber (session_id=%s, queue_size=%d)",
+            subscription.key or "*",
+            queue_size,
+        )
+        close_with(subscription, FeedSignal.OVERFLOW)
+        return False
+    return True
+
+
+def close_with(subscription: Subscription[T], signal: FeedSignal) -> None:
+    """Replace what the subscriber has not read by ``signal`` (it is closing; the room makes it fit)."""
+    subscription.closed = True
+    while not subscription.queue.empty():
+        subscription.queue.get_nowait()
+    subscription.queue.put_nowait(signal)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def parse_cursor(text: str | None) -> int | None:
+    """A session feed id (a non-negative decimal integer), else None."""
+    if text is None:
+        return None
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def event_data(record: SessionEvent) -> str:
+    data = record.event.model_dump(mode="json")
+    data.update(number=record.number, lifecycle=record.lifecycle, cursor=record.cursor)
+    return json.dumps(data)
+
+
+def event_kind(record: SessionEvent) -> str:
+    return "detection" if record.lifecycle == "opened" else "update"
+
+
+def event_message(record: SessionEvent) -> SseMessage:
+    return {"event": event_kind(record), "id": str(record.cursor), "data": event_data(record)}
+
+
+def feed_end(header: SessionHeader) -> FeedEnd:
+    return FeedEnd(
+        session_id=header.session_id,
+        stream_id=header.stream_id,
+        status=header.status,
+        status_reason=header.status_reason,
+    )
+
+
+def end_message(header: SessionHeader) -> SseMessage:
+    return {"event": "end", "id": str(header.cursor), "data": feed_end(header).model_dump_json()}
+
+
+def resync_message(message_id: str, resync: FeedResync) -> SseMessage:
+    return {"event": "resync", "id": message_id, "data": resync.model_dump_json()}
+
+
+def end_due(header: SessionHeader, delivered_cursor: int) -> bool:
+    """The ``end`` goes out once the header is terminal and its last event version was delivered.
+
+    The header and event topics are not ordered with each other, so a terminal header may
+    arrive before the last events it counts.
+    """
+    return header.status.terminal and delivered_cursor >= header.events_cursor
+
+
+# --------------------------------------------------------------------------- per-session feed
+
+SessionItem = SessionEvent | SessionHeader
 
 
 class SessionFeedHub:
@@ -58,165 +163,244 @@ class SessionFeedHub:
 
     def __init__(self, queue_size: int) -> None:
         self._queue_size = queue_size
-        self._subscribers: dict[str, set[Subscription]] = {}
+        self._subscribers: dict[str, set[Subscription[SessionItem]]] = {}
 
-    def subscribe(self, session_id: str) -> Subscription:
-        subscription = Subscription(session_id, asyncio.Queue(maxsize=self._queue_size))
+    def subscribe(self, session_id: str) -> Subscription[SessionItem]:
+        subscription: Subscription[SessionItem] = Subscription(
+            session_id, asyncio.Queue(maxsize=self._queue_size)
+        )
         self._subscribers.setdefault(session_id, set()).add(subscription)
         return subscription
 
-    def unsubscribe(self, subscription: Subscription) -> None:
+    def unsubscribe(self, subscription: Subscription[SessionItem]) -> None:
         subscription.closed = True
-        peers = self._subscribers.get(subscription.session_id)
+        assert subscription.key is not None
+        peers = self._subscribers.get(subscription.key)
         if peers is not None:
             peers.discard(subscription)
             if not peers:
-                del self._subscribers[subscription.session_id]
+                del self._subscribers[subscription.key]
 
     def subscriber_count(self, session_id: str | None = None) -> int:
         if session_id is not None:
             return len(self._subscribers.get(session_id, ()))
         return sum(len(peers) for peers in self._subscribers.values())
 
-    def publish_event(self, event: Event) -> None:
-        self._offer(event.session_id, event)
+    def publish(self, session_id: str, item: SessionItem) -> None:
+        for subscription in list(self._subscribers.get(session_id, ())):
+            if not offer(subscription, item, self._queue_size):
+                self.unsubscribe(subscription)
 
-    def publish_state(self, state: SessionState) -> None:
-        self._offer(state.session_id, state)
+    def close_session(self, session_id: str, signal: FeedSignal) -> None:
+        for subscription in list(self._subscribers.get(session_id, ())):
+            close_with(subscription, signal)
+            self.unsubscribe(subscription)
 
     def close_all(self) -> None:
         """Tell every subscriber the service is stopping (their streams end without ``end``)."""
-        for peers in list(self._subscribers.values()):
-            for subscription in list(peers):
-                self._replace_with_signal(subscription, FeedSignal.SHUTDOWN)
-
-    def _offer(self, session_id: str, item: FeedItem) -> None:
-        for subscription in list(self._subscribers.get(session_id, ())):
-            try:
-                subscription.queue.put_nowait(item)
-            except asyncio.QueueFull:
-                logger.warning(
-                    "disconnecting a slow event-feed subscriber (session_id=%s, queue_size=%d)",
-                    session_id,
-                    self._queue_size,
-                )
-                self._replace_with_signal(subscription, FeedSignal.OVERFLOW)
-
-    def _replace_with_signal(self, subscription: Subscription, signal: FeedSignal) -> None:
-        # Drop what the subscriber has not read: it is being closed anyway, and the room
-        # guarantees the signal fits.
-        self.unsubscribe(subscription)
-        while not subscription.queue.empty():
-            subscription.queue.get_nowait()
-        subscription.queue.put_nowait(signal)
+        for session_id in list(self._subscribers):
+            self.close_session(session_id, FeedSignal.SHUTDOWN)
 
 
-def detection_message(event: Event) -> SseMessage:
-    return {"event": "detection", "id": event.event_id, "data": event.model_dump_json()}
+class SessionFeedSource(Protocol):
+    """Where a feed reads the session's current header and its stored event versions."""
 
+    async def header(self, session_id: str) -> SessionHeader | None: ...
 
-def update_message(event: Event) -> SseMessage:
-    return {"event": "update", "id": event.event_id, "data": event.model_dump_json()}
+    async def max_event_cursor(self, session_id: str) -> int: ...
 
-
-def merged_message(event: Event, into: Event | None) -> SseMessage:
-    data = json.dumps({"event_id": event.event_id, "into": into.event_id if into else None})
-    return {"event": "merged", "id": event.event_id, "data": data}
-
-
-def _extent(event: Event) -> tuple[float, float, float]:
-    return (event.start_time, event.end_time, event.confidence)
-
-
-class DeliveredEvents:
-    """What one feed has sent, to turn each new input into the messages that bring it up to date."""
-
-    def __init__(self) -> None:
-        self._sent: dict[str, Event] = {}
-        self._folded_chunks: set[int] = set()
-
-    def from_event(self, event: Event) -> list[SseMessage]:
-        # The two topics are not ordered with each other: once a state has folded the
-        # event's chunk, the state already accounts for it (listed or merged away).
-        if event.event_id in self._sent or event.chunk_index in self._folded_chunks:
-            return []
-        self._sent[event.event_id] = event
-        return [detection_message(event)]
-
-    def from_state(self, state: SessionState) -> list[SseMessage]:
-        messages: list[SseMessage] = []
-        for event in state.events:
-            sent = self._sent.get(event.event_id)
-            if sent is None:
-                messages.append(detection_message(event))
-            elif _extent(sent) != _extent(event):
-                messages.append(update_message(event))
-            self._sent[event.event_id] = event
-        # An event sent from the events topic whose chunk the state has folded, yet which the
-        # state does not list, was merged into an earlier event of the same label.
-        listed = {event.event_id for event in state.events}
-        folded = self._folded_chunks = {chunk.chunk_index for chunk in state.chunks}
-        for event_id, sent in list(self._sent.items()):
-            if event_id not in listed and sent.chunk_index in folded:
-                into = next(
-                    (
-                        e
-                        for e in state.events
-                        if e.label == sent.label and e.start_time <= sent.start_time <= e.end_time
-                    ),
-                    None,
-                )
-                messages.append(merged_message(sent, into))
-                del self._sent[event_id]
-        return messages
-
-
-def end_message(state: SessionState) -> SseMessage:
-    end = FeedEnd(
-        session_id=state.session_id,
-        stream_id=state.stream_id,
-        status=state.status,
-        status_reason=state.status_reason,
-    )
-    return {"event": "end", "data": end.model_dump_json()}
+    async def events_after(self, session_id: str, after: int, limit: int) -> list[SessionEvent]: ...
 
 
 async def session_feed(
     hub: SessionFeedHub,
-    current_state: Callable[[], SessionState | None],
+    source: SessionFeedSource,
     session_id: str,
+    last_event_id: str | None = None,
+    replay_page: int = REPLAY_PAGE,
 ) -> AsyncIterator[SseMessage]:
-    """SSE messages of one session: replayed events, live events, then ``end``.
+    """SSE messages of one session: stored versions after ``last_event_id``, live ones, then ``end``.
 
-    Subscribes *before* reading the current state so nothing published in between is lost;
-    duplicates that creates are removed by ``event_id``.
+    Subscribes *before* reading the store, so nothing stored in between is lost; versions
+    both replayed and queued are sent once (a session's versions arrive in cursor order).
     """
     subscription = hub.subscribe(session_id)
-    delivered = DeliveredEvents()
     try:
-        state = current_state()
-        if state is not None:
-            for message in delivered.from_state(state):
-                yield message
-            if state.status.terminal:
-                yield end_message(state)
-                return
+        header = await source.header(session_id)
+        if header is None:
+            return  # purged since the route found it: nothing will ever come
+        position = NO_CURSOR
+        if last_event_id is not None:
+            requested = parse_cursor(last_event_id)
+            stored = await source.max_event_cursor(session_id)
+            newest = max(stored, header.cursor)
+            if requested is None or requested > newest:
+                # Continue after what the store holds, which is what a refetch will show.
+                position = stored
+                reason = "Last-Event-ID is not a cursor" if requested is None else "Last-Event-ID is ahead"
+                yield resync_message(
+                    str(position),
+                    FeedResync(
+                        reason=f"{reason} of this session: refetch it",
+                        session_id=session_id,
+                        stream_id=header.stream_id,
+                    ),
+                )
+            else:
+                position = requested
+        while True:
+            page = await source.events_after(session_id, position, replay_page)
+            for record in page:
+                yield event_message(record)
+                position = record.cursor
+            if len(page) < replay_page:
+                break
+        if end_due(header, position):
+            yield end_message(header)
+            return
         while True:
             item = await subscription.queue.get()
             if isinstance(item, FeedSignal):
-                if item is FeedSignal.OVERFLOW:
-                    logger.warning("event feed closed: subscriber too slow (session_id=%s)", session_id)
-                return
-            if isinstance(item, Event):
-                for message in delivered.from_event(item):
-                    yield message
-                continue
-            # A session state: it may hold events this reader has not delivered yet (the
-            # events and state topics are not ordered with each other) and merges.
-            for message in delivered.from_state(item):
-                yield message
-            if item.status.terminal:
-                yield end_message(item)
+                return  # closed (the hub logged an overflow); a client resumes with Last-Event-ID
+            if isinstance(item, SessionEvent):
+                if item.cursor <= position:
+                    continue  # already replayed from the store
+                yield event_message(item)
+                position = item.cursor
+            else:
+                header = item
+            if end_due(header, position):
+                yield end_message(header)
                 return
     finally:
         hub.unsubscribe(subscription)
+
+
+# --------------------------------------------------------------------------- all-sessions feed
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    """One message of the all-sessions feed, kept in the ring for resuming."""
+
+    seq: int
+    created_by: str | None
+    message: SseMessage
+
+
+class AllSessionsFeed:
+    """The feed of every session's messages, with its own ids and a bounded ring for resuming."""
+
+    def __init__(self, ring_size: int, queue_size: int, epoch: str | None = None) -> None:
+        self.epoch = epoch or uuid.uuid4().hex[:12]
+        self._queue_size = queue_size
+        self._ring: deque[FeedEntry] = deque(maxlen=ring_size)
+        self._seq = 0
+        self._subscribers: set[Subscription[SseMessage]] = set()
+        # Terminal headers whose last event versions have not been seen yet.
+        self._pending_ends: dict[str, SessionHeader] = {}
+
+    @property
+    def last_id(self) -> str:
+        return f"{self.epoch}-{self._seq}"
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def _resume_point(self, last_event_id: str) -> int | None:
+        """The seq to resume after, or None when the ring cannot honour ``last_event_id``."""
+        epoch, _, seq_text = last_event_id.strip().rpartition("-")
+        if epoch != self.epoch or not (seq_text.isascii() and seq_text.isdigit()):
+            return None
+        seq = int(seq_text)
+        oldest_kept = self._ring[0].seq if self._ring else self._seq + 1
+        if seq > self._seq or seq < oldest_kept - 1:
+            return None
+        return seq
+
+    def subscribe(
+        self, created_by: str | None, last_event_id: str | None = None
+    ) -> tuple[Subscription[SseMessage], list[SseMessage]]:
+        """A live subscription plus what to send first (the missed messages, or one ``resync``).
+
+        Synchronous, so no message can slip between the ring's snapshot and the subscription.
+        """
+        subscription: Subscription[SseMessage] = Subscription(
+            None, asyncio.Queue(maxsize=self._queue_size), created_by=created_by
+        )
+        self._subscribers.add(subscription)
+        if last_event_id is None:
+            return subscription, []
+        after = self._resume_point(last_event_id)
+        if after is None:
+            resync = FeedResync(reason="Last-Event-ID is unknown to this API instance or too old: refetch")
+            return subscription, [resync_message(self.last_id, resync)]
+        missed = [
+            entry.message
+            for entry in self._ring
+            if entry.seq > after and (created_by is None or entry.created_by == created_by)
+        ]
+        return subscription, missed
+
+    def unsubscribe(self, subscription: Subscription[SseMessage]) -> None:
+        subscription.closed = True
+        self._subscribers.discard(subscription)
+
+    def close_all(self) -> None:
+        for subscription in list(self._subscribers):
+            close_with(subscription, FeedSignal.SHUTDOWN)
+            self.unsubscribe(subscription)
+
+    def _publish(self, created_by: str | None, kind: str, data: str) -> None:
+        self._seq += 1
+        entry = FeedEntry(self._seq, created_by, {"event": kind, "id": self.last_id, "data": data})
+        self._ring.append(entry)
+        for subscription in list(self._subscribers):
+            if subscription.created_by is not None and subscription.created_by != created_by:
+                continue
+            if not offer(subscription, entry.message, self._queue_size):
+                self.unsubscribe(subscription)
+
+    def on_event(self, record: SessionEvent, created_by: str | None) -> None:
+        self._publish(created_by, event_kind(record), event_data(record))
+        pending = self._pending_ends.get(record.session_id)
+        if pending is not None and end_due(pending, record.cursor):
+            del self._pending_ends[record.session_id]
+            self._publish(created_by, "end", feed_end(pending).model_dump_json())
+
+    def on_header(
+        self, header: SessionHeader, previous_status: SessionStatus | None, max_event_cursor: int
+    ) -> None:
+        if header.status == previous_status:
+            return
+        if not header.status.terminal:
+            self._publish(header.created_by, "status", FeedStatus.of(header).model_dump_json())
+        elif end_due(header, max_event_cursor):
+            self._pending_ends.pop(header.session_id, None)
+            self._publish(header.created_by, "end", feed_end(header).model_dump_json())
+        else:
+            self._pending_ends[header.session_id] = header
+
+    def on_purged(self, session_id: str, stream_id: str | None, created_by: str | None) -> None:
+        self._pending_ends.pop(session_id, None)
+        self._publish(
+            created_by, "removed", FeedRemoved(session_id=session_id, stream_id=stream_id).model_dump_json()
+        )
+
+
+async def all_sessions_feed(
+    feed: AllSessionsFeed, created_by: str | None, last_event_id: str | None = None
+) -> AsyncIterator[SseMessage]:
+    """SSE messages of every session the caller may see (``created_by`` None: all of them)."""
+    subscription, first = feed.subscribe(created_by, last_event_id)
+    try:
+        for message in first:
+            yield message
+        while True:
+            item = await subscription.queue.get()
+            if isinstance(item, FeedSignal):
+                return  # closed (the hub logged an overflow); a client resumes with Last-Event-ID
+            yield item
+    finally:
+        feed.unsubscribe(subscription)

@@ -1,12 +1,13 @@
-"""The API's Kafka edge: the command publisher and the two assigned (group-less) readers.
+"""The API's Kafka edge: the command publisher and the session-topics reader.
 
 * ``CommandPublisher`` produces ``StartSession``/``EndSession`` keyed by session_id and
   waits for the broker's acknowledgement from all in-sync replicas.
-* ``SessionStateReader`` replays the compacted session-state topic from the beginning into
-  the ``SessionView`` and reports when it has caught up with the end offsets seen at startup.
-* ``EventsReader`` follows the events topic from its end into the ``SessionFeedHub``.
+* ``SessionTopicsReader`` replays the three compacted session topics (headers, chunks,
+  events) from the beginning, hands each fetch to the store's thread (decoded and written in
+  one transaction there), then to ``Sessions.apply`` (memory and feeds), and reports when it
+  has reached the end offsets seen at start-up on every partition of the three topics.
 
-The readers use no consumer group: every API replica reads every partition itself.
+The reader uses no consumer group: every API replica reads every partition itself.
 """
 
 from __future__ import annotations
@@ -17,23 +18,25 @@ import logging
 import time
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from api.errors import CommandPublishError
-from api.feeds import SessionFeedHub
+from api.sessions import Sessions
 from api.settings import ApiSettings
-from api.views import SessionView
-from livestream.errors import KafkaSetupError, RecordError
-from livestream.kafka.serde import decode_value, encode_key, encode_value
-from schemas.records import EndSession, Event, SessionState, StartSession
+from api.store import RawRecord, TopicKind
+from livestream.errors import KafkaSetupError
+from livestream.kafka.serde import encode_key, encode_value
+from schemas.records import EndSession, StartSession
 from schemas.topics import Topics
 
 logger = logging.getLogger(__name__)
 
 RETRY_PAUSE_SECONDS = 0.5
 FETCH_TIMEOUT_MS = 500
+# Records per fetch, so one store transaction (and its in-memory journal) stays bounded.
+FETCH_MAX_RECORDS = 5000
 
 
 async def wait_for_topic_partitions(
@@ -127,26 +130,31 @@ class CommandPublisher:
             ) from exc
 
 
-class _AssignedTopicReader:
-    """A group-less consumer assigned to every partition of one topic, run as a task."""
+class SessionTopicsReader:
+    """A group-less consumer of every partition of the three session topics, run as a task."""
 
-    def __init__(self, settings: ApiSettings, topic: str, partitions: Sequence[int], name: str) -> None:
+    def __init__(
+        self,
+        settings: ApiSettings,
+        partitions: dict[TopicKind, tuple[str, Sequence[int]]],
+        sessions: Sessions,
+    ) -> None:
         self._settings = settings
-        self.topic = topic
-        self._partitions = [TopicPartition(topic, partition) for partition in partitions]
-        self._name = name
+        self._sessions = sessions
+        self._kinds = {topic: kind for kind, (topic, _) in partitions.items()}
+        self._partitions = [
+            TopicPartition(topic, partition) for topic, ids in partitions.values() for partition in ids
+        ]
+        self._catch_up_targets: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self.caught_up = asyncio.Event()
         self.failure: BaseException | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.kafka_bootstrap_servers,
-            client_id=f"{self._settings.client_id}-{self._name}",
+            client_id=f"{self._settings.client_id}-session-topics",
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -154,12 +162,16 @@ class _AssignedTopicReader:
         try:
             await consumer.start()
             consumer.assign(self._partitions)
-            await self._position(consumer)
+            self._catch_up_targets = dict(await consumer.end_offsets(self._partitions))
+            await consumer.seek_to_beginning(*self._partitions)
+            await self._check_caught_up(consumer)
         except KafkaError as exc:
             await consumer.stop()
-            raise KafkaSetupError(f"cannot start the {self._name} reader", topic=self.topic) from exc
+            raise KafkaSetupError(
+                "cannot start the session topics reader", topics=",".join(self._kinds)
+            ) from exc
         self._consumer = consumer
-        self._task = asyncio.create_task(self._run(consumer), name=f"api-{self._name}-reader")
+        self._task = asyncio.create_task(self._run(consumer), name="api-session-topics-reader")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -171,130 +183,70 @@ class _AssignedTopicReader:
             await self._consumer.stop()
             self._consumer = None
 
-    async def _position(self, consumer: AIOKafkaConsumer) -> None:
-        """Place the consumer where reading starts."""
-        raise NotImplementedError
-
-    def _handle(self, record: ConsumerRecord) -> None:
-        raise NotImplementedError
-
-    async def _after_batch(self, consumer: AIOKafkaConsumer) -> None:
-        """Hook run after every fetch, even an empty one."""
-
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         try:
             while True:
-                batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
-                for records in batches.values():
-                    for record in records:
-                        try:
-                            self._handle(record)
-                        except RecordError as exc:
-                            logger.warning("skipping a poison record: %s", exc)
-                await self._after_batch(consumer)
+                batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS)
+                records = [
+                    RawRecord(
+                        self._kinds[partition.topic], record.key, record.value, record.topic, record.offset
+                    )
+                    for partition, fetched in batches.items()
+                    for record in fetched
+                ]
+                if records:
+                    applied = await self._sessions.store.apply(records)
+                    self._sessions.apply(applied, live=self.caught_up.is_set())
+                if not self.caught_up.is_set():
+                    await self._check_caught_up(consumer)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.failure = exc
-            logger.exception("%s reader stopped (topic=%s)", self._name, self.topic)
+            logger.exception("session topics reader stopped")
             raise
-
-
-class SessionStateReader(_AssignedTopicReader):
-    """Materializes the compacted session-state topic into ``view``; notifies ``hub`` of changes."""
-
-    def __init__(
-        self,
-        settings: ApiSettings,
-        topic: str,
-        partitions: Sequence[int],
-        view: SessionView,
-        hub: SessionFeedHub,
-    ) -> None:
-        super().__init__(settings, topic, partitions, "session-state")
-        self._view = view
-        self._hub = hub
-        self._catch_up_targets: dict[TopicPartition, int] = {}
-        self.caught_up = asyncio.Event()
-
-    async def _position(self, consumer: AIOKafkaConsumer) -> None:
-        self._catch_up_targets = dict(await consumer.end_offsets(self._partitions))
-        await consumer.seek_to_beginning(*self._partitions)
-        await self._check_caught_up(consumer)
-
-    def _handle(self, record: ConsumerRecord) -> None:
-        if record.value is None:
-            if record.key is not None:
-                self._view.remove(record.key.decode(errors="replace"))
-            return
-        state = decode_value(SessionState, record.value, topic=record.topic, offset=record.offset)
-        if self._view.apply_state(state):
-            self._hub.publish_state(state)
-
-    async def _after_batch(self, consumer: AIOKafkaConsumer) -> None:
-        if not self.caught_up.is_set():
-            await self._check_caught_up(consumer)
 
     async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
         for partition, end_offset in self._catch_up_targets.items():
             if await consumer.position(partition) < end_offset:
                 return
         if not self.caught_up.is_set():
-            logger.info("session view caught up (topic=%s, sessions=%d)", self.topic, len(self._view))
+            logger.info(
+                "session view caught up (sessions stored=%d, in memory=%d)",
+                self._sessions.stored_sessions,
+                len(self._sessions.view),
+            )
             self.caught_up.set()
-
-
-class EventsReader(_AssignedTopicReader):
-    """Follows the events topic from its end at startup and feeds ``hub``."""
-
-    def __init__(
-        self, settings: ApiSettings, topic: str, partitions: Sequence[int], hub: SessionFeedHub
-    ) -> None:
-        super().__init__(settings, topic, partitions, "events")
-        self._hub = hub
-
-    async def _position(self, consumer: AIOKafkaConsumer) -> None:
-        await consumer.seek_to_end(*self._partitions)
-        # Resolve the positions now, so events produced after startup are never skipped.
-        for partition in self._partitions:
-            await consumer.position(partition)
-
-    def _handle(self, record: ConsumerRecord) -> None:
-        self._hub.publish_event(decode_value(Event, record.value, topic=record.topic, offset=record.offset))
 
 
 class KafkaRuntime:
     """The API's Kafka clients, started and stopped together by the app's lifespan."""
 
-    def __init__(self, settings: ApiSettings, view: SessionView, hub: SessionFeedHub) -> None:
+    def __init__(self, settings: ApiSettings, sessions: Sessions) -> None:
         self.settings = settings
         self.topics = Topics(prefix=settings.topic_prefix)
-        self.view = view
-        self.hub = hub
+        self.sessions = sessions
         self.publisher = CommandPublisher(settings, self.topics.session_commands)
-        self.state_reader: SessionStateReader | None = None
-        self.events_reader: EventsReader | None = None
+        self.reader: SessionTopicsReader | None = None
         self.started = False
 
     async def start(self) -> None:
+        session_topics = {
+            TopicKind.HEADERS: self.topics.session_state,
+            TopicKind.CHUNKS: self.topics.session_chunks,
+            TopicKind.EVENTS: self.topics.session_events,
+        }
         partitions = await wait_for_topic_partitions(
-            self.settings,
-            [self.topics.session_commands, self.topics.session_state, self.topics.events],
+            self.settings, [self.topics.session_commands, *session_topics.values()]
         )
         try:
             await self.publisher.start()
-            self.events_reader = EventsReader(
-                self.settings, self.topics.events, partitions[self.topics.events], self.hub
-            )
-            await self.events_reader.start()
-            self.state_reader = SessionStateReader(
+            self.reader = SessionTopicsReader(
                 self.settings,
-                self.topics.session_state,
-                partitions[self.topics.session_state],
-                self.view,
-                self.hub,
+                {kind: (topic, partitions[topic]) for kind, topic in session_topics.items()},
+                self.sessions,
             )
-            await self.state_reader.start()
+            await self.reader.start()
         except BaseException:
             await self.stop()
             raise
@@ -307,22 +259,18 @@ class KafkaRuntime:
 
     async def stop(self) -> None:
         self.started = False
-        self.hub.close_all()
-        for reader in (self.state_reader, self.events_reader):
-            if reader is not None:
-                await reader.stop()
+        self.sessions.close_feeds()
+        if self.reader is not None:
+            await self.reader.stop()
         await self.publisher.stop()
 
     @property
     def caught_up(self) -> bool:
-        return self.state_reader is not None and self.state_reader.caught_up.is_set()
+        return self.reader is not None and self.reader.caught_up.is_set()
 
     @property
     def failure(self) -> BaseException | None:
-        for reader in (self.state_reader, self.events_reader):
-            if reader is not None and reader.failure is not None:
-                return reader.failure
-        return None
+        return self.reader.failure if self.reader is not None else None
 
     @property
     def ready(self) -> bool:

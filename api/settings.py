@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -12,7 +13,7 @@ from livestream.settings import ServiceSettings
 
 
 class ApiSettings(ServiceSettings):
-    """Where the API listens, which keys it accepts, and how it talks to Kafka.
+    """Where the API listens, which keys it accepts, how it talks to Kafka and what it keeps.
 
     ``LIVESTREAM_API_KEYS`` is a comma-separated list; the service refuses to start
     without at least one key (there is no open mode).
@@ -35,6 +36,29 @@ class ApiSettings(ServiceSettings):
     )
     produce_timeout_seconds: float = Field(
         default=15.0, gt=0, description="How long a command waits for the broker's acknowledgement."
+    )
+    store_dir: Path | None = Field(
+        default=None,
+        description="Directory of the SQLite file the session topics are materialized into; the file "
+        "is new for every process (rebuilt from the topics) and removed at shutdown. "
+        "Unset: a fresh temporary directory.",
+    )
+    store_cache_mib: int = Field(default=64, ge=1, description="SQLite page cache of the store, in MiB.")
+    recent_finished_sessions: int = Field(
+        default=1000,
+        ge=0,
+        description="Headers of at most this many finished sessions stay in memory (older ones are read "
+        "from the store); active sessions are always in memory.",
+    )
+    recent_finished_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="A finished session's header stays in memory at most this long after it ended.",
+    )
+    global_feed_ring_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Messages of the all-sessions SSE feed kept in memory for resuming with Last-Event-ID.",
     )
 
     @field_validator("keys", mode="before")

@@ -1,126 +1,167 @@
-"""The API's materialized view of sessions: pure state kept in memory, no I/O.
+"""The API's in-memory view of session headers: pure state, no I/O, bounded.
 
-Fed by the compacted session-state topic (``apply_state``/``remove``, see
-``api.kafka_io.SessionStateReader``) and by the API's own commands, so a caller reads its
-own writes before the aggregator has published them:
+Memory holds the headers of *active* sessions (not FINISHED/FAILED) and of the most recently
+finished ones (at most ``recent_finished`` of them, each for at most ``recent_finished_s``
+after it ended); every other header is read from the store (``api.store``). So memory grows
+with the sessions running now, not with the sessions ever run.
 
-* a started session is served from a *pending* INITIALIZING state built from the
-  ``StartSession`` until the aggregator's first state for it arrives;
+On top of the published headers the view overlays the API's own commands, so a caller reads
+its own writes before the aggregator has published them:
+
+* a started session is served from a *pending* INITIALIZING header built from the
+  ``StartSession`` until the aggregator's first header for it arrives;
 * an ended session is shown as ENDING until the aggregator publishes ENDING or a
   terminal status.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
 
-from schemas.records import EndSession, SessionState, SessionStatus, StartSession, initial_state
+from schemas.records import EndSession, SessionHeader, SessionStatus, StartSession, initial_header
 
 ENDED_STATUSES = frozenset({SessionStatus.ENDING, SessionStatus.FINISHED, SessionStatus.FAILED})
+IDENTITY_FIELDS = ("name", "source_url", "rapid_review_query", "created_by", "created_at")
 
 
-def _aware(moment: datetime) -> datetime:
+def aware(moment: datetime) -> datetime:
     """Naive timestamps are taken as UTC so comparisons never mix naive and aware."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def pending_state(command: StartSession) -> SessionState:
-    """The INITIALIZING state the aggregator will publish for ``command``, served until it does."""
-    return initial_state(command, command.requested_at)
+def pending_header(command: StartSession) -> SessionHeader:
+    """The INITIALIZING header the aggregator will publish for ``command``, served until it does."""
+    return initial_header(command, command.requested_at)
 
 
-IDENTITY_FIELDS = ("name", "source_url", "rapid_review_query", "created_by", "created_at")
+def finished_at(header: SessionHeader) -> datetime:
+    return aware(header.ended_at or header.updated_at)
 
 
 class SessionView:
-    """Latest ``SessionState`` per session, with the API's read-your-writes overlay."""
+    """Headers of active and recently finished sessions, with the read-your-writes overlay.
 
-    def __init__(self) -> None:
-        self._published: dict[str, SessionState] = {}
-        self._pending_starts: dict[str, SessionState] = {}
+    Published headers replace each other in the order they are applied (the order of their
+    partition, which is what compaction keeps), never by comparing clocks.
+    """
+
+    def __init__(self, recent_finished: int = 1000, recent_finished_s: float = 3600.0) -> None:
+        self._recent_finished = recent_finished
+        self._recent_finished_for = timedelta(seconds=recent_finished_s)
+        self._active: dict[str, SessionHeader] = {}
+        # Insertion order = the order sessions finished, so eviction pops from the front.
+        self._finished: OrderedDict[str, SessionHeader] = OrderedDict()
+        self._pending_starts: dict[str, SessionHeader] = {}
         self._end_requests: dict[str, datetime] = {}
 
     def __len__(self) -> int:
-        return len(self._published.keys() | self._pending_starts.keys())
+        """Sessions held in memory (active, recently finished, pending starts)."""
+        return len(self._active.keys() | self._finished.keys() | self._pending_starts.keys())
 
-    # ------------------------------------------------------------------ published states
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
 
-    def apply_state(self, state: SessionState) -> bool:
-        """Keep ``state`` if it is at least as new as the one held; True when it was kept.
+    @property
+    def finished_count(self) -> int:
+        return len(self._finished)
 
-        Equal ``updated_at`` replaces, so a re-published state (same time, later offset) wins.
-        """
-        held = self._published.get(state.session_id)
-        if held is not None and _aware(state.updated_at) < _aware(held.updated_at):
-            return False
-        self._published[state.session_id] = state
-        if state.source_url:
-            # A placeholder (the aggregator saw the session's other records before its
-            # StartSession) has no identity yet: keep the pending start to fill it in.
-            self._pending_starts.pop(state.session_id, None)
-        if state.status in ENDED_STATUSES:
-            self._end_requests.pop(state.session_id, None)
-        return True
+    # ------------------------------------------------------------------ published headers
+
+    def apply_header(self, header: SessionHeader, now: datetime) -> None:
+        """Hold ``header`` as the session's latest (or drop it to the store only, if finished long ago)."""
+        session_id = header.session_id
+        self._active.pop(session_id, None)
+        self._finished.pop(session_id, None)
+        if header.status.terminal:
+            # A terminal session needs no identity from its start command any more.
+            self._pending_starts.pop(session_id, None)
+            if self._recent_finished > 0 and now - finished_at(header) <= self._recent_finished_for:
+                self._finished[session_id] = header
+        else:
+            self._active[session_id] = header
+            if header.source_url:
+                # A placeholder (the aggregator saw the session's other records before its
+                # StartSession) has no identity yet: keep the pending start to fill it in.
+                self._pending_starts.pop(session_id, None)
+        if header.status in ENDED_STATUSES:
+            self._end_requests.pop(session_id, None)
+        self.expire(now)
+
+    def expire(self, now: datetime) -> None:
+        """Forget finished headers beyond the count or older than the age bound (the store keeps them)."""
+        while len(self._finished) > self._recent_finished:
+            self._finished.popitem(last=False)
+        while self._finished:
+            oldest = next(iter(self._finished.values()))
+            if now - finished_at(oldest) <= self._recent_finished_for:
+                break
+            self._finished.popitem(last=False)
 
     def remove(self, session_id: str) -> None:
-        """A tombstone on the compacted topic: the session is gone."""
-        self._published.pop(session_id, None)
+        """The session was purged: forget everything about it."""
+        self._active.pop(session_id, None)
+        self._finished.pop(session_id, None)
         self._pending_starts.pop(session_id, None)
         self._end_requests.pop(session_id, None)
 
     # ------------------------------------------------------------------ the API's own writes
 
-    def add_pending_start(self, command: StartSession) -> SessionState:
-        """Serve ``command``'s session as INITIALIZING until its first published state arrives."""
-        published = self._published.get(command.session_id)
+    def add_pending_start(self, command: StartSession) -> SessionHeader:
+        """Serve ``command``'s session as INITIALIZING until its first published header arrives."""
+        published = self._published(command.session_id)
         if published is not None:
             return published  # the aggregator was faster than us
-        state = pending_state(command)
-        self._pending_starts[command.session_id] = state
-        return state
+        header = pending_header(command)
+        self._pending_starts[command.session_id] = header
+        return header
 
-    def mark_end_requested(self, command: EndSession) -> None:
+    def mark_end_requested(self, command: EndSession, current: SessionHeader) -> None:
         """Show the session as ENDING until the aggregator confirms it."""
-        current = self.get(command.session_id)
-        if current is not None and current.status not in ENDED_STATUSES:
+        if current.status not in ENDED_STATUSES:
             self._end_requests[command.session_id] = command.requested_at
 
     # ------------------------------------------------------------------ reads
 
-    def get(self, session_id: str) -> SessionState | None:
-        state, pending = self._published.get(session_id), self._pending_starts.get(session_id)
-        if state is None:
-            state = pending
-        elif pending is not None and not state.source_url:
-            state = state.model_copy(update={field: getattr(pending, field) for field in IDENTITY_FIELDS})
-        if state is None:
+    def _published(self, session_id: str) -> SessionHeader | None:
+        return self._active.get(session_id) or self._finished.get(session_id)
+
+    def cached(self, session_id: str) -> SessionHeader | None:
+        """The session's header with the overlay, when memory holds it (else ask the store)."""
+        published = self._published(session_id)
+        if published is None and session_id not in self._pending_starts:
+            return None
+        return self.overlay(session_id, published)
+
+    def overlay(self, session_id: str, published: SessionHeader | None) -> SessionHeader | None:
+        """``published`` (from memory or the store) with the API's own pending writes applied."""
+        pending = self._pending_starts.get(session_id)
+        header = published
+        if header is None:
+            header = pending
+        elif pending is not None and not header.source_url:
+            header = header.model_copy(update={field: getattr(pending, field) for field in IDENTITY_FIELDS})
+        if header is None:
             return None
         end_requested_at = self._end_requests.get(session_id)
-        if end_requested_at is not None and state.status not in ENDED_STATUSES:
-            return state.model_copy(
+        if end_requested_at is not None and header.status not in ENDED_STATUSES:
+            return header.model_copy(
                 update={
                     "status": SessionStatus.ENDING,
-                    "updated_at": max(_aware(state.updated_at), _aware(end_requested_at)),
+                    "updated_at": max(aware(header.updated_at), aware(end_requested_at)),
                 }
             )
-        return state
+        return header
 
-    def find(self, stream_id: str, session_id: str) -> SessionState | None:
-        """The session, or None when unknown or when it belongs to another stream."""
-        state = self.get(session_id)
-        if state is None or state.stream_id != stream_id:
-            return None
-        return state
+    def created_by(self, session_id: str) -> str | None:
+        header = self._published(session_id) or self._pending_starts.get(session_id)
+        return header.created_by if header is not None else None
 
-    def sessions(self, created_by: str | None = None) -> list[SessionState]:
-        """Every session (only ``created_by``'s when given), newest first."""
-        states = [self.get(session_id) for session_id in self._published.keys() | self._pending_starts.keys()]
-        selected = [
-            state
-            for state in states
-            if state is not None and (created_by is None or state.created_by == created_by)
+    def pending_starts(self, created_by: str | None = None) -> list[SessionHeader]:
+        """Started sessions with no published header yet (only ``created_by``'s when given)."""
+        return [
+            header
+            for session_id, header in self._pending_starts.items()
+            if self._published(session_id) is None and (created_by is None or header.created_by == created_by)
         ]
-        # Newest first; session_id breaks ties so the order is stable between calls.
-        selected.sort(key=lambda state: state.session_id, reverse=True)
-        selected.sort(key=lambda state: _aware(state.created_at), reverse=True)
-        return selected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 from urllib.parse import urlsplit
@@ -10,7 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from schemas.records import SessionState, SessionStatus
+from schemas.records import SessionEvent, SessionHeader, SessionState, SessionStatus
 
 STREAM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 MAX_URL_LENGTH = 2048
@@ -105,15 +106,45 @@ class EndSessionResponse(BaseModel):
     status: Literal["ended", "already_ended"]
 
 
+class SessionResponse(SessionState):
+    """Body of ``get_session``: the session with a page of its chunks and events.
+
+    ``events_next_cursor``/``chunks_next_after``: pass them as ``events_after``/``chunks_after``
+    for the next page; None when nothing follows.
+    """
+
+    events_next_cursor: int | None = None
+    chunks_next_after: int | None = None
+
+
 class SessionListResponse(BaseModel):
-    sessions: list[SessionState]
+    """A page of sessions, newest first; ``next_cursor`` (opaque) asks for the next one.
+
+    Items are session headers (no ``chunks``/``events`` keys) unless ``include_events=true``,
+    which makes each one a ``get_session`` body.
+    """
+
+    sessions: list[SessionResponse]
+    next_cursor: str | None = None
+
+
+class SessionEventsPage(BaseModel):
+    """Body of ``.../events``: the latest version of each merged event after a cursor, in cursor order.
+
+    ``next_cursor`` is the cursor of the last record of the page (pass it as ``after``); None when
+    the page is empty (nothing after ``after`` yet: ask again with the same ``after``).
+    """
+
+    events: list[SessionEvent]
+    next_cursor: int | None = None
 
 
 class HealthResponse(BaseModel):
     status: Literal["ok", "starting", "failed"]
     kafka_clients_started: bool
     session_view_caught_up: bool
-    sessions: int
+    sessions: int = Field(description="Sessions in the store (every session the topics hold).")
+    sessions_in_memory: int = Field(default=0, description="Headers held in memory (active, recent).")
     error: str | None = None
 
 
@@ -124,3 +155,52 @@ class FeedEnd(BaseModel):
     stream_id: str
     status: SessionStatus
     status_reason: str | None = None
+
+
+class FeedResync(BaseModel):
+    """Data of the SSE ``resync`` message: the ``Last-Event-ID`` could not be honoured.
+
+    Refetch the session (or, on the all-sessions feed, the session list); the feed continues
+    from the current state, so records already in the refetched state may arrive again.
+    """
+
+    reason: str
+    session_id: str | None = None
+    stream_id: str | None = None
+
+
+class FeedStatus(BaseModel):
+    """Data of the all-sessions feed's ``status`` message: a session's status changed."""
+
+    session_id: str
+    stream_id: str
+    name: str
+    status: SessionStatus
+    status_reason: str | None = None
+    created_by: str | None = None
+    cursor: int
+    chunk_count: int
+    event_count: int
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, header: SessionHeader) -> FeedStatus:
+        return cls(
+            session_id=header.session_id,
+            stream_id=header.stream_id,
+            name=header.name,
+            status=header.status,
+            status_reason=header.status_reason,
+            created_by=header.created_by,
+            cursor=header.cursor,
+            chunk_count=header.chunk_count,
+            event_count=header.event_count,
+            updated_at=header.updated_at,
+        )
+
+
+class FeedRemoved(BaseModel):
+    """Data of the all-sessions feed's ``removed`` message: the session was purged (retention)."""
+
+    session_id: str
+    stream_id: str | None = None

@@ -1,0 +1,204 @@
+"""The sessions the API serves: memory (``SessionView``) first, the SQLite store second.
+
+``Sessions.apply`` takes what one batch of topic records changed in the store (see
+``api.store``) into the in-memory view and the SSE feeds; the read methods answer the routes.
+Response bodies with event lists are assembled from the JSON text the store holds, so a
+session with 10,000 events is served without decoding and re-encoding each one, and without
+that work on the event loop.
+
+Session list cursors are opaque to clients: URL-safe base64 of ``<created_at µs>:<session_id>``
+of the last session of a page (keyset paging, so pages stay stable while sessions start).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from api.errors import InvalidCursor, SessionNotFound
+from api.feeds import AllSessionsFeed, FeedSignal, SessionFeedHub
+from api.store import (
+    AppliedBatch,
+    EventWritten,
+    HeaderWritten,
+    ListsQuery,
+    SessionLists,
+    SessionPurged,
+    StoreWorker,
+    created_at_us,
+)
+from api.views import SessionView
+from schemas.records import EndSession, SessionEvent, SessionHeader, StartSession
+
+SessionKey = tuple[int, str]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def session_key(header: SessionHeader) -> SessionKey:
+    """Sort key of the session list (newest first = descending)."""
+    return created_at_us(header.created_at), header.session_id
+
+
+def encode_list_cursor(key: SessionKey) -> str:
+    return base64.urlsafe_b64encode(f"{key[0]}:{key[1]}".encode()).decode().rstrip("=")
+
+
+def decode_list_cursor(cursor: str) -> SessionKey:
+    """The key a list cursor names; ``InvalidCursor`` when the API did not issue it."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        micros, _, session_id = text.partition(":")
+        if not session_id:
+            raise ValueError("no session id")
+        return int(micros), session_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidCursor("cursor is not one this API issued", cursor=cursor[:64]) from exc
+
+
+def merge_newest_first(
+    stored: list[SessionHeader], pending: list[SessionHeader], before: SessionKey | None, limit: int
+) -> tuple[list[SessionHeader], bool]:
+    """One page of the stored headers (already newest first, up to ``limit + 1``) and the pending starts.
+
+    A session both stored and pending (its first header is being applied) is listed once, as
+    stored. Returns the page and whether more sessions follow it.
+    """
+    stored_ids = {header.session_id for header in stored}
+    candidates = stored + [
+        header
+        for header in pending
+        if header.session_id not in stored_ids and (before is None or session_key(header) < before)
+    ]
+    candidates.sort(key=session_key, reverse=True)
+    return candidates[:limit], len(candidates) > limit
+
+
+def session_json(header: SessionHeader, lists: SessionLists) -> str:
+    """The ``SessionResponse`` JSON of ``header`` with its lists spliced in as stored text.
+
+    The header's JSON is an object with at least one field, so its closing brace is replaced by
+    the list fields.
+    """
+    return (
+        header.model_dump_json()[:-1]
+        + f',"chunks":{lists.chunks_json},"events":{lists.events_json}'
+        + f',"chunks_total":{lists.chunks_total},"events_total":{lists.events_total}'
+        + f',"events_next_cursor":{json.dumps(lists.events_next_cursor)}'
+        + f',"chunks_next_after":{json.dumps(lists.chunks_next_after)}}}'
+    )
+
+
+class Sessions:
+    """The view, the store and the feeds together: what routes read and the reader feeds."""
+
+    def __init__(
+        self,
+        view: SessionView,
+        store: StoreWorker,
+        hub: SessionFeedHub,
+        all_feed: AllSessionsFeed,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.view = view
+        self.store = store
+        self.hub = hub
+        self.all_feed = all_feed
+        self._clock = clock
+        self.stored_sessions = 0
+
+    # ------------------------------------------------------------------ writes from the topics
+
+    def apply(self, batch: AppliedBatch, *, live: bool) -> None:
+        """Bring memory and feeds up to what ``batch`` stored (runs on the event loop, cheap).
+
+        ``live`` is False while replaying the topics at start-up: the all-sessions feed carries
+        only what happens after the API caught up.
+        """
+        now = self._clock()
+        for change in batch.changes:
+            if isinstance(change, EventWritten):
+                session_id = change.record.session_id
+                self.hub.publish(session_id, change.record)
+                if live:
+                    self.all_feed.on_event(
+                        change.record, change.created_by or self.view.created_by(session_id)
+                    )
+            elif isinstance(change, HeaderWritten):
+                header = change.header
+                self.view.apply_header(header, now)
+                self.hub.publish(header.session_id, header)
+                if live:
+                    self.all_feed.on_header(header, change.previous_status, change.max_event_cursor)
+            elif isinstance(change, SessionPurged):
+                created_by = change.created_by or self.view.created_by(change.session_id)
+                self.view.remove(change.session_id)
+                self.hub.close_session(change.session_id, FeedSignal.PURGED)
+                if live:
+                    self.all_feed.on_purged(change.session_id, change.stream_id, created_by)
+        self.view.expire(now)
+        self.stored_sessions = batch.stored_sessions
+
+    def close_feeds(self) -> None:
+        self.hub.close_all()
+        self.all_feed.close_all()
+
+    # ------------------------------------------------------------------ the API's own writes
+
+    def add_pending_start(self, command: StartSession) -> SessionHeader:
+        return self.view.add_pending_start(command)
+
+    def mark_end_requested(self, command: EndSession, current: SessionHeader) -> None:
+        self.view.mark_end_requested(command, current)
+
+    # ------------------------------------------------------------------ reads
+
+    async def header(self, session_id: str) -> SessionHeader | None:
+        """The session's header with the overlay: from memory, else from the store."""
+        cached = self.view.cached(session_id)
+        if cached is not None:
+            return cached
+        return self.view.overlay(session_id, await self.store.header(session_id))
+
+    async def find(self, stream_id: str, session_id: str) -> SessionHeader:
+        """The session's header; ``SessionNotFound`` when unknown or of another stream."""
+        header = await self.header(session_id)
+        if header is None or header.stream_id != stream_id:
+            raise SessionNotFound("session not found", stream_id=stream_id, session_id=session_id)
+        return header
+
+    async def max_event_cursor(self, session_id: str) -> int:
+        return await self.store.max_event_cursor(session_id)
+
+    async def events_after(self, session_id: str, after: int, limit: int) -> list[SessionEvent]:
+        return await self.store.events_after(session_id, after, limit)
+
+    async def session_body(self, header: SessionHeader, query: ListsQuery) -> str:
+        lists = await self.store.session_lists(header.session_id, query)
+        return session_json(header, lists)
+
+    async def events_page_body(self, session_id: str, after: int, limit: int) -> str:
+        page = await self.store.events_page(session_id, after, limit)
+        return f'{{"events":{page.events_json},"next_cursor":{json.dumps(page.last_cursor)}}}'
+
+    async def list_body(
+        self, created_by: str | None, cursor: str | None, limit: int, include_events: bool
+    ) -> str:
+        """A page of sessions newest first (only ``created_by``'s when given), as JSON."""
+        before = decode_list_cursor(cursor) if cursor else None
+        stored = await self.store.list_headers(created_by, before, limit + 1)
+        page, more = merge_newest_first(stored, self.view.pending_starts(created_by), before, limit)
+        items: list[str] = []
+        for listed in page:
+            header = self.view.overlay(listed.session_id, listed) or listed
+            if include_events:
+                items.append(await self.session_body(header, ListsQuery()))
+            else:
+                items.append(header.model_dump_json())
+        next_cursor = encode_list_cursor(session_key(page[-1])) if more and page else None
+        return f'{{"sessions":[{",".join(items)}],"next_cursor":{json.dumps(next_cursor)}}}'
