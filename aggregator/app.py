@@ -144,9 +144,13 @@ def build_app(settings: AggregatorSettings) -> faust.App:
         TABLE_NAME,
         default=None,
         partitions=partitions,
-        # Faust picks the json codec for both: keys are JSON strings, values SessionHeader dicts.
-        key_type=str,
+        # Keys are the raw session_id bytes and the producer's partitioner places them, exactly as
+        # it places the input records keyed by session_id: the changelog partition of a session
+        # is its input partition, and the table can be written after a batch, outside the
+        # iteration of one event. Values are SessionHeader dicts (json codec).
+        key_type=bytes,
         value_type=None,
+        use_partitioner=True,
     )
     source = app.topic(*input_topic_names(topics), key_type=bytes, value_type=bytes)
     commands_topic = app.topic(topics.session_commands, key_type=bytes, value_type=bytes)
@@ -156,36 +160,16 @@ def build_app(settings: AggregatorSettings) -> faust.App:
     decoders = decoder_for_topic(topics)
     policy = settings.fold_policy
 
-    async def write_records(folded: FoldResult, partition: int) -> None:
-        """Produce the fold's chunk and event records and wait until the broker has them all."""
-        sends = [
-            await chunk_topic.send(
-                key=chunk_record_key(c.session_id, c.chunk.chunk_index).encode(),
-                value=c.to_bytes(),
-                partition=partition,
-            )
-            for c in folded.chunks
-        ]
-        sends += [
-            await event_topic.send(
-                key=event_record_key(e.session_id, e.number).encode(), value=e.to_bytes(), partition=partition
-            )
-            for e in folded.events
-        ]
-        await asyncio.gather(*sends)
-
-    async def write_tombstones(header: SessionHeader, partition: int) -> None:
-        """Tombstones for every chunk and event record the session may have written."""
-        targets = {"chunk": chunk_topic, "event": event_topic}
-        sends = [
-            await targets[kind].send(key=key.encode(), value=None, partition=partition)
-            for kind, key in record_keys(header)
-        ]
-        await asyncio.gather(*sends)
-
     @app.agent(source, name="aggregate-sessions")
     async def aggregate_sessions(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
+        # Batches amortize the one wait for the broker's acknowledgement that each batch needs
+        # (see ``write_batch``); ``within`` bounds the delay a record waits for its batch.
+        async for events in stream.take_events(settings.batch_max_records, within=settings.batch_within_s):
+            await fold_batch(events)
+
+    async def fold_batch(events: list[faust.EventT]) -> None:
+        batch = _Batch()
+        for event in events:
             message = event.message
             try:
                 record = decode_record(
@@ -196,9 +180,8 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 log.warning("skipping poison record: %s", exc)
                 continue
             session_id = record.session_id
-            stored = table.get(session_id)
             try:
-                before = None if stored is None else SessionHeader.model_validate(stored)
+                before = batch.header(session_id, table)
             except ValidationError as exc:
                 log.error(
                     "%s",
@@ -212,48 +195,59 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 )
                 continue
             folded = fold(before, record, datetime.now(UTC), policy)
-            key = session_id.encode()
-            # Order and crash semantics (at-least-once). The input record's partition is the
-            # session's partition in every (co-partitioned) topic.
-            #  1. chunk and event records: produced and *acknowledged* before anything else, since
-            #     a replayed record that the table already folded writes nothing again;
-            #  2. table write: updates the in-memory store and queues a changelog record;
-            #  3. header publish: queues the header on the session-state topic (a tombstone on purge);
-            #  4. offset commit: faust acks this event when the agent asks for the next one and
-            #     commits acked offsets every broker_commit_interval, flushing the producer first,
-            #     so 2 and 3 are on the broker before the offset is.
-            # A crash before 2 reaches the broker redelivers the record: the table is recovered
-            # without it, the fold runs again and step 1 re-produces the same records (same keys
-            # and cursors: consumers keep the latest). A crash after 2 but before 4 redelivers a
-            # record the table already holds: the fold changes nothing and step 3 re-publishes
-            # the header. That is why the header is published after every record, changed or
-            # not: a replay can never leave the compacted topic behind the table.
-            if folded.purged:
-                if before is not None:
-                    await write_tombstones(before, message.partition)
-                if stored is not None:
-                    del table[session_id]
-                await header_topic.send(key=key, value=None, partition=message.partition)
-                log.info("session %s purged (%s)", session_id, getattr(record, "reason", "purge"))
-                continue
-            after = folded.header
-            if after is None:
-                continue  # a deadline of a session that no longer exists
-            await write_records(folded, message.partition)
-            if folded.changed:
-                table[session_id] = after.model_dump(mode="json")
-            await header_topic.send(key=key, value=after.to_bytes(), partition=message.partition)
-            if folded.changed:
+            batch.add(session_id, message.partition, before, folded)
+            if folded.changed and folded.header is not None:
+                header = folded.header
                 log.info(
                     "session %s: %s, %d/%s chunks, %d events (%s offset %d)",
                     session_id,
-                    after.status,
-                    after.chunk_count,
-                    after.chunks_expected if after.chunks_expected is not None else "?",
-                    after.event_count,
+                    header.status,
+                    header.chunk_count,
+                    header.chunks_expected if header.chunks_expected is not None else "?",
+                    header.event_count,
                     message.topic,
                     message.offset,
                 )
+            elif folded.purged:
+                log.info("session %s purged (%s)", session_id, getattr(record, "reason", "purge"))
+        await write_batch(batch)
+
+    async def write_batch(batch: _Batch) -> None:
+        """Write what a batch of folds made, in the order that keeps replays safe.
+
+        Order and crash semantics (at-least-once). A session's records all go to its partition
+        (the input record's partition, the same number in every co-partitioned topic).
+         1. chunk and event records (and a purged session's tombstones): produced and
+            *acknowledged* before anything else, since a replayed input record that the table
+            already folded writes nothing again;
+         2. table writes: update the in-memory store and queue changelog records;
+         3. headers: each session's latest header (a tombstone once purged) is queued on the
+            session-state topic;
+         4. offset commit: faust acks the batch's events when this returns and commits acked
+            offsets every broker_commit_interval, flushing the producer first, so 2 and 3 are on
+            the broker before the offsets are.
+        A crash before 2 reaches the broker redelivers the batch: the table is recovered without
+        it, the folds run again and step 1 re-produces the same records (same keys and cursors:
+        consumers keep the latest). A crash after 2 but before 4 redelivers records the table
+        already holds: the folds change nothing and step 3 re-publishes the headers. That is why
+        every session a batch touched has its header published, changed or not: a replay can
+        never leave the compacted topic behind the table.
+        """
+        sends = []
+        for output in batch.outputs:
+            topic = chunk_topic if output.kind == "chunk" else event_topic
+            sends.append(await topic.send(key=output.key, value=output.value, partition=output.partition))
+        await asyncio.gather(*sends)
+        for session_id, (partition, header, changed) in batch.sessions.items():
+            key = session_id.encode()
+            if header is None:
+                if table.get(key) is not None:
+                    del table[key]
+                await header_topic.send(key=key, value=None, partition=partition)
+                continue
+            if changed:
+                table[key] = header.model_dump(mode="json")
+            await header_topic.send(key=key, value=header.to_bytes(), partition=partition)
 
     requested: dict[tuple[str, str], float] = {}
 
@@ -261,7 +255,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
     async def request_deadlines_and_purges() -> None:
         """Ask (through the commands topic) for the deadlines and purges that are due."""
         now = datetime.now(UTC)
-        due = sessions_due(list(table.items()), now, settings)
+        due = sessions_due([(key.decode(), value) for key, value in table.items()], now, settings)
         # One request per session and kind per few intervals: the agent may not have folded
         # the previous one yet.
         horizon = time.monotonic() - 3 * settings.timer_interval_s
@@ -277,6 +271,49 @@ def build_app(settings: AggregatorSettings) -> faust.App:
     if settings.rebalance_reseek_delay_s > 0:
         _reseek_after_rebalances(app, settings.rebalance_reseek_delay_s)
     return app
+
+
+@dataclass(frozen=True)
+class _Output:
+    kind: str  # "chunk" or "event"
+    key: bytes
+    value: bytes | None  # None: tombstone
+    partition: int
+
+
+class _Batch:
+    """What the folds of one batch made: records to write, and each session's latest header."""
+
+    def __init__(self) -> None:
+        self.outputs: list[_Output] = []
+        # session_id -> (partition, header after the batch or None once purged, changed in it)
+        self.sessions: dict[str, tuple[int, SessionHeader | None, bool]] = {}
+
+    def header(self, session_id: str, table: Any) -> SessionHeader | None:
+        """The session's header as the batch left it so far, else as the table holds it."""
+        if session_id in self.sessions:
+            return self.sessions[session_id][1]
+        stored = table.get(session_id.encode())
+        return None if stored is None else SessionHeader.model_validate(stored)
+
+    def add(self, session_id: str, partition: int, before: SessionHeader | None, folded: FoldResult) -> None:
+        if folded.purged and before is not None:
+            for kind, key in record_keys(before):
+                self.outputs.append(_Output(kind, key.encode(), None, partition))
+        self.outputs += [
+            _Output(
+                "chunk", chunk_record_key(c.session_id, c.chunk.chunk_index).encode(), c.to_bytes(), partition
+            )
+            for c in folded.chunks
+        ]
+        self.outputs += [
+            _Output("event", event_record_key(e.session_id, e.number).encode(), e.to_bytes(), partition)
+            for e in folded.events
+        ]
+        _, _, changed_before = self.sessions.get(session_id, (partition, None, False))
+        if folded.header is None and not folded.purged and session_id not in self.sessions:
+            return  # nothing known, nothing to write (a deadline of a session purged since)
+        self.sessions[session_id] = (partition, folded.header, changed_before or folded.changed)
 
 
 def sessions_due(

@@ -70,6 +70,17 @@ class AggregatorSettings(ServiceSettings):
         gt=0.0,
         description="How often the worker looks for sessions past their ending timeout or retention.",
     )
+    batch_max_records: int = Field(
+        default=500,
+        ge=1,
+        description="Input records folded per batch; each batch waits once for the broker to "
+        "acknowledge its chunk and event records before its table writes.",
+    )
+    batch_within_s: float = Field(
+        default=0.02,
+        gt=0.0,
+        description="How long a batch waits to fill up: the most a record waits before it is folded.",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         default="info", description="Worker log level."
     )

@@ -310,11 +310,13 @@ async def test_session_folds_to_finished_with_merged_events(
     assert (cat.start_time, cat.end_time, cat.confidence) == (2.0, 6.5, 0.93)
     assert cat.event_id == event_id_for(sid, 0, "cat", 2.0)
     assert cat.description == "cat visible from 00:02 to 00:06 (max confidence 0.93)"
-    # One state per change (redeliveries and replays re-publish the state unchanged); only the
-    # last is terminal.
+    # At most one header per change (records folded in one batch publish the batch's last
+    # header; redeliveries and replays re-publish it unchanged); cursors only grow and only the
+    # last header is terminal.
     changes = distinct_changes(states)
-    assert len(changes) == 6
-    assert [s.status.terminal for s in changes] == [False] * 5 + [True]
+    assert 1 <= len(changes) <= 6
+    assert [s.status.terminal for s in changes] == [False] * (len(changes) - 1) + [True]
+    assert [s.cursor for s in changes] == sorted(s.cursor for s in changes)
 
 
 async def test_poison_records_are_skipped(
@@ -335,11 +337,9 @@ async def test_poison_records_are_skipped(
     )
 
     states = distinct_changes(await states_until(kafka_bootstrap, agg_topics, sid, finished))
-    assert [s.status for s in states] == [
-        SessionStatus.INITIALIZING,
-        SessionStatus.ENDING,
-        SessionStatus.FINISHED,
-    ]
+    # The start and the end may be folded in one batch (one header for both).
+    assert [s.status for s in states][-2:] == [SessionStatus.ENDING, SessionStatus.FINISHED]
+    assert states[0].status in (SessionStatus.INITIALIZING, SessionStatus.ENDING)
     assert states[-1].chunk_count == 0
 
     poison_lines = {
