@@ -120,7 +120,7 @@ def follow_session(
     source_origin: datetime | None = None,
     printed: set[str] | None = None,
 ) -> None:
-    """Print each event of the session's SSE feed until the feed ends with a terminal status.
+    """Print each event of the session's SSE feed as it opens and closes, until the session ends.
 
     ``source_origin`` (the test source's wall-clock time of its second 0) adds the event's
     time on the script's timeline: stream time counts from where the session joined the live
@@ -146,6 +146,14 @@ def follow_session(
                     f"  {event['label']:<10} confidence={event['confidence']:.2f}{script_time}",
                     flush=True,
                 )
+            elif kind == "update":
+                event = json.loads(data)
+                if event.get("lifecycle") == "closed" and event["event_id"] in printed:
+                    print(
+                        f"  closed {event['t_start']}-{event['t_end']}  {event['label']:<10}"
+                        f" confidence={event['confidence']:.2f}",
+                        flush=True,
+                    )
             elif kind == "end":
                 return
 

@@ -20,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from livestream.kafka.serde import decode_command, encode_key, encode_value, session_partition
-from livestream.kafka.testing import create_test_topics
+from livestream.kafka.testing import create_test_topics, latest_values
 from schemas.records import (
     ChunkResult,
     EndSession,
@@ -220,37 +220,13 @@ def finished(states: list[SessionHeader]) -> bool:
     return states[-1].status.terminal
 
 
-async def latest_by_key(
-    bootstrap: str, topic: str, partition: int, key_prefix: str
-) -> dict[str, bytes | None]:
-    """The last value of every key starting with ``key_prefix`` in one partition (None: tombstone)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        # Explicit offsets: a seek_to_beginning after end_offsets may resolve to the end.
-        begin = (await consumer.beginning_offsets([tp]))[tp]
-        end = (await consumer.end_offsets([tp]))[tp]
-        consumer.seek(tp, begin)
-        latest: dict[str, bytes | None] = {}
-        while await consumer.position(tp) < end:
-            for records in (await consumer.getmany(tp, timeout_ms=500)).values():
-                for r in records:
-                    if r.key is not None and r.key.decode().startswith(key_prefix):
-                        latest[r.key.decode()] = r.value
-        return latest
-    finally:
-        await consumer.stop()
-
-
 async def session_records(
     bootstrap: str, topics: Topics, session_id: str
 ) -> tuple[dict[str, bytes | None], dict[str, bytes | None]]:
     """Latest chunk and event records of a session, read from the session's partition."""
     partition = session_partition(session_id, topics.partitions)
-    chunks = await latest_by_key(bootstrap, topics.session_chunks, partition, f"{session_id}/chunk/")
-    events = await latest_by_key(bootstrap, topics.session_events, partition, f"{session_id}/event/")
+    chunks = await latest_values(bootstrap, topics.session_chunks, partition, f"{session_id}/chunk/")
+    events = await latest_values(bootstrap, topics.session_events, partition, f"{session_id}/event/")
     return chunks, events
 
 
@@ -425,7 +401,7 @@ async def test_lost_chunk_ends_at_the_deadline_and_retention_purges_every_record
         deadline = time.monotonic() + 30
         partition = session_partition(sid, topics.partitions)
         while True:
-            headers = await latest_by_key(kafka_bootstrap, topics.session_state, partition, sid)
+            headers = await latest_values(kafka_bootstrap, topics.session_state, partition, sid)
             if headers.get(sid, b"") is None:
                 break
             assert time.monotonic() < deadline, "the session was not purged"
@@ -434,7 +410,7 @@ async def test_lost_chunk_ends_at_the_deadline_and_retention_purges_every_record
         assert set(chunks) == {f"{sid}/chunk/{i}" for i in range(3)}
         assert set(events) == {f"{sid}/event/0"}
         assert all(value is None for value in [*chunks.values(), *events.values()])
-        commands = await latest_by_key(kafka_bootstrap, topics.session_commands, partition, sid)
+        commands = await latest_values(kafka_bootstrap, topics.session_commands, partition, sid)
         assert isinstance(decode_command(commands[sid]), PurgeSession)
         assert "Traceback" not in worker.log()
     finally:

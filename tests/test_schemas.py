@@ -10,6 +10,7 @@ import pytest
 
 from schemas.export import SCHEMA_DIR, schema_documents, stale_files
 from schemas.records import (
+    SCHEMA_VERSION,
     SESSION_COMMAND_ADAPTER,
     ChunkRecord,
     EndSession,
@@ -107,7 +108,7 @@ def test_commands_are_a_discriminated_union_and_readers_ignore_new_fields() -> N
     start = StartSession(session_id="s", stream_id="st", name="n", source_url="http://x/a.m3u8")
     raw = json.loads(start.model_dump_json()) | {"added_in_a_later_minor": 1}
     parsed = SESSION_COMMAND_ADAPTER.validate_python(raw)
-    assert isinstance(parsed, StartSession) and parsed.schema_version == 1
+    assert isinstance(parsed, StartSession) and parsed.schema_version == SCHEMA_VERSION
 
 
 def test_event_ids_are_stable_and_mmss_formatting() -> None:
@@ -119,5 +120,6 @@ def test_event_ids_are_stable_and_mmss_formatting() -> None:
 def test_topics_are_co_partitioned_and_state_is_compacted() -> None:
     specs = {s.name: s for s in Topics(prefix="p", partitions=4).specs()}
     assert {s.partitions for s in specs.values()} == {4}
-    assert specs["p.session-state"].config["cleanup.policy"] == "compact"
+    for compacted in ("session-state", "session-chunks", "session-events", "ingest-checkpoints"):
+        assert specs[f"p.{compacted}"].config["cleanup.policy"] == "compact"
     assert int(specs["p.chunks"].config["max.message.bytes"]) > 1_500_000

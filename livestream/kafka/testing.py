@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -124,3 +125,30 @@ async def create_test_topics(bootstrap_servers: str, partitions: int = TEST_TOPI
     topics = unique_topics(partitions)
     await ensure_topics(bootstrap_servers, topics.specs())
     return topics
+
+
+async def latest_values(
+    bootstrap: str, topic: str, partition: int, key_prefix: str
+) -> dict[str, bytes | None]:
+    """The last value of every key starting with ``key_prefix`` in one partition (None: tombstone).
+
+    What a compacted topic keeps for those keys once compaction has run, read before it has.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        # Explicit offsets: a seek_to_beginning after end_offsets may resolve to the end.
+        begin = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, begin)
+        latest: dict[str, bytes | None] = {}
+        while await consumer.position(tp) < end:
+            for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+                for record in records:
+                    if record.key is not None and record.key.decode(errors="replace").startswith(key_prefix):
+                        latest[record.key.decode()] = record.value
+        return latest
+    finally:
+        await consumer.stop()
