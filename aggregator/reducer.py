@@ -17,6 +17,10 @@ after its chunk was declared missing is still folded: its chunk record is rewrit
 status, and its detections become events of their own (opened and closed at once), since the
 events around them may already be closed. Redelivered results of folded chunks change nothing.
 
+Size. Besides the window's limits, the header is kept under ``header_budget_bytes`` (48 KiB):
+past it, waiting chunks are declared missing first, then the open event that stopped growing
+longest ago is closed early (an open query over a busy scene can have dozens of labels open).
+
 Ending. ``EndSession`` or ingest's ENDED/FAILED report make the session ENDING (``ending_since``).
 It becomes FINISHED (FAILED when ingest failed) once every published chunk is folded. A
 ``SessionDeadline`` (the aggregator's timer) after ``ending_timeout_s`` ends it anyway: chunks
@@ -60,6 +64,11 @@ DEFAULT_MAX_EVENT_DURATION_S = 600.0
 DEFAULT_REORDER_WINDOW_CHUNKS = 16
 DEFAULT_REORDER_WINDOW_EVENTS = 32
 DEFAULT_ENDING_TIMEOUT_S = 300.0
+# Headers stay well under the 64 KiB every record the system writes is kept below.
+DEFAULT_HEADER_BUDGET_BYTES = 48 * 1024
+# A header with no waiting results and at most this many open events is far below any budget
+# (an event is under 2 KiB even with a 1,000-character query): its size is not measured.
+SMALL_HEADER_OPEN_EVENTS = 8
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class FoldPolicy:
     reorder_window_chunks: int = DEFAULT_REORDER_WINDOW_CHUNKS
     reorder_window_events: int = DEFAULT_REORDER_WINDOW_EVENTS
     ending_timeout_s: float = DEFAULT_ENDING_TIMEOUT_S
+    header_budget_bytes: int = DEFAULT_HEADER_BUDGET_BYTES
 
     @property
     def merge(self) -> MergePolicy:
@@ -124,6 +134,7 @@ def fold(
             folding.on_lifecycle(record)
         case ChunkResult():
             folding.on_chunk_result(record)
+    folding.fit(policy.header_budget_bytes)
     folding.settle()
     after = folding.finish()
     if before is not None and after == before:
@@ -275,6 +286,22 @@ class _Folding:
         while self.pending and self._window_exceeded():
             self._declare_missing()
             self._drain()
+
+    def fit(self, budget_bytes: int) -> None:
+        """Keep the header under ``budget_bytes`` whatever the query and the detections.
+
+        Past the budget, waiting for late chunks is given up first (as when the reorder window
+        overflows), then the open event that stopped growing longest ago is closed early.
+        """
+        while self.pending or len(self.log.open_by_label) > SMALL_HEADER_OPEN_EVENTS:
+            if len(self.finish().to_bytes()) <= budget_bytes:
+                return
+            if self.pending:
+                self._declare_missing()
+                self._drain()
+            else:
+                oldest = min(self.log.open_by_label.values(), key=lambda e: (e.event.end_time, e.number))
+                self.log.close(oldest.event.label)
 
     # ------------------------------------------------------------------ ending
 

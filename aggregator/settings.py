@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from aggregator.reducer import (
     DEFAULT_ENDING_TIMEOUT_S,
     DEFAULT_GAP_TOLERANCE_S,
+    DEFAULT_HEADER_BUDGET_BYTES,
     DEFAULT_MAX_EVENT_DURATION_S,
     DEFAULT_REORDER_WINDOW_CHUNKS,
     DEFAULT_REORDER_WINDOW_EVENTS,
@@ -58,6 +59,13 @@ class AggregatorSettings(ServiceSettings):
         gt=0.0,
         description="An ENDING session whose missing chunk results (or ingest's end report) do not "
         "arrive within this time ends anyway, naming the missing chunks in its status_reason.",
+    )
+    header_budget_bytes: int = Field(
+        default=DEFAULT_HEADER_BUDGET_BYTES,
+        ge=4096,
+        le=60 * 1024,
+        description="A session header is kept under this size: past it, waiting chunks are declared "
+        "missing, then the oldest open events are closed early.",
     )
     retention_s: float = Field(
         default=DEFAULT_RETENTION_S,
@@ -122,6 +130,7 @@ class AggregatorSettings(ServiceSettings):
             reorder_window_chunks=self.reorder_window_chunks,
             reorder_window_events=self.reorder_window_events,
             ending_timeout_s=self.ending_timeout_s,
+            header_budget_bytes=self.header_budget_bytes,
         )
 
     @property

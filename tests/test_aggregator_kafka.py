@@ -358,6 +358,11 @@ async def test_sigterm_exits_cleanly_and_restart_recovers_table(
         assert final.status is SessionStatus.FINISHED
         assert final.name == f"camera {sid}"
         assert final.chunk_count == 2
+        # The table's changelog record of a session is in the session's partition (the worker
+        # that owns an input partition restores the same changelog partition).
+        changelog = f"{agg_topics.prefix}-aggregator-sessions-changelog"
+        partition = session_partition(sid, agg_topics.partitions)
+        assert (await latest_values(kafka_bootstrap, changelog, partition, sid)).get(sid)
     finally:
         assert restarted.stop() == 0
 

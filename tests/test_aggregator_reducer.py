@@ -521,3 +521,27 @@ def test_a_week_long_session_keeps_a_small_header_and_constant_records_per_chunk
     assert session.state.chunk_count == 20_000
     assert session.state.event_count == 20_000 // 15 + 1
     assert largest_header < 8 * 1024
+
+
+def test_header_stays_under_its_budget_with_many_labels_a_long_query_and_a_full_window() -> None:
+    long_query = "detect " + ", ".join(["anything that moves"] * 45)[:990]
+    labels = [f"label{n:02d}" for n in range(60)]
+
+    def busy(index: int) -> ChunkResult:
+        seconds = index * CHUNK_S
+        detections = [
+            event(label, seconds, seconds + CHUNK_S, index).model_copy(update={"query": long_query})
+            for label in labels
+        ]
+        return result(index, detections).model_copy(update={"targets": labels})
+
+    policy = FoldPolicy(reorder_window_events=10_000)  # only the byte budget limits the window
+    session = fold_all([start()], Session(policy))
+    session.apply(busy(0), at(0))
+    for index in range(2, 10):  # chunk 1 is late: everything else waits behind it
+        session.apply(busy(index), at(index))
+        assert len(session.state.to_bytes()) <= policy.header_budget_bytes
+    assert session.state.missing_chunks == [1]  # the budget gave up waiting for it
+    assert 0 < len(session.state.open_events) < len(labels)  # the oldest were closed early
+    # Events closed early stay closed; every event still opened before it closed.
+    assert all(r.lifecycle in {"opened", "updated", "closed"} for r in session.records.values())
