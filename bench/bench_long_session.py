@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from aggregator.reducer import FoldPolicy, fold
 from livestream.kafka.admin import ensure_topics
-from livestream.kafka.broker import LocalKafkaBroker
+from livestream.kafka.broker import LocalKafkaBroker, free_port
 from livestream.kafka.serde import encode_key, encode_value
 from livestream.kafka.testing import TestKafkaSettings
 from schemas.records import (
@@ -153,12 +152,6 @@ def lifecycle(session_id: str, state: IngestState, chunks: int) -> SessionLifecy
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:

@@ -13,7 +13,6 @@ import json
 import logging
 import secrets
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -27,18 +26,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from analyzer.query import parse_query
 from livestream.errors import LivestreamError
 from livestream.kafka.admin import ensure_topics
+from livestream.kafka.broker import free_port
 from livestream.stack import Stack
 from schemas.topics import Topics
 
 log = logging.getLogger("livestream")
 
 DEFAULT_QUERY = "detect a person, a bicycle, a cat or a cup"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class CliSettings(BaseSettings):

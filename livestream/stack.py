@@ -7,17 +7,21 @@ processes that talk only through Kafka.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from livestream.errors import LivestreamError
+from livestream.kafka.broker import free_port
 from livestream.processes import die_with_parent
 
 log = logging.getLogger("livestream.stack")
@@ -141,3 +145,32 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def stack_for_tests(
+    bootstrap_servers: str,
+    topic_prefix: str,
+    run_dir: Path,
+    *,
+    analyzer_replicas: int = 1,
+    extra_env: dict[str, str] | None = None,
+    ready_timeout: float = 120.0,
+) -> Iterator[Stack]:
+    """A running stack on a free API port with a generated key; prints each log's tail when it stops."""
+    stack = Stack(
+        bootstrap_servers=bootstrap_servers,
+        api_key=uuid.uuid4().hex,
+        api_port=free_port(),
+        run_dir=run_dir,
+        topic_prefix=topic_prefix,
+        analyzer_replicas=analyzer_replicas,
+        extra_env=dict(extra_env or {}),
+    )
+    stack.start(ready_timeout=ready_timeout)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        for name, _module in stack.instances():
+            print(f"--- {name} log tail ---\n{stack.log_tail(name, 15)}")

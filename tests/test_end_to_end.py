@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -21,7 +20,8 @@ from nomadic import NomadicAI
 from nomadic.exceptions import APIError
 
 from livestream.kafka.admin import ensure_topics
-from livestream.stack import Stack
+from livestream.kafka.broker import free_port
+from livestream.stack import Stack, stack_for_tests
 from livestream.testsource import LiveHlsSource, default_script, short_script
 from schemas.records import Event, SessionState
 from schemas.topics import Topics
@@ -30,12 +30,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.model]
 
 QUERY = "detect a person, a cat or a cup"
 CHUNK_SECONDS = 4.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -49,22 +43,14 @@ def e2e_topics(kafka_bootstrap: str) -> Topics:
 def stack(
     kafka_bootstrap: str, e2e_topics: Topics, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    stack = Stack(
-        bootstrap_servers=kafka_bootstrap,
-        api_key=secrets.token_urlsafe(12),
-        api_port=_free_port(),
-        run_dir=tmp_path_factory.mktemp("stack"),
-        topic_prefix=e2e_topics.prefix,
+    with stack_for_tests(
+        kafka_bootstrap,
+        e2e_topics.prefix,
+        tmp_path_factory.mktemp("stack"),
         analyzer_replicas=2,  # the chunks consumer group is shared, as in a scaled deployment
         extra_env={"LIVESTREAM_INGEST_CHUNK_SECONDS": str(CHUNK_SECONDS)},
-    )
-    stack.start(ready_timeout=120)
-    try:
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
-        for name, _module in stack.instances():
-            print(f"--- {name} log tail ---\n{stack.log_tail(name, 15)}")
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +185,7 @@ def test_user_ends_a_running_session(sdk: NomadicAI) -> None:
 
 
 def test_unreachable_source_fails_with_a_reason(sdk: NomadicAI) -> None:
-    url = f"http://127.0.0.1:{_free_port()}/live.m3u8"
+    url = f"http://127.0.0.1:{free_port()}/live.m3u8"
     started = sdk.livestream.start_session(source_url=url, name="unreachable", rapid_review_query=QUERY)
     final = sdk.livestream.monitor_session(
         started["stream_id"], started["session_id"], poll_interval=0.5, timeout=120

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,19 +23,13 @@ from ingest.storage import directory_name
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.serde import session_partition
 from livestream.kafka.testing import latest_values
-from livestream.stack import Stack
+from livestream.stack import Stack, stack_for_tests
 from livestream.testsource import LiveHlsSource, short_script
 from schemas.topics import Topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model]
 
 RETENTION_S = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -50,25 +43,17 @@ def retention_topics(kafka_bootstrap: str) -> Topics:
 def stack(
     kafka_bootstrap: str, retention_topics: Topics, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    stack = Stack(
-        bootstrap_servers=kafka_bootstrap,
-        api_key=secrets.token_urlsafe(12),
-        api_port=_free_port(),
-        run_dir=tmp_path_factory.mktemp("retention-stack"),
-        topic_prefix=retention_topics.prefix,
+    with stack_for_tests(
+        kafka_bootstrap,
+        retention_topics.prefix,
+        tmp_path_factory.mktemp("retention-stack"),
         extra_env={
             "LIVESTREAM_INGEST_CHUNK_SECONDS": "2",
             "LIVESTREAM_AGGREGATOR_RETENTION_S": str(RETENTION_S),
             "LIVESTREAM_AGGREGATOR_TIMER_INTERVAL_S": "0.5",
         },
-    )
-    stack.start(ready_timeout=120)
-    try:
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
-        for name, _module in stack.instances():
-            print(f"--- {name} log tail ---\n{stack.log_tail(name, 15)}")
 
 
 def last_values(bootstrap: str, topic: str, partition: int, prefix: str) -> dict[str, bytes | None]:
