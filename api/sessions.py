@@ -79,6 +79,16 @@ def merge_newest_first(
     return candidates[:limit], len(candidates) > limit
 
 
+# The aggregator's reorder window: results of chunks it has not folded yet. Internal to its
+# ordering (their events reach clients once folded), so the API does not serve it.
+INTERNAL_HEADER_FIELDS = frozenset({"pending_results"})
+
+
+def header_json(header: SessionHeader) -> str:
+    """A header as the API serves it."""
+    return header.model_dump_json(exclude=INTERNAL_HEADER_FIELDS)
+
+
 def session_json(header: SessionHeader, lists: SessionLists) -> str:
     """The ``SessionResponse`` JSON of ``header`` with its lists spliced in as stored text.
 
@@ -86,7 +96,7 @@ def session_json(header: SessionHeader, lists: SessionLists) -> str:
     the list fields.
     """
     return (
-        header.model_dump_json()[:-1]
+        header_json(header)[:-1]
         + f',"chunks":{lists.chunks_json},"events":{lists.events_json}'
         + f',"chunks_total":{lists.chunks_total},"events_total":{lists.events_total}'
         + f',"events_next_cursor":{json.dumps(lists.events_next_cursor)}'
@@ -199,6 +209,6 @@ class Sessions:
             if include_events:
                 items.append(await self.session_body(header, ListsQuery()))
             else:
-                items.append(header.model_dump_json())
+                items.append(header_json(header))
         next_cursor = encode_list_cursor(session_key(page[-1])) if more and page else None
         return f'{{"sessions":[{",".join(items)}],"next_cursor":{json.dumps(next_cursor)}}}'

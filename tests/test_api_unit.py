@@ -51,6 +51,7 @@ from api.views import SessionView, pending_header
 from livestream.errors import ConfigurationError
 from schemas.api import SessionResponse
 from schemas.records import (
+    ChunkResult,
     ChunkSummary,
     EndSession,
     Event,
@@ -466,6 +467,27 @@ def test_session_json_is_a_valid_session_response(store: SessionStore) -> None:
     assert response.chunks == [make_chunk(0).chunk]
     assert (response.events_total, response.chunks_total) == (2, 1)
     assert response.events_next_cursor is None
+
+
+def test_the_aggregators_reorder_window_is_not_served(store: SessionStore) -> None:
+    waiting = ChunkResult(
+        session_id="s1",
+        stream_id="stream-a",
+        chunk_id="s1-c000003",
+        chunk_index=3,
+        analysis_id="a3",
+        start_time=12.0,
+        end_time=16.0,
+        frame_count=8,
+        status="ok",
+        model="m",
+        targets=["cat"],
+        events=[make_event("s1-late", start=13.0)],
+        inference_ms=1.0,
+    )
+    header = make_header().model_copy(update={"pending_results": [waiting]})
+    body = json.loads(session_json(header, store.session_lists("s1", ListsQuery())))
+    assert "pending_results" not in body and body["session_id"] == "s1"
 
 
 # --------------------------------------------------------------------------- sessions and feeds
