@@ -299,6 +299,9 @@ class Figures:
     bytes_per_chunk_hour1: float
     bytes_per_chunk_last_hour: float
     bytes_ratio_last_vs_first: float
+    live_bytes_per_chunk_hour1: float
+    live_bytes_per_chunk_last_hour: float
+    live_bytes_ratio_last_vs_first: float
     largest_record_bytes: int
     largest_record_topic: str
     header_bytes_final: int
@@ -315,23 +318,36 @@ class Figures:
     recovery_s: float
 
 
-def fold_times(session_id: str, chunks: int, event_every_s: float) -> tuple[list[float], int]:
-    """Per-chunk fold + serialization time (ms) of the whole session, in process; merged events."""
+@dataclass
+class InProcessFold:
+    times_ms: list[float]  # fold + serialization, per chunk result
+    live_bytes: list[int]  # what the aggregator writes for a chunk folded alone (live speed)
+    merged_events: int
+
+
+def fold_in_process(session_id: str, chunks: int, event_every_s: float) -> InProcessFold:
+    """Fold the whole session through the pure reducer, timing each fold and sizing its output.
+
+    At live speed every chunk result is a batch of its own, so it writes its chunk and event
+    records, the header on session-state and the header again on the table's changelog.
+    """
     policy = FoldPolicy()
     header = fold(None, start_command(session_id), T0, policy).header
     times: list[float] = []
+    live_bytes: list[int] = []
+    key_bytes = len(session_id)
     for index in range(chunks):
         record = chunk_result(session_id, index, event_every_s)
         began = time.perf_counter()
         folded = fold(header, record, T0, policy)
         header = folded.header
         assert header is not None
-        header.to_bytes()
-        for written in (*folded.chunks, *folded.events):
-            written.to_bytes()
+        written = [header.to_bytes()] + [r.to_bytes() for r in (*folded.chunks, *folded.events)]
         times.append((time.perf_counter() - began) * 1000)
+        keys = 2 * key_bytes + sum(len(session_id) + 16 for _ in (*folded.chunks, *folded.events))
+        live_bytes.append(2 * len(written[0]) + sum(len(value) for value in written[1:]) + keys)
     assert header is not None
-    return times, header.event_count
+    return InProcessFold(times, live_bytes, header.event_count)
 
 
 async def produce_session(
@@ -409,8 +425,11 @@ async def run(args: argparse.Namespace) -> Figures:
     chunks = int(args.days * 24 * 3600 / CHUNK_SECONDS)
     session_id = f"week-{uuid.uuid4().hex[:8]}"
     print(f"folding {chunks} chunks in process ...", flush=True)
-    times, merged_events = fold_times(session_id, chunks, args.event_every_s)
+    in_process = fold_in_process(session_id, chunks, args.event_every_s)
+    times, merged_events = in_process.times_ms, in_process.merged_events
     hour1, last_hour = times[:HOUR_CHUNKS], times[-HOUR_CHUNKS:]
+    live_hour1 = statistics.mean(in_process.live_bytes[:HOUR_CHUNKS])
+    live_last = statistics.mean(in_process.live_bytes[-HOUR_CHUNKS:])
 
     with kafka() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-long-") as workdir:
         topics = Topics(prefix=f"bench{uuid.uuid4().hex[:8]}", partitions=args.partitions)
@@ -425,15 +444,18 @@ async def run(args: argparse.Namespace) -> Figures:
             "LIVESTREAM_API_LOG_LEVEL": "warning",
         }
         logs = Path(workdir)
-        aggregator = Service("aggregator", env, logs / "aggregator.log")
+        # The whole session is produced first, then the aggregator starts on the backlog: hour 1
+        # and day 7 are then folded under the same conditions (no producer on the same cores).
+        print(f"producing {chunks} chunk results ...", flush=True)
+        produce_s = await produce_session(bootstrap, topics, session_id, chunks, args.event_every_s)
         follower = HeaderFollower(bootstrap, topics.session_state)
+        follower.tracked = session_id
         await follower.start()
+        aggregator = Service("aggregator", env, logs / "aggregator.log")
         api: Service | None = None
         try:
-            follower.tracked = session_id
-            print(f"producing {chunks} chunk results ...", flush=True)
-            began = time.monotonic()
-            produce_s = await produce_session(bootstrap, topics, session_id, chunks, args.event_every_s)
+            await follower.wait(lambda: session_id in follower.first_seen, args.timeout, "the aggregator")
+            began = follower.first_seen[session_id]
             await follower.wait(lambda: session_id in follower.finished_at, args.timeout, "the long session")
             aggregate_s = follower.finished_at[session_id] - began
             progress = follower.progress
@@ -521,6 +543,9 @@ async def run(args: argparse.Namespace) -> Figures:
         bytes_per_chunk_hour1=round(first_bytes, 1),
         bytes_per_chunk_last_hour=round(last_bytes, 1),
         bytes_ratio_last_vs_first=round(last_bytes / first_bytes, 3),
+        live_bytes_per_chunk_hour1=round(live_hour1, 1),
+        live_bytes_per_chunk_last_hour=round(live_last, 1),
+        live_bytes_ratio_last_vs_first=round(live_last / live_hour1, 3),
         largest_record_bytes=largest,
         largest_record_topic=largest_topic.removeprefix(topics.prefix),
         header_bytes_final=len(final_header),
