@@ -198,7 +198,10 @@ def build_app(settings: AggregatorSettings) -> faust.App:
             batch.add(session_id, message.partition, before, folded)
             if folded.changed and folded.header is not None:
                 header = folded.header
-                log.info(
+                # Status changes at info; every chunk of every session at debug.
+                moved = before is None or before.status is not header.status
+                log.log(
+                    logging.INFO if moved else logging.DEBUG,
                     "session %s: %s, %d/%s chunks, %d events (%s offset %d)",
                     session_id,
                     header.status,
