@@ -26,6 +26,7 @@ from nomadic.exceptions import APIError, AuthenticationError
 
 from api.app import create_app
 from api.auth import key_fingerprint
+from api.sessions import INTERNAL_HEADER_FIELDS
 from api.settings import ApiSettings
 from api.store import StoreWorker
 from livestream.kafka.serde import decode_command, encode_key, encode_value, session_partition
@@ -375,7 +376,9 @@ async def test_healthy_after_catching_up_with_preexisting_records(
     response = await http.get(f"/api/live/live-sessions/stream-pre/{preexisting.session_id}")
     assert response.status_code == 200
     body = response.json()
-    assert {k: body[k] for k in preexisting.model_dump(mode="json")} == preexisting.model_dump(mode="json")
+    served = preexisting.model_dump(mode="json", exclude=INTERNAL_HEADER_FIELDS)
+    assert {k: body[k] for k in served} == served
+    assert not INTERNAL_HEADER_FIELDS & body.keys()
     assert [(e["event_id"], e["end_time"]) for e in body["events"]] == [
         (f"{preexisting.session_id[:6]}-e1", 3.0),
         (f"{preexisting.session_id[:6]}-e0", 12.0),  # its latest version, ordered by start time
