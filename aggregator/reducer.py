@@ -224,6 +224,7 @@ class _Folding:
             source_url=start.source_url,
             rapid_review_query=start.rapid_review_query,
             created_by=start.created_by,
+            tenant=start.tenant,
             created_at=start.requested_at,
         )
 

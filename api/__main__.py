@@ -8,6 +8,7 @@ import sys
 import uvicorn
 
 from api.app import create_app
+from api.logs import install_redaction
 from api.settings import ApiSettings
 from livestream.errors import ConfigurationError
 
@@ -21,7 +22,10 @@ def main() -> int:
         print(f"livestream API: {exc}", file=sys.stderr)
         return 2
     # SSE streams are long-lived: bound how long shutdown waits for them.
-    uvicorn.run(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=10)
+    # After Config, which (re)configures uvicorn's loggers: access lines print the query string.
+    install_redaction("uvicorn.access", "uvicorn.error")
+    uvicorn.Server(config).run()
     return 0
 
 

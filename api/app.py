@@ -1,12 +1,15 @@
 """FastAPI application: the NomadicML-compatible livestream HTTP API over Kafka.
 
-Routes (all ``/api`` routes need an API key, see ``api.auth``):
+Routes (all ``/api`` routes need an API key, see ``api.auth``; a caller sees only its own
+tenant's sessions, another tenant's answer 404 like unknown ones):
 
-* ``POST /api/live/start-session`` (form: source_url, name, rapid_review_query?, stream_id?)
+* ``POST /api/live/start-session`` (form: source_url, name, rapid_review_query?, stream_id?);
+  429 when the key or its tenant has as many running sessions as it may
 * ``POST /api/live/end-session`` (form: stream_id, session_id): ``ended`` (also re-sent while the
   session is ENDING, so a lost end command can be repeated) or ``already_ended``
 * ``GET  /api/live/live-sessions[?scope=personal|org|all&limit=100&cursor=...&include_events=false]``:
-  a page of sessions newest first (default personal, as the SDK documents), ``next_cursor``
+  a page of sessions newest first (default personal, as the SDK documents; ``org`` and ``all``
+  both mean the caller's tenant), ``next_cursor``
 * ``GET  /api/live/live-sessions/{stream_id}/{session_id}``
   ``[?events_after&events_limit&chunks_after&chunks_limit]``: the session with ALL its merged
   events by default (the SDK's ``iter_events`` reads them) and its most recent 1000 chunks
@@ -14,49 +17,59 @@ Routes (all ``/api`` routes need an API key, see ``api.auth``):
   the latest version of each merged event after a cursor, in cursor order
 * ``GET  /api/live/live-sessions/{stream_id}/{session_id}/events/stream`` (SSE, resumable)
 * ``GET  /api/live/events/stream?scope=personal|org|all`` (SSE of every visible session, resumable)
+* ``POST /api/live/feed-token``: a short-lived token for the SSE routes (``?token=``)
 * ``GET  /healthz`` (no key): 200 once Kafka clients run and the session topics are caught up
 * ``GET  /`` a small browser page (``api/static/index.html``)
 
 The SSE messages are described in ``api.feeds``. Browsers' ``EventSource`` cannot send
-headers, so every ``/api`` route also accepts the key as the ``api_key`` query parameter
-(and the SSE routes ``last_event_id`` for ``Last-Event-ID``); prefer the headers elsewhere
-(query strings end up in access logs).
+headers, so the SSE routes also accept ``?token=`` (and ``?api_key=`` unless disabled) and
+``last_event_id`` for ``Last-Event-ID``; every other route refuses credentials in the query
+string (401). Per key: a request rate (429 with ``Retry-After``) and a number of open SSE feeds
+(429); request bodies above ``max_body_bytes`` answer 413 before authentication.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse
+from starlette.types import Receive, Scope, Send
 
 from analyzer.errors import QueryError
 from analyzer.query import parse_query
-from api.auth import API_KEY_QUERY_PARAM, ApiKeyAuthenticator
+from api.auth import API_KEY_QUERY_PARAM, CREDENTIAL_QUERY_PARAMS, TOKEN_QUERY_PARAM, Authenticator
 from api.errors import (
     AuthenticationFailed,
     CommandPublishError,
     InvalidCursor,
+    LimitExceeded,
     NotSessionOwner,
     ServiceNotReady,
     SessionNotFound,
     StoreError,
 )
-from api.feeds import AllSessionsFeed, SessionFeedHub, all_sessions_feed, session_feed
+from api.feeds import AllSessionsFeed, SessionFeedHub, SseMessage, all_sessions_feed, session_feed
 from api.kafka_io import KafkaRuntime
+from api.limits import DeclaredBodyLimit, FeedLease, FeedSlots, RateLimiter, SessionQuota
 from api.sessions import Sessions
 from api.settings import ApiSettings
 from api.store import NO_CURSOR, ListsQuery, StoreWorker
+from api.tenants import Audience, Caller, KeyRing
+from api.tokens import FeedTokens
 from api.views import SessionView
 from schemas.api import (
     EndSessionForm,
     EndSessionResponse,
+    FeedTokenResponse,
     HealthResponse,
     SessionEventsPage,
     SessionListResponse,
@@ -87,14 +100,45 @@ def authenticated_caller(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
+) -> Caller:
+    """The caller of a header-authenticated route, after its rate limit.
+
+    ``AuthenticationFailed`` (401) without a configured key, or with credentials in the query
+    string (they belong to the SSE routes only); ``RateLimited`` (429) beyond the key's rate.
+    """
+    in_query = [name for name in CREDENTIAL_QUERY_PARAMS if name in request.query_params]
+    if in_query:
+        raise AuthenticationFailed(
+            f"?{in_query[0]}= is accepted only by the SSE routes (.../events/stream): send the key as "
+            "'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+        )
+    authenticator: Authenticator = request.app.state.authenticator
+    caller = authenticator.from_headers(authorization=authorization, x_api_key=x_api_key)
+    request.app.state.rate_limiter.check(caller.key_id)
+    return caller
+
+
+def feed_caller(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
     api_key: Annotated[str | None, Query(alias=API_KEY_QUERY_PARAM, include_in_schema=False)] = None,
-) -> str:
-    """The caller's key fingerprint; ``AuthenticationFailed`` (401) without a configured key."""
-    authenticator: ApiKeyAuthenticator = request.app.state.authenticator
-    return authenticator.authenticate(authorization=authorization, x_api_key=x_api_key, query_api_key=api_key)
+    token: Annotated[
+        str | None,
+        Query(alias=TOKEN_QUERY_PARAM, description="A feed token from POST /api/live/feed-token."),
+    ] = None,
+) -> Caller:
+    """The caller of an SSE route: header key, ``?token=`` or ``?api_key=``; then its rate limit."""
+    authenticator: Authenticator = request.app.state.authenticator
+    caller = authenticator.for_feed(
+        authorization=authorization, x_api_key=x_api_key, query_api_key=api_key, token=token
+    )
+    request.app.state.rate_limiter.check(caller.key_id)
+    return caller
 
 
-Caller = Annotated[str, Depends(authenticated_caller)]
+HeaderCaller = Annotated[Caller, Depends(authenticated_caller)]
+FeedCaller = Annotated[Caller, Depends(feed_caller)]
 LastEventIdHeader = Annotated[str | None, Header(alias="Last-Event-ID", include_in_schema=False)]
 LastEventIdQuery = Annotated[
     str | None,
@@ -117,9 +161,26 @@ def kafka_runtime(request: Request, *, need_view: bool = True) -> KafkaRuntime:
     return runtime
 
 
-def creator_filter(scope: SessionScope | None, caller: str) -> str | None:
-    """The SDK documents no scope as "personal": only the caller's own sessions."""
-    return None if scope in (SessionScope.ORG, SessionScope.ALL) else caller
+def audience(scope: SessionScope | None, caller: Caller) -> Audience:
+    """The caller's tenant's sessions; only its own key's for ``personal`` (the SDK's default).
+
+    ``org`` and ``all`` both mean the whole tenant: no scope crosses tenants.
+    """
+    return Audience(caller.tenant, None if scope in (SessionScope.ORG, SessionScope.ALL) else caller.key_id)
+
+
+class FeedResponse(EventSourceResponse):
+    """An SSE response that frees its key's feed slot however the stream ends."""
+
+    def __init__(self, content: AsyncIterator[SseMessage], lease: FeedLease, ping: float) -> None:
+        super().__init__(content, ping=ping, headers=SSE_HEADERS)
+        self._lease = lease
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._lease.release()
 
 
 def json_response(body: str) -> Response:
@@ -129,32 +190,39 @@ def json_response(body: str) -> Response:
 
 # --------------------------------------------------------------------------- routes
 
-live = APIRouter(prefix="/api/live", tags=["live"], dependencies=[Depends(authenticated_caller)])
+# Every route declares its caller: header keys (HeaderCaller) or, on SSE routes, FeedCaller.
+live = APIRouter(prefix="/api/live", tags=["live"])
 
 
 @live.post("/start-session", response_model=StartSessionResponse)
 async def start_session(
-    request: Request, form: Annotated[StartSessionForm, Form()], caller: Caller
+    request: Request, form: Annotated[StartSessionForm, Form()], caller: HeaderCaller
 ) -> StartSessionResponse:
     # Refuse, before anything is started, a query that names nothing the detector can find:
     # otherwise every chunk of the session would fail.
     parse_query(form.rapid_review_query)
-    runtime = kafka_runtime(request, need_view=False)
-    command = StartSession(
-        session_id=uuid.uuid4().hex,
-        stream_id=form.stream_id or uuid.uuid4().hex,
-        name=form.name,
-        source_url=form.source_url,
-        rapid_review_query=form.rapid_review_query,
-        created_by=caller,
-    )
-    await runtime.publisher.publish(command)
-    runtime.sessions.add_pending_start(command)
+    quota: SessionQuota = request.app.state.session_quota
+    # Counting running sessions needs the whole view; without session limits a start needs none.
+    runtime = kafka_runtime(request, need_view=quota.enabled)
+    of_key, of_tenant = runtime.sessions.running_counts(caller.tenant, caller.key_id)
+    with quota.admit(caller, of_key, of_tenant):
+        command = StartSession(
+            session_id=uuid.uuid4().hex,
+            stream_id=form.stream_id or uuid.uuid4().hex,
+            name=form.name,
+            source_url=form.source_url,
+            rapid_review_query=form.rapid_review_query,
+            created_by=caller.key_id,
+            tenant=caller.tenant,
+        )
+        await runtime.publisher.publish(command)
+        runtime.sessions.add_pending_start(command)
     logger.info(
-        "session started (session_id=%s, stream_id=%s, created_by=%s)",
+        "session started (session_id=%s, stream_id=%s, tenant=%s, created_by=%s)",
         command.session_id,
         command.stream_id,
-        caller,
+        caller.tenant,
+        caller.key_id,
     )
     return StartSessionResponse(
         session_id=command.session_id, stream_id=command.stream_id, status=SessionStatus.INITIALIZING
@@ -163,13 +231,13 @@ async def start_session(
 
 @live.post("/end-session", response_model=EndSessionResponse)
 async def end_session(
-    request: Request, form: Annotated[EndSessionForm, Form()], caller: Caller
+    request: Request, form: Annotated[EndSessionForm, Form()], caller: HeaderCaller
 ) -> EndSessionResponse:
     runtime = kafka_runtime(request)
-    header = await runtime.sessions.find(form.stream_id, form.session_id)
-    if header.created_by is not None and header.created_by != caller:
-        # Any key may watch any session (one deployment is one organisation), but only the
-        # key that started a session may end it, as the SDK documents (403).
+    header = await runtime.sessions.find(form.stream_id, form.session_id, caller.tenant)
+    if header.created_by is not None and header.created_by != caller.key_id:
+        # Any key of the tenant may watch the tenant's sessions, but only the key that started
+        # a session may end it, as the SDK documents (403).
         raise NotSessionOwner(
             "only the API key that started this session may end it", session_id=header.session_id
         )
@@ -181,7 +249,11 @@ async def end_session(
     await runtime.publisher.publish(command)
     runtime.sessions.mark_end_requested(command, header)
     logger.info(
-        "session end requested (session_id=%s, by=%s, status=%s)", header.session_id, caller, header.status
+        "session end requested (session_id=%s, tenant=%s, by=%s, status=%s)",
+        header.session_id,
+        caller.tenant,
+        caller.key_id,
+        header.status,
     )
     return EndSessionResponse(status="ended")
 
@@ -189,7 +261,7 @@ async def end_session(
 @live.get("/live-sessions", response_model=SessionListResponse)
 async def list_sessions(
     request: Request,
-    caller: Caller,
+    caller: HeaderCaller,
     scope: SessionScope | None = None,
     limit: Annotated[int, Query(ge=1, le=SESSIONS_PAGE_MAX)] = SESSIONS_PAGE_DEFAULT,
     cursor: Annotated[
@@ -201,13 +273,14 @@ async def list_sessions(
 ) -> Response:
     """A page of sessions, newest first; items are headers unless ``include_events``."""
     runtime = kafka_runtime(request)
-    body = await runtime.sessions.list_body(creator_filter(scope, caller), cursor, limit, include_events)
+    body = await runtime.sessions.list_body(audience(scope, caller), cursor, limit, include_events)
     return json_response(body)
 
 
 @live.get("/live-sessions/{stream_id}/{session_id}", response_model=SessionResponse)
 async def get_session(
     request: Request,
+    caller: HeaderCaller,
     stream_id: str,
     session_id: str,
     events_after: Annotated[
@@ -226,7 +299,7 @@ async def get_session(
     ``events_total``/``chunks_total`` count them all.
     """
     runtime = kafka_runtime(request)
-    header = await runtime.sessions.find(stream_id, session_id)
+    header = await runtime.sessions.find(stream_id, session_id, caller.tenant)
     query = ListsQuery(
         events_after=events_after,
         events_limit=events_limit,
@@ -239,6 +312,7 @@ async def get_session(
 @live.get("/live-sessions/{stream_id}/{session_id}/events", response_model=SessionEventsPage)
 async def list_session_events(
     request: Request,
+    caller: HeaderCaller,
     stream_id: str,
     session_id: str,
     after: Annotated[int, Query(ge=0, description="A cursor: only versions written after it.")] = NO_CURSOR,
@@ -246,13 +320,14 @@ async def list_session_events(
 ) -> Response:
     """The latest version (``SessionEvent``) of each merged event whose cursor is above ``after``."""
     runtime = kafka_runtime(request)
-    await runtime.sessions.find(stream_id, session_id)
+    await runtime.sessions.find(stream_id, session_id, caller.tenant)
     return json_response(await runtime.sessions.events_page_body(session_id, after, limit))
 
 
 @live.get("/live-sessions/{stream_id}/{session_id}/events/stream", response_class=EventSourceResponse)
 async def stream_session_events(
     request: Request,
+    caller: FeedCaller,
     stream_id: str,
     session_id: str,
     last_event_id_header: LastEventIdHeader = None,
@@ -260,20 +335,21 @@ async def stream_session_events(
 ) -> EventSourceResponse:
     """``detection``/``update`` (id = session cursor), then ``end``; ``resync`` for an unusable id."""
     runtime = kafka_runtime(request)
-    await runtime.sessions.find(stream_id, session_id)
+    await runtime.sessions.find(stream_id, session_id, caller.tenant)
     settings: ApiSettings = request.app.state.settings
+    lease = request.app.state.feed_slots.acquire(caller.key_id)
     sessions = runtime.sessions
-    return EventSourceResponse(
+    return FeedResponse(
         session_feed(sessions.hub, sessions, session_id, last_event_id_header or last_event_id),
+        lease,
         ping=settings.sse_ping_seconds,
-        headers=SSE_HEADERS,
     )
 
 
 @live.get("/events/stream", response_class=EventSourceResponse)
 async def stream_all_events(
     request: Request,
-    caller: Caller,
+    caller: FeedCaller,
     scope: SessionScope | None = None,
     last_event_id_header: LastEventIdHeader = None,
     last_event_id: LastEventIdQuery = None,
@@ -281,12 +357,25 @@ async def stream_all_events(
     """Messages of every session the scope shows (see ``api.feeds``), ids ``<epoch>-<seq>``."""
     runtime = kafka_runtime(request)
     settings: ApiSettings = request.app.state.settings
-    return EventSourceResponse(
+    lease = request.app.state.feed_slots.acquire(caller.key_id)
+    return FeedResponse(
         all_sessions_feed(
-            runtime.sessions.all_feed, creator_filter(scope, caller), last_event_id_header or last_event_id
+            runtime.sessions.all_feed, audience(scope, caller), last_event_id_header or last_event_id
         ),
+        lease,
         ping=settings.sse_ping_seconds,
-        headers=SSE_HEADERS,
+    )
+
+
+@live.post("/feed-token", response_model=FeedTokenResponse)
+async def feed_token(request: Request, caller: HeaderCaller) -> FeedTokenResponse:
+    """A token the SSE routes accept as ``?token=`` for a few minutes, in place of the key."""
+    authenticator: Authenticator = request.app.state.authenticator
+    issued = authenticator.tokens.issue(caller)
+    return FeedTokenResponse(
+        token=issued.token,
+        expires_at=datetime.fromtimestamp(issued.expires_at, UTC),
+        expires_in=max(0, int(issued.expires_at - time.time())),
     )
 
 
@@ -298,14 +387,22 @@ def _error_response(status_code: int, exc: Exception, headers: dict[str, str] | 
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
-    """The API app; raises ``ConfigurationError`` when no API key is configured."""
-    authenticator = ApiKeyAuthenticator(settings.require_api_keys())
+    """The API app; ``ConfigurationError`` without a key, with a short key or a key of two tenants."""
+    keys = KeyRing(settings.tenant_keys(), settings.min_key_length)
+    authenticator = Authenticator(
+        keys,
+        FeedTokens(settings.feed_token_ttl_seconds, settings.feed_token_secret_bytes()),
+        sse_query_api_key=settings.sse_query_api_key,
+    )
+    logger.info("API keys configured: %d key(s) of %d tenant(s)", len(keys), len(keys.tenants))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = await StoreWorker.open(settings.store_dir, settings.store_cache_mib)
+        store = await StoreWorker.open(settings.store_dir, settings.store_cache_mib, settings.default_tenant)
         sessions = Sessions(
-            SessionView(settings.recent_finished_sessions, settings.recent_finished_seconds),
+            SessionView(
+                settings.recent_finished_sessions, settings.recent_finished_seconds, settings.default_tenant
+            ),
             store,
             SessionFeedHub(queue_size=settings.subscriber_queue_size),
             AllSessionsFeed(
@@ -327,9 +424,18 @@ def create_app(settings: ApiSettings) -> FastAPI:
         description="NomadicML-compatible livestream sessions over Kafka.",
         version="0.2.0",
         lifespan=lifespan,
+        # Cuts off bodies sent without a Content-Length while they stream (DeclaredBodyLimit
+        # refuses a declared length above the limit before anything else runs).
+        max_body_size=settings.max_body_bytes,
     )
+    app.add_middleware(DeclaredBodyLimit, max_bytes=settings.max_body_bytes)
     app.state.settings = settings
     app.state.authenticator = authenticator
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    app.state.feed_slots = FeedSlots(settings.max_sse_per_key)
+    app.state.session_quota = SessionQuota(
+        settings.max_active_sessions_per_key, settings.max_active_sessions_per_tenant
+    )
     app.state.runtime = None
 
     async def on_auth_failed(_request: Request, exc: Exception) -> JSONResponse:
@@ -348,6 +454,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def on_unprocessable(_request: Request, exc: Exception) -> JSONResponse:
         return _error_response(422, exc)
 
+    async def on_limit(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, LimitExceeded)
+        logger.info("answering 429 (%s %s): %s", request.method, request.url.path, exc)
+        return _error_response(429, exc, {"Retry-After": str(exc.retry_after)})
+
     app.add_exception_handler(QueryError, on_unprocessable)
     app.add_exception_handler(InvalidCursor, on_unprocessable)
     app.add_exception_handler(AuthenticationFailed, on_auth_failed)
@@ -356,6 +467,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_exception_handler(ServiceNotReady, on_unavailable)
     app.add_exception_handler(CommandPublishError, on_unavailable)
     app.add_exception_handler(StoreError, on_unavailable)
+    app.add_exception_handler(LimitExceeded, on_limit)
 
     @app.get("/healthz", response_model=HealthResponse)
     async def healthz(request: Request) -> JSONResponse:

@@ -35,3 +35,23 @@ class InvalidCursor(ApiError):
 
 class StoreError(ApiError):
     """The embedded SQLite store failed; the session view cannot be trusted (HTTP 503)."""
+
+
+class LimitExceeded(ApiError):
+    """A per-key or per-tenant limit was reached (HTTP 429); ``retry_after`` in seconds."""
+
+    def __init__(self, message: str, *, retry_after: int, **context: object) -> None:
+        super().__init__(message, **context)
+        self.retry_after = retry_after
+
+
+class RateLimited(LimitExceeded):
+    """The key sent more requests than its token bucket allows."""
+
+
+class TooManyFeeds(LimitExceeded):
+    """The key has as many SSE feeds open as it may."""
+
+
+class TooManySessions(LimitExceeded):
+    """The key or its tenant has as many sessions running as it may."""

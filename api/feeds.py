@@ -23,7 +23,8 @@ event version and status change the aggregator writes):
 Without ``Last-Event-ID`` the feed replays the latest version of every event, in cursor order,
 then goes live; with it, exactly the versions after that cursor, then live.
 
-**All-sessions feed** (``/api/live/events/stream?scope=personal|org|all``): ``detection`` and
+**All-sessions feed** (``/api/live/events/stream?scope=personal|org|all``; only the caller's
+tenant's sessions, only its key's with ``personal``): ``detection`` and
 ``update`` as above (the data carries ``session_id``/``stream_id``), ``status`` when a session's
 status changes (``FeedStatus``), ``end`` once a session is terminal and its events were sent
 (``FeedEnd``), ``removed`` when retention purged it (``FeedRemoved``). Ids are
@@ -49,6 +50,7 @@ from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
 from api.store import NO_CURSOR
+from api.tenants import Audience, Owner
 from schemas.api import FeedEnd, FeedRemoved, FeedResync, FeedStatus
 from schemas.records import SessionEvent, SessionHeader, SessionStatus
 
@@ -75,7 +77,7 @@ class Subscription(Generic[T]):
 
     key: str | None
     queue: asyncio.Queue[T | FeedSignal]
-    created_by: str | None = None  # all-sessions feed, scope personal: only this key's sessions
+    audience: Audience | None = None  # all-sessions feed: whose sessions it carries
     closed: bool = field(default=False)
 
 
@@ -284,7 +286,7 @@ class FeedEntry:
     """One message of the all-sessions feed, kept in the ring for resuming."""
 
     seq: int
-    created_by: str | None
+    owner: Owner | None
     message: SseMessage
 
 
@@ -320,14 +322,14 @@ class AllSessionsFeed:
         return seq
 
     def subscribe(
-        self, created_by: str | None, last_event_id: str | None = None
+        self, audience: Audience, last_event_id: str | None = None
     ) -> tuple[Subscription[SseMessage], list[SseMessage]]:
         """A live subscription plus what to send first (the missed messages, or one ``resync``).
 
         Synchronous, so no message can slip between the ring's snapshot and the subscription.
         """
         subscription: Subscription[SseMessage] = Subscription(
-            None, asyncio.Queue(maxsize=self._queue_size), created_by=created_by
+            None, asyncio.Queue(maxsize=self._queue_size), audience=audience
         )
         self._subscribers.add(subscription)
         if last_event_id is None:
@@ -339,7 +341,7 @@ class AllSessionsFeed:
         missed = [
             entry.message
             for entry in self._ring
-            if entry.seq > after and (created_by is None or entry.created_by == created_by)
+            if entry.seq > after and entry.owner is not None and audience.sees(entry.owner)
         ]
         return subscription, missed
 
@@ -352,48 +354,53 @@ class AllSessionsFeed:
             close_with(subscription, FeedSignal.SHUTDOWN)
             self.unsubscribe(subscription)
 
-    def _publish(self, created_by: str | None, kind: str, data: str) -> None:
+    def _publish(self, owner: Owner | None, kind: str, data: str) -> None:
+        """Send to the subscribers whose audience sees ``owner``'s sessions (None: nobody's, none)."""
         self._seq += 1
-        entry = FeedEntry(self._seq, created_by, {"event": kind, "id": self.last_id, "data": data})
+        entry = FeedEntry(self._seq, owner, {"event": kind, "id": self.last_id, "data": data})
         self._ring.append(entry)
         for subscription in list(self._subscribers):
-            if subscription.created_by is not None and subscription.created_by != created_by:
+            if owner is None or subscription.audience is None or not subscription.audience.sees(owner):
                 continue
             if not offer(subscription, entry.message, self._queue_size):
                 self.unsubscribe(subscription)
 
-    def on_event(self, record: SessionEvent, created_by: str | None) -> None:
-        self._publish(created_by, event_kind(record), event_data(record))
+    def on_event(self, record: SessionEvent, owner: Owner | None) -> None:
+        self._publish(owner, event_kind(record), event_data(record))
         pending = self._pending_ends.get(record.session_id)
         if pending is not None and end_due(pending, record.cursor):
             del self._pending_ends[record.session_id]
-            self._publish(created_by, "end", feed_end(pending).model_dump_json())
+            self._publish(owner, "end", feed_end(pending).model_dump_json())
 
     def on_header(
-        self, header: SessionHeader, previous_status: SessionStatus | None, max_event_cursor: int
+        self,
+        header: SessionHeader,
+        owner: Owner | None,
+        previous_status: SessionStatus | None,
+        max_event_cursor: int,
     ) -> None:
         if header.status == previous_status:
             return
         if not header.status.terminal:
-            self._publish(header.created_by, "status", FeedStatus.of(header).model_dump_json())
+            self._publish(owner, "status", FeedStatus.of(header).model_dump_json())
         elif end_due(header, max_event_cursor):
             self._pending_ends.pop(header.session_id, None)
-            self._publish(header.created_by, "end", feed_end(header).model_dump_json())
+            self._publish(owner, "end", feed_end(header).model_dump_json())
         else:
             self._pending_ends[header.session_id] = header
 
-    def on_purged(self, session_id: str, stream_id: str | None, created_by: str | None) -> None:
+    def on_purged(self, session_id: str, stream_id: str | None, owner: Owner | None) -> None:
         self._pending_ends.pop(session_id, None)
         self._publish(
-            created_by, "removed", FeedRemoved(session_id=session_id, stream_id=stream_id).model_dump_json()
+            owner, "removed", FeedRemoved(session_id=session_id, stream_id=stream_id).model_dump_json()
         )
 
 
 async def all_sessions_feed(
-    feed: AllSessionsFeed, created_by: str | None, last_event_id: str | None = None
+    feed: AllSessionsFeed, audience: Audience, last_event_id: str | None = None
 ) -> AsyncIterator[SseMessage]:
-    """SSE messages of every session the caller may see (``created_by`` None: all of them)."""
-    subscription, first = feed.subscribe(created_by, last_event_id)
+    """SSE messages of every session ``audience`` sees (its tenant's; only its key's for ``personal``)."""
+    subscription, first = feed.subscribe(audience, last_event_id)
     try:
         for message in first:
             yield message

@@ -30,6 +30,7 @@ from api.store import (
     StoreWorker,
     created_at_us,
 )
+from api.tenants import Audience, Owner, owner_of
 from api.views import SessionView
 from schemas.records import EndSession, SessionEvent, SessionHeader, StartSession
 
@@ -116,6 +117,7 @@ class Sessions:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.view = view
+        self.default_tenant = view.default_tenant
         self.store = store
         self.hub = hub
         self.all_feed = all_feed
@@ -136,23 +138,32 @@ class Sessions:
                 session_id = change.record.session_id
                 self.hub.publish(session_id, change.record)
                 if live:
-                    self.all_feed.on_event(
-                        change.record, change.created_by or self.view.created_by(session_id)
-                    )
+                    self.all_feed.on_event(change.record, self._owner(session_id, change.owner))
             elif isinstance(change, HeaderWritten):
                 header = change.header
                 self.view.apply_header(header, now)
                 self.hub.publish(header.session_id, header)
                 if live:
-                    self.all_feed.on_header(header, change.previous_status, change.max_event_cursor)
+                    self.all_feed.on_header(
+                        header,
+                        self._owner(header.session_id, owner_of(header, self.default_tenant)),
+                        change.previous_status,
+                        change.max_event_cursor,
+                    )
             elif isinstance(change, SessionPurged):
-                created_by = change.created_by or self.view.created_by(change.session_id)
+                owner = self._owner(change.session_id, change.owner)
                 self.view.remove(change.session_id)
                 self.hub.close_session(change.session_id, FeedSignal.PURGED)
                 if live:
-                    self.all_feed.on_purged(change.session_id, change.stream_id, created_by)
+                    self.all_feed.on_purged(change.session_id, change.stream_id, owner)
         self.view.expire(now)
         self.stored_sessions = batch.stored_sessions
+
+    def _owner(self, session_id: str, stored: Owner | None) -> Owner | None:
+        """Whose the session is: the stored header's tenant, else what memory knows (a pending start)."""
+        if stored is not None and stored.tenant is not None:
+            return stored
+        return self.view.owner(session_id) or stored
 
     def close_feeds(self) -> None:
         self.hub.close_all()
@@ -175,12 +186,27 @@ class Sessions:
             return cached
         return self.view.overlay(session_id, await self.store.header(session_id))
 
-    async def find(self, stream_id: str, session_id: str) -> SessionHeader:
-        """The session's header; ``SessionNotFound`` when unknown or of another stream."""
+    async def find(self, stream_id: str, session_id: str, tenant: str) -> SessionHeader:
+        """The session's header; ``SessionNotFound`` when unknown, of another stream or another tenant.
+
+        Another tenant's session answers exactly like one that does not exist.
+        """
         header = await self.header(session_id)
-        if header is None or header.stream_id != stream_id:
+        if (
+            header is None
+            or header.stream_id != stream_id
+            or owner_of(header, self.default_tenant).tenant != tenant
+        ):
             raise SessionNotFound("session not found", stream_id=stream_id, session_id=session_id)
         return header
+
+    def running_counts(self, tenant: str, key_id: str) -> tuple[int, int]:
+        """Sessions not FINISHED/FAILED of the key and of the tenant."""
+        owners = self.view.running()
+        return (
+            sum(1 for owner in owners if owner.tenant == tenant and owner.created_by == key_id),
+            sum(1 for owner in owners if owner.tenant == tenant),
+        )
 
     async def max_event_cursor(self, session_id: str) -> int:
         return await self.store.max_event_cursor(session_id)
@@ -197,12 +223,12 @@ class Sessions:
         return f'{{"events":{page.events_json},"next_cursor":{json.dumps(page.last_cursor)}}}'
 
     async def list_body(
-        self, created_by: str | None, cursor: str | None, limit: int, include_events: bool
+        self, audience: Audience, cursor: str | None, limit: int, include_events: bool
     ) -> str:
-        """A page of sessions newest first (only ``created_by``'s when given), as JSON."""
+        """A page of ``audience``'s sessions newest first, as JSON."""
         before = decode_list_cursor(cursor) if cursor else None
-        stored = await self.store.list_headers(created_by, before, limit + 1)
-        page, more = merge_newest_first(stored, self.view.pending_starts(created_by), before, limit)
+        stored = await self.store.list_headers(audience, before, limit + 1)
+        page, more = merge_newest_first(stored, self.view.pending_starts(audience), before, limit)
         items: list[str] = []
         for listed in page:
             header = self.view.overlay(listed.session_id, listed) or listed

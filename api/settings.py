@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from api.tenants import DEFAULT_MIN_KEY_LENGTH, TenantKeys, load_tenants_file, merge_tenants, parse_tenant_map
 from livestream.errors import ConfigurationError
 from livestream.settings import ServiceSettings
 
@@ -15,8 +17,12 @@ from livestream.settings import ServiceSettings
 class ApiSettings(ServiceSettings):
     """Where the API listens, which keys it accepts, how it talks to Kafka and what it keeps.
 
-    ``LIVESTREAM_API_KEYS`` is a comma-separated list; the service refuses to start
-    without at least one key (there is no open mode).
+    Keys belong to tenants (organisations): ``LIVESTREAM_API_TENANTS`` (JSON) and
+    ``LIVESTREAM_API_TENANTS_FILE`` (JSON or YAML) map tenant names to key lists, and
+    ``LIVESTREAM_API_KEYS`` (comma-separated) adds keys to the ``default_tenant``; a tenant named
+    in several places has all those keys. The service refuses to start without at least one key
+    (there is no open mode), with a key shorter than ``min_key_length``, or with one key given to
+    two tenants.
     """
 
     model_config = SettingsConfigDict(env_prefix="LIVESTREAM_API_", frozen=True, extra="ignore")
@@ -24,7 +30,60 @@ class ApiSettings(ServiceSettings):
     host: str = Field(default="127.0.0.1", description="Interface uvicorn binds to.")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port uvicorn binds to (0 = any free).")
     keys: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=(), description="Accepted API keys (comma-separated in the environment)."
+        default=(),
+        repr=False,
+        description="API keys of the default tenant (comma-separated in the environment).",
+    )
+    tenants: str = Field(
+        default="",
+        repr=False,
+        description="Tenants and their keys as JSON, e.g. "
+        '{"acme": ["<key1>", "<key2>"], "globex": ["<key3>"]}.',
+    )
+    tenants_file: Path | None = Field(
+        default=None,
+        description="A JSON or YAML file mapping tenant names to lists of keys (same shape as TENANTS).",
+    )
+    default_tenant: str = Field(
+        default="default",
+        description="Tenant of the LIVESTREAM_API_KEYS keys, and of sessions recorded before tenants "
+        "existed (their records name no tenant).",
+    )
+    min_key_length: int = Field(
+        default=DEFAULT_MIN_KEY_LENGTH, ge=1, description="Shortest API key accepted at start-up."
+    )
+    feed_token_ttl_seconds: float = Field(
+        default=300.0, gt=0, description="Lifetime of a feed token from POST /api/live/feed-token."
+    )
+    feed_token_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret that signs feed tokens; unset: random per process (set the same one on every "
+        "replica behind one address so a token from one works on all).",
+    )
+    sse_query_api_key: bool = Field(
+        default=True,
+        description="Whether the SSE routes still accept ?api_key= (browsers' EventSource cannot send "
+        "headers; prefer ?token= from POST /api/live/feed-token). Other routes never accept it.",
+    )
+    rate_limit_per_second: float = Field(
+        default=20.0, ge=0, description="Requests per second each key may sustain (0: no limit)."
+    )
+    rate_limit_burst: int = Field(
+        default=200, ge=1, description="Requests a key may send at once above the sustained rate."
+    )
+    max_sse_per_key: int = Field(
+        default=20, ge=0, description="SSE feeds each key may hold open at once (0: no limit)."
+    )
+    max_active_sessions_per_key: int = Field(
+        default=50, ge=0, description="Sessions not FINISHED/FAILED each key may have (0: no limit)."
+    )
+    max_active_sessions_per_tenant: int = Field(
+        default=200, ge=0, description="Sessions not FINISHED/FAILED each tenant may have (0: no limit)."
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1,
+        description="Largest request body, checked before authentication (413 beyond it).",
     )
     client_id: str = Field(default="livestream-api", description="Kafka client id prefix.")
     sse_ping_seconds: float = Field(default=15.0, gt=0, description="Interval of SSE keep-alive pings.")
@@ -70,12 +129,37 @@ class ApiSettings(ServiceSettings):
             return tuple(str(part).strip() for part in value if str(part).strip())
         return value
 
-    def require_api_keys(self) -> tuple[str, ...]:
-        """The configured keys, or ``ConfigurationError`` when there are none."""
-        if not self.keys:
+    def tenant_keys(self) -> TenantKeys:
+        """Every tenant with its keys; ``ConfigurationError`` when there is no key or a bad entry.
+
+        Reads ``tenants_file`` (so a start-up names a missing or malformed file at once).
+        """
+        maps: list[TenantKeys] = []
+        if self.tenants.strip():
+            try:
+                configured = json.loads(self.tenants)
+            except json.JSONDecodeError as exc:
+                # The decoder's message gives a position only, never the text (which holds keys).
+                raise ConfigurationError(
+                    f"LIVESTREAM_API_TENANTS is not valid JSON: {exc.msg} at character {exc.pos}",
+                    setting="LIVESTREAM_API_TENANTS",
+                ) from None
+            maps.append(parse_tenant_map(configured, source="LIVESTREAM_API_TENANTS"))
+        if self.tenants_file is not None:
+            maps.append(load_tenants_file(self.tenants_file))
+        if self.keys:
+            maps.append(
+                parse_tenant_map({self.default_tenant: list(self.keys)}, source="LIVESTREAM_API_KEYS")
+            )
+        tenants = merge_tenants(*maps)
+        if not tenants:
             raise ConfigurationError(
-                "no API keys configured: set LIVESTREAM_API_KEYS to a comma-separated list of keys "
+                "no API keys configured: set LIVESTREAM_API_KEYS to a comma-separated list of keys, or "
+                "LIVESTREAM_API_TENANTS / LIVESTREAM_API_TENANTS_FILE to map tenants to keys "
                 "(the API never runs without authentication)",
                 setting="LIVESTREAM_API_KEYS",
             )
-        return self.keys
+        return tenants
+
+    def feed_token_secret_bytes(self) -> bytes | None:
+        return self.feed_token_secret.get_secret_value().encode() if self.feed_token_secret else None

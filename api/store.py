@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from api.errors import StoreError
+from api.tenants import Audience, Owner, session_tenant
 from livestream.errors import RecordError
 from livestream.kafka.serde import decode_value
 from schemas.records import SessionChunk, SessionEvent, SessionHeader, SessionStatus
@@ -58,11 +59,13 @@ CREATE TABLE headers (
     session_id TEXT PRIMARY KEY,
     stream_id TEXT NOT NULL,
     created_by TEXT,
+    tenant TEXT,
     created_at_us INTEGER NOT NULL,
     status TEXT NOT NULL,
     json TEXT NOT NULL
 );
 CREATE INDEX headers_newest ON headers (created_at_us DESC, session_id DESC);
+CREATE INDEX headers_by_tenant ON headers (tenant, created_at_us DESC, session_id DESC);
 CREATE INDEX headers_by_creator ON headers (created_by, created_at_us DESC, session_id DESC);
 CREATE TABLE chunks (
     session_id TEXT NOT NULL,
@@ -127,10 +130,10 @@ class HeaderWritten:
 
 @dataclass(frozen=True, slots=True)
 class EventWritten:
-    """A version of a merged event was stored; ``created_by`` from its session's stored header."""
+    """A version of a merged event was stored; ``owner`` from its session's stored header (if any)."""
 
     record: SessionEvent
-    created_by: str | None
+    owner: Owner | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +142,7 @@ class SessionPurged:
 
     session_id: str
     stream_id: str | None
-    created_by: str | None
+    owner: Owner | None
 
 
 Change = HeaderWritten | EventWritten | SessionPurged
@@ -211,8 +214,9 @@ def _parse_child_key(record: RawRecord, kind: str) -> tuple[str, int]:
 class SessionStore:
     """Synchronous SQLite store; every method must run on the thread that opened it."""
 
-    def __init__(self, path: Path, cache_mib: int = 64) -> None:
+    def __init__(self, path: Path, cache_mib: int = 64, default_tenant: str = "default") -> None:
         self.path = path
+        self.default_tenant = default_tenant
         # isolation_level=None: transactions are explicit (one per applied batch).
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=MEMORY")
@@ -271,12 +275,14 @@ class SessionStore:
             "SELECT status FROM headers WHERE session_id = ?", (header.session_id,)
         ).fetchone()
         self._db.execute(
-            "INSERT OR REPLACE INTO headers (session_id, stream_id, created_by, created_at_us, status, json) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO headers "
+            "(session_id, stream_id, created_by, tenant, created_at_us, status, json) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 header.session_id,
                 header.stream_id,
                 header.created_by,
+                session_tenant(header, self.default_tenant),
                 created_at_us(header.created_at),
                 header.status.value,
                 header.model_dump_json(),
@@ -288,12 +294,12 @@ class SessionStore:
     def purge(self, session_id: str) -> SessionPurged:
         """Remove the session with its chunks and events; later records of it are dropped."""
         row = self._db.execute(
-            "SELECT stream_id, created_by FROM headers WHERE session_id = ?", (session_id,)
+            "SELECT stream_id, tenant, created_by FROM headers WHERE session_id = ?", (session_id,)
         ).fetchone()
         for table in ("headers", "chunks", "events"):
             self._db.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
         self._db.execute("INSERT OR IGNORE INTO purged (session_id) VALUES (?)", (session_id,))
-        return SessionPurged(session_id, row[0] if row else None, row[1] if row else None)
+        return SessionPurged(session_id, row[0] if row else None, Owner(row[1], row[2]) if row else None)
 
     def _is_purged(self, session_id: str) -> bool:
         return (
@@ -324,9 +330,9 @@ class SessionStore:
             ),
         )
         row = self._db.execute(
-            "SELECT created_by FROM headers WHERE session_id = ?", (version.session_id,)
+            "SELECT tenant, created_by FROM headers WHERE session_id = ?", (version.session_id,)
         ).fetchone()
-        return EventWritten(version, row[0] if row else None)
+        return EventWritten(version, Owner(row[0], row[1]) if row else None)
 
     def _apply_chunk(self, record: RawRecord) -> None:
         if record.value is None:
@@ -452,17 +458,18 @@ class SessionStore:
         return EventsPage(_json_array([text for text, _ in rows]), rows[-1][1] if rows else None)
 
     def list_headers(
-        self, created_by: str | None, before: tuple[int, str] | None, limit: int
+        self, audience: Audience, before: tuple[int, str] | None, limit: int
     ) -> list[SessionHeader]:
-        """Headers newest first (created_at, then session_id, descending), below ``before`` when given."""
-        clauses, params = [], []
-        if created_by is not None:
+        """``audience``'s headers newest first (created_at, then session_id, descending), below ``before``."""
+        clauses: list[str] = ["tenant = ?"]
+        params: list[object] = [audience.tenant]
+        if audience.created_by is not None:
             clauses.append("created_by = ?")
-            params.append(created_by)
+            params.append(audience.created_by)
         if before is not None:
             clauses.append("(created_at_us, session_id) < (?, ?)")
             params.extend(before)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where = f"WHERE {' AND '.join(clauses)}"
         rows = self._db.execute(
             f"SELECT json FROM headers {where} ORDER BY created_at_us DESC, session_id DESC LIMIT ?",
             (*params, limit),
@@ -507,7 +514,9 @@ class StoreWorker:
         self.location = location
 
     @classmethod
-    async def open(cls, store_dir: Path | None, cache_mib: int) -> StoreWorker:
+    async def open(
+        cls, store_dir: Path | None, cache_mib: int, default_tenant: str = "default"
+    ) -> StoreWorker:
         try:
             location = StoreLocation.create(store_dir)
         except OSError as exc:
@@ -515,7 +524,9 @@ class StoreWorker:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-store")
         loop = asyncio.get_running_loop()
         try:
-            store = await loop.run_in_executor(executor, SessionStore, location.path, cache_mib)
+            store = await loop.run_in_executor(
+                executor, SessionStore, location.path, cache_mib, default_tenant
+            )
         except (sqlite3.Error, OSError) as exc:
             executor.shutdown(wait=False)
             location.remove()
@@ -554,9 +565,9 @@ class StoreWorker:
         return await self._call(self._store.events_page, session_id, after, limit)
 
     async def list_headers(
-        self, created_by: str | None, before: tuple[int, str] | None, limit: int
+        self, audience: Audience, before: tuple[int, str] | None, limit: int
     ) -> list[SessionHeader]:
-        return await self._call(self._store.list_headers, created_by, before, limit)
+        return await self._call(self._store.list_headers, audience, before, limit)
 
     async def row_counts(self, session_id: str) -> tuple[int, int, int]:
         return await self._call(self._store.row_counts, session_id)

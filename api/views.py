@@ -19,10 +19,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
+from api.tenants import Audience, Owner, owner_of
 from schemas.records import EndSession, SessionHeader, SessionStatus, StartSession, initial_header
 
 ENDED_STATUSES = frozenset({SessionStatus.ENDING, SessionStatus.FINISHED, SessionStatus.FAILED})
-IDENTITY_FIELDS = ("name", "source_url", "rapid_review_query", "created_by", "created_at")
+IDENTITY_FIELDS = ("name", "source_url", "rapid_review_query", "created_by", "tenant", "created_at")
 
 
 def aware(moment: datetime) -> datetime:
@@ -46,7 +47,10 @@ class SessionView:
     partition, which is what compaction keeps), never by comparing clocks.
     """
 
-    def __init__(self, recent_finished: int = 1000, recent_finished_s: float = 3600.0) -> None:
+    def __init__(
+        self, recent_finished: int = 1000, recent_finished_s: float = 3600.0, default_tenant: str = "default"
+    ) -> None:
+        self.default_tenant = default_tenant
         self._recent_finished = recent_finished
         self._recent_finished_for = timedelta(seconds=recent_finished_s)
         self._active: dict[str, SessionHeader] = {}
@@ -154,14 +158,31 @@ class SessionView:
             )
         return header
 
-    def created_by(self, session_id: str) -> str | None:
-        header = self._published(session_id) or self._pending_starts.get(session_id)
-        return header.created_by if header is not None else None
+    def _identity(self, session_id: str) -> SessionHeader | None:
+        """The header that says whose the session is: the published one, unless it is a placeholder."""
+        published = self._published(session_id)
+        pending = self._pending_starts.get(session_id)
+        if published is None or (pending is not None and not published.source_url):
+            return pending
+        return published
 
-    def pending_starts(self, created_by: str | None = None) -> list[SessionHeader]:
-        """Started sessions with no published header yet (only ``created_by``'s when given)."""
+    def owner(self, session_id: str) -> Owner | None:
+        """Whose the session is, as far as memory knows (None: not in memory)."""
+        header = self._identity(session_id)
+        return owner_of(header, self.default_tenant) if header is not None else None
+
+    def pending_starts(self, audience: Audience | None = None) -> list[SessionHeader]:
+        """Started sessions with no published header yet, or only a placeholder (``audience``'s)."""
         return [
             header
             for session_id, header in self._pending_starts.items()
-            if self._published(session_id) is None and (created_by is None or header.created_by == created_by)
+            if not (published := self._published(session_id)) or not published.source_url
+            if audience is None or audience.sees(owner_of(header, self.default_tenant))
         ]
+
+    def running(self) -> list[Owner]:
+        """Owners of the sessions not FINISHED/FAILED (published or pending), one per session."""
+        running = self._active.keys() | {
+            session_id for session_id in self._pending_starts if self._published(session_id) is None
+        }
+        return [owner for session_id in running if (owner := self.owner(session_id)) is not None]

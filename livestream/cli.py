@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -24,6 +25,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from analyzer.query import parse_query
+from api.settings import ApiSettings
+from api.tenants import KeyRing, TenantKeys
 from livestream.errors import LivestreamError
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.broker import free_port
@@ -46,12 +49,35 @@ class CliSettings(BaseSettings):
         description="A cluster to use; unset: the CLI starts a local broker.",
     )
     topic_prefix: str = Field(default="livestream", validation_alias=AliasChoices("LIVESTREAM_TOPIC_PREFIX"))
-    api_keys: str = Field(default="", validation_alias=AliasChoices("LIVESTREAM_API_KEYS"))
     api_port: int = Field(default=8000, validation_alias=AliasChoices("LIVESTREAM_API_PORT"))
 
-    @property
-    def first_api_key(self) -> str | None:
-        return next((key.strip() for key in self.api_keys.split(",") if key.strip()), None)
+
+def configured_api_keys() -> TenantKeys:
+    """The tenants and keys the API will accept (its own settings: keys, tenants, tenants file).
+
+    Empty when none is configured; ``ConfigurationError`` for a bad tenants setting or a short key.
+    """
+    settings = ApiSettings()
+    if not (settings.keys or settings.tenants.strip() or settings.tenants_file):
+        return {}
+    configured = settings.tenant_keys()
+    KeyRing(configured, settings.min_key_length)  # a short key fails here, before anything starts
+    return configured
+
+
+def api_keys_for_stack(configured: TenantKeys) -> tuple[str, dict[str, str]]:
+    """A key for the CLI's own requests, and the environment that gives the API every configured key.
+
+    The services inherit LIVESTREAM_API_TENANTS / _TENANTS_FILE / _KEYS from this environment;
+    the stack sets LIVESTREAM_API_KEYS to the key it is given, so it is set back to the
+    configured list here. Nothing configured: a generated key (long enough for the API's
+    minimum) becomes the default tenant's only key.
+    """
+    if not configured:
+        generated = secrets.token_urlsafe(24)
+        return generated, {"LIVESTREAM_API_KEYS": generated}
+    first = next(key for keys in configured.values() for key in keys)
+    return first, {"LIVESTREAM_API_KEYS": os.environ.get("LIVESTREAM_API_KEYS", "")}
 
 
 @contextlib.contextmanager
@@ -69,7 +95,7 @@ def kafka_cluster(configured: str | None) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def running_stack(args: argparse.Namespace, api_key: str) -> Iterator[Stack]:
+def running_stack(args: argparse.Namespace, api_key: str, api_env: dict[str, str]) -> Iterator[Stack]:
     with kafka_cluster(args.settings.kafka_bootstrap_servers) as bootstrap:
         topics = Topics(prefix=args.topic_prefix)
         asyncio.run(ensure_topics(bootstrap, topics.specs()))
@@ -81,6 +107,7 @@ def running_stack(args: argparse.Namespace, api_key: str) -> Iterator[Stack]:
             run_dir=run_dir,
             topic_prefix=args.topic_prefix,
             analyzer_replicas=args.analyzers,
+            extra_env=api_env,
         )
         print(f"starting services (logs in {run_dir / 'logs'})...", flush=True)
         stack.start()
@@ -154,7 +181,7 @@ def follow_session(
 
 def cmd_demo(args: argparse.Namespace) -> int:
     parse_query(args.query)  # a query naming nothing detectable fails here, before anything starts
-    api_key = args.settings.first_api_key or secrets.token_urlsafe(16)
+    api_key, api_env = api_keys_for_stack(configured_api_keys())
     with contextlib.ExitStack() as stack_of_things:
         url, origin = args.url, None
         if not url:
@@ -166,7 +193,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"live test source at {url}; scripted ground truth:")
             for label, start, end in script.truth():
                 print(f"  {label:<10} {start:6.1f}s - {end:6.1f}s")
-        stack = stack_of_things.enter_context(running_stack(args, api_key))
+        stack = stack_of_things.enter_context(running_stack(args, api_key, api_env))
         headers = {"Authorization": f"Bearer {api_key}"}
         with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as client:
             started = client.post(
@@ -205,10 +232,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    api_key = args.settings.first_api_key
-    if not api_key:
-        api_key = secrets.token_urlsafe(16)
-        print(f"LIVESTREAM_API_KEYS is not set: generated API key {api_key}")
+    configured = configured_api_keys()
+    api_key, api_env = api_keys_for_stack(configured)
+    if configured:
+        keys = sum(len(keys) for keys in configured.values())
+        print(f"API keys: {keys} key(s) of {len(configured)} tenant(s)")
+    else:
+        print(
+            "no API keys configured (LIVESTREAM_API_KEYS / LIVESTREAM_API_TENANTS): "
+            f"generated API key {api_key}"
+        )
     stop = False
 
     def _stop(*_: object) -> None:
@@ -216,7 +249,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, _stop)
-    with running_stack(args, api_key) as stack:
+    with running_stack(args, api_key, api_env) as stack:
         print(f"API on {stack.api_url} (Ctrl-C to stop)", flush=True)
         try:
             while not stop:

@@ -89,7 +89,8 @@ class EndSessionForm(BaseModel):
 
 
 class SessionScope(StrEnum):
-    """``personal``: sessions started with the caller's key; ``org``/``all``: every session."""
+    """``personal``: sessions started with the caller's key; ``org``/``all``: every session of the
+    caller's tenant (no scope shows another tenant's sessions)."""
 
     PERSONAL = "personal"
     ORG = "org"
@@ -137,6 +138,14 @@ class SessionEventsPage(BaseModel):
 
     events: list[SessionEvent]
     next_cursor: int | None = None
+
+
+class FeedTokenResponse(BaseModel):
+    """Body of ``POST /api/live/feed-token``: pass ``token`` as ``?token=`` to the SSE routes."""
+
+    token: str
+    expires_at: datetime
+    expires_in: int = Field(description="Seconds until the token expires.")
 
 
 class HealthResponse(BaseModel):

@@ -69,6 +69,7 @@ class StartSession(Record):
     source_url: str
     rapid_review_query: str | None = None
     created_by: str | None = None
+    tenant: str | None = None
     requested_at: datetime = Field(default_factory=utcnow)
 
 
@@ -205,6 +206,11 @@ class IngestCheckpoint(Record):
     resume_ingested_at: datetime | None = None  # wall clock when it was ingested
     segments_decoded: int = 0  # segments decoded up to it
     manifest_entries: int = 0  # entries of the local playback manifest up to it
+    # Resumes after a crash (the ingest process died running the session) since the session
+    # last got past the point of its latest crash. Counted ahead: a run writes it including
+    # itself before its work starts, and a clean suspension writes it back without, so only
+    # runs that died keep counting. Ingest quarantines a session (FAILED) at its limit.
+    crash_resumes: int = 0
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -363,6 +369,7 @@ class SessionHeader(Record):
     status: SessionStatus
     status_reason: str | None = None
     created_by: str | None = None
+    tenant: str | None = None
     created_at: datetime
     updated_at: datetime
     ended_at: datetime | None = None
@@ -412,6 +419,7 @@ def initial_header(start: StartSession, updated_at: datetime) -> SessionHeader:
         rapid_review_query=start.rapid_review_query,
         status=SessionStatus.INITIALIZING,
         created_by=start.created_by,
+        tenant=start.tenant,
         created_at=start.requested_at,
         updated_at=updated_at,
     )

@@ -49,8 +49,10 @@ from schemas.topics import Topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
-API_KEY = "kafka-test-key"
-PAGING_KEY = "paging-key"
+API_KEY = "kafka-test-key-0123456789"
+OTHER_KEY = "other-key-0123456789abcd"  # the same (default) tenant as API_KEY
+PAGING_KEY = "paging-key-0123456789abc"
+GLOBEX_KEY = "globex-key-0123456789abc"  # another tenant
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 WAIT_S = 15.0
 T = TypeVar("T")
@@ -311,7 +313,8 @@ async def api(
     settings = ApiSettings(
         kafka_bootstrap_servers=kafka_bootstrap,
         topic_prefix=api_topics.prefix,
-        keys=f"{API_KEY},other-key,{PAGING_KEY}",
+        keys=f"{API_KEY},{OTHER_KEY},{PAGING_KEY}",
+        tenants=json.dumps({"globex": [GLOBEX_KEY]}),
         sse_ping_seconds=1,
     )
     server = ApiServer(settings)
@@ -468,7 +471,7 @@ async def test_sessions_are_paged_newest_first_with_stable_cursors(
     assert created == sorted(created, reverse=True)
     personal = (await http.get("/api/live/live-sessions")).json()["sessions"]
     assert not {s["session_id"] for s in personal} & {*ids, preexisting.session_id}
-    other = await http.get("/api/live/live-sessions", headers={"Authorization": "Bearer other-key"})
+    other = await http.get("/api/live/live-sessions", headers={"Authorization": f"Bearer {OTHER_KEY}"})
     assert other.json() == {"sessions": [], "next_cursor": None}
     bad = await http.get("/api/live/live-sessions", params={"cursor": "not-ours"})
     assert bad.status_code == 422
@@ -548,7 +551,7 @@ async def test_end_session_semantics_and_resend_while_ending(
     not_owner = await http.post(
         "/api/live/end-session",
         data={"stream_id": "s-3", "session_id": session_id},
-        headers={"Authorization": "Bearer other-key"},
+        headers={"Authorization": f"Bearer {OTHER_KEY}"},
     )
     assert not_owner.status_code == 403 and "only the API key that started" in not_owner.json()["detail"]
 

@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.auth import ApiKeyAuthenticator, bearer_token, key_fingerprint
+from api.auth import Authenticator, bearer_token, key_fingerprint
 from api.errors import AuthenticationFailed, InvalidCursor
 from api.feeds import (
     AllSessionsFeed,
@@ -47,6 +47,8 @@ from api.store import (
     StoreWorker,
     TopicKind,
 )
+from api.tenants import Audience, Caller, KeyRing, Owner
+from api.tokens import FeedTokens
 from api.views import SessionView, pending_header
 from livestream.errors import ConfigurationError
 from schemas.api import SessionResponse
@@ -67,7 +69,8 @@ from schemas.records import (
 )
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-KEY = "test-key-123"
+KEY = "test-key-0123456789"
+EVERYONE = Audience("default")
 
 
 # --------------------------------------------------------------------------- record builders
@@ -81,6 +84,7 @@ def make_header(
     created: int = 0,
     stream_id: str = "stream-a",
     created_by: str | None = None,
+    tenant: str | None = None,
     cursor: int = 0,
     events_cursor: int = 0,
 ) -> SessionHeader:
@@ -91,6 +95,7 @@ def make_header(
         source_url="https://example.com/live.m3u8",
         status=status,
         created_by=created_by,
+        tenant=tenant,
         created_at=T0 + timedelta(seconds=created),
         updated_at=T0 + timedelta(seconds=updated),
         ended_at=T0 + timedelta(seconds=updated) if status.terminal else None,
@@ -373,7 +378,7 @@ def test_purge_removes_the_session_and_drops_its_late_records(store: SessionStor
         ]
     )
     applied = store.apply([tombstone(TopicKind.HEADERS, "s1")])
-    assert applied.changes == [SessionPurged("s1", "stream-a", "k")]
+    assert applied.changes == [SessionPurged("s1", "stream-a", Owner("default", "k"))]
     assert applied.stored_sessions == 1
     assert store.row_counts("s1") == (0, 0, 0)
     # Records of the purged session still on their way (other topics) are dropped...
@@ -415,13 +420,17 @@ def test_store_lists_headers_newest_first_by_keyset(store: SessionStore) -> None
             for i in range(6)
         ]
     )
-    everything = store.list_headers(None, None, 10)
+    everything = store.list_headers(EVERYONE, None, 10)
     keys = [session_key(h) for h in everything]
     assert keys == sorted(keys, reverse=True) and len(keys) == 6
-    page = store.list_headers(None, None, 2)
-    after = store.list_headers(None, session_key(page[-1]), 10)
+    page = store.list_headers(EVERYONE, None, 2)
+    after = store.list_headers(EVERYONE, session_key(page[-1]), 10)
     assert [h.session_id for h in page + after] == [h.session_id for h in everything]
-    assert {h.session_id for h in store.list_headers("a", None, 10)} == {"s1", "s3", "s5"}
+    assert {h.session_id for h in store.list_headers(Audience("default", "a"), None, 10)} == {
+        "s1",
+        "s3",
+        "s5",
+    }
 
 
 # --------------------------------------------------------------------------- paging and bodies
@@ -530,13 +539,14 @@ async def test_sessions_serve_memory_first_then_the_store(sessions: Sessions) ->
     assert await sessions.header("nope") is None
     assert sessions.stored_sessions == 2
 
-    body = json.loads(await sessions.list_body(None, None, 2, include_events=False))
+    body = json.loads(await sessions.list_body(EVERYONE, None, 2, include_events=False))
     assert [s["session_id"] for s in body["sessions"]] == ["new", "pending"]
     assert "events" not in body["sessions"][0] and body["next_cursor"]
-    rest = json.loads(await sessions.list_body(None, body["next_cursor"], 2, include_events=True))
+    rest = json.loads(await sessions.list_body(EVERYONE, body["next_cursor"], 2, include_events=True))
     assert [s["session_id"] for s in rest["sessions"]] == ["old"] and rest["next_cursor"] is None
     assert rest["sessions"][0]["events"] == [] and rest["sessions"][0]["events_total"] == 0
-    mine = json.loads(await sessions.list_body("key-abc", None, 10, include_events=False))
+    mine_only = Audience("default", "key-abc")
+    mine = json.loads(await sessions.list_body(mine_only, None, 10, include_events=False))
     assert [s["session_id"] for s in mine["sessions"]] == ["pending"]
 
 
@@ -655,8 +665,8 @@ async def test_slow_subscriber_is_disconnected_without_blocking_others(
 
 
 async def test_all_sessions_feed_filters_by_scope_and_defers_end(sessions: Sessions) -> None:
-    everyone = all_sessions_feed(sessions.all_feed, None)
-    mine = all_sessions_feed(sessions.all_feed, "k1")
+    everyone = all_sessions_feed(sessions.all_feed, EVERYONE)
+    mine = all_sessions_feed(sessions.all_feed, Audience("default", "k1"))
     # Generators subscribe when first iterated: start both before anything happens.
     first = asyncio.ensure_future(anext(everyone))
     first_mine = asyncio.ensure_future(anext(mine))
@@ -691,15 +701,15 @@ async def test_all_sessions_feed_filters_by_scope_and_defers_end(sessions: Sessi
 async def test_all_sessions_feed_resumes_from_its_ring_or_resyncs(sessions: Sessions) -> None:
     for index in range(8):  # the ring keeps the last 5: ep1-4 .. ep1-8
         await feed(sessions, header_record(make_header(f"s{index}")))
-    resumed = all_sessions_feed(sessions.all_feed, None, "ep1-5")
+    resumed = all_sessions_feed(sessions.all_feed, EVERYONE, "ep1-5")
     assert [m["id"] for m in await take(resumed, 3)] == ["ep1-6", "ep1-7", "ep1-8"]
     await resumed.aclose()
-    oldest_resumable = all_sessions_feed(sessions.all_feed, None, "ep1-3")
+    oldest_resumable = all_sessions_feed(sessions.all_feed, EVERYONE, "ep1-3")
     assert [m["id"] for m in await take(oldest_resumable, 1)] == ["ep1-4"]
     await oldest_resumable.aclose()
     for stale in ("ep1-2", "ep1-99", "other-5", "nonsense"):
         current = sessions.all_feed.last_id
-        messages = all_sessions_feed(sessions.all_feed, None, stale)
+        messages = all_sessions_feed(sessions.all_feed, EVERYONE, stale)
         (resync,) = await take(messages, 1)
         assert (resync["event"], resync["id"]) == ("resync", current)
         await feed(sessions, header_record(make_header(f"next-{stale}")))
@@ -724,16 +734,27 @@ def test_bearer_token_parsing() -> None:
     assert bearer_token(None) is None
 
 
-def test_authenticator_accepts_any_configured_key_from_any_source() -> None:
-    auth = ApiKeyAuthenticator(["k1", "k2"])
-    assert auth.authenticate(authorization="Bearer k1") == key_fingerprint("k1")
-    assert auth.authenticate(x_api_key="k2") == key_fingerprint("k2")
-    assert auth.authenticate(query_api_key="k1") == key_fingerprint("k1")
-    assert auth.authenticate(authorization="Bearer wrong", x_api_key="k2") == key_fingerprint("k2")
+def test_authenticator_accepts_any_configured_key_from_headers_and_feed_credentials() -> None:
+    k1, k2 = "k1-0123456789abcdef", "k2-0123456789abcdef"
+    tokens = FeedTokens(60)
+    auth = Authenticator(KeyRing({"acme": (k1,), "globex": (k2,)}), tokens)
+    assert auth.from_headers(authorization=f"Bearer {k1}") == Caller("acme", key_fingerprint(k1))
+    assert auth.from_headers(x_api_key=k2) == Caller("globex", key_fingerprint(k2))
+    assert auth.from_headers(authorization="Bearer wrong", x_api_key=k2).tenant == "globex"
     with pytest.raises(AuthenticationFailed, match="missing"):
-        auth.authenticate()
+        auth.from_headers()
     with pytest.raises(AuthenticationFailed, match="invalid"):
-        auth.authenticate(authorization="Bearer k3", x_api_key="k4")
+        auth.from_headers(authorization="Bearer k3", x_api_key="k4")
+    # SSE routes: headers, then a feed token, then ?api_key= (unless switched off).
+    assert auth.for_feed(query_api_key=k1).tenant == "acme"
+    assert auth.for_feed(token=tokens.issue(Caller("globex", key_fingerprint(k2))).token).tenant == "globex"
+    with pytest.raises(AuthenticationFailed, match="no longer configured"):
+        auth.for_feed(token=tokens.issue(Caller("globex", key_fingerprint("gone-0123456789abc"))).token)
+    with pytest.raises(AuthenticationFailed, match="missing"):
+        auth.for_feed()
+    strict = Authenticator(KeyRing({"acme": (k1,)}), tokens, sse_query_api_key=False)
+    with pytest.raises(AuthenticationFailed, match="feed-token"):
+        strict.for_feed(query_api_key=k1)
 
 
 def test_fingerprint_is_short_stable_and_hides_the_key() -> None:
@@ -850,7 +871,7 @@ def test_valid_requests_answer_503_until_kafka_is_up(client: TestClient) -> None
     response = client.post(
         "/api/live/start-session",
         data={"source_url": "https://example.com/live.m3u8", "name": "cam"},
-        params={"api_key": KEY},
+        headers={"X-API-Key": KEY},
     )
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
@@ -862,7 +883,7 @@ def test_valid_requests_answer_503_until_kafka_is_up(client: TestClient) -> None
 def test_index_page_is_served_without_a_key(client: TestClient) -> None:
     response = client.get("/")
     assert response.status_code == 200
-    for needed in ("EventSource", "api_key", "resync", "next_cursor"):
+    for needed in ("EventSource", "feed-token", "token=", "resync", "next_cursor"):
         assert needed in response.text
 
 
