@@ -22,7 +22,7 @@ models: install
 	$(PY) -m analyzer.models build
 
 run: install models
-	$(PY) -m livestream demo $(if $(URL),--url '$(URL)') --query '$(QUERY)'
+	LIVESTREAM_INGEST_ALLOW_PRIVATE_SOURCES=true $(PY) -m livestream demo $(if $(URL),--url '$(URL)') --query '$(QUERY)'
 
 up: install models
 	$(PY) -m livestream up

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from livestream.egress import SourceRuleList
 from livestream.settings import ServiceSettings
 
 GIB = 1024**3
@@ -79,5 +80,40 @@ class IngestSettings(ServiceSettings):
     http_retries: int = Field(default=3, ge=0, description="Retries after the first attempt of a request.")
     http_backoff_seconds: float = Field(
         default=0.5, ge=0, description="First retry delay; doubles on each further retry."
+    )
+    # Egress policy and per-fetch limits (ingest.fetch, livestream.egress).
+    allow_private_sources: bool = Field(
+        default=False,
+        description=(
+            "Allow sources on loopback, private, link-local, CGNAT and other non-public addresses "
+            "(local cameras, the test source). Off: such sources are refused at connect time."
+        ),
+    )
+    source_allow: SourceRuleList = Field(
+        default=(),
+        description=(
+            "Comma-separated CIDRs and host names (*.example.com for subdomains); when set, only "
+            "sources matching it are fetched, private ones included."
+        ),
+    )
+    source_deny: SourceRuleList = Field(
+        default=(),
+        description="Comma-separated CIDRs and host names never fetched (wins over the allow list).",
+    )
+    http_max_redirects: int = Field(default=5, ge=0, description="Redirect hops followed per request.")
+    http_playlist_max_bytes: int = Field(
+        default=8 * 1024**2, ge=1024, description="Largest playlist body; the download stops past it."
+    )
+    http_segment_max_bytes: int = Field(
+        default=64 * 1024**2, ge=1024, description="Largest segment body; the download stops past it."
+    )
+    http_playlist_deadline_seconds: float = Field(
+        default=20.0, gt=0, description="Total time one playlist fetch (redirects and body) may take."
+    )
+    http_segment_deadline_seconds: float = Field(
+        default=60.0, gt=0, description="Total time one segment fetch (redirects and body) may take."
+    )
+    http_max_connections_per_session: int = Field(
+        default=4, ge=1, description="Connection pool size of one session's fetcher."
     )
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from livestream.kafka.testing import create_test_topics, kafka_for_tests
 from schemas.topics import Topics
+
+# Every test source of this suite is on loopback, which the egress policy refuses by default:
+# allow it explicitly, at import time so that service processes the tests start inherit it.
+# Tests of the policy itself pass settings with it off.
+os.environ.setdefault("LIVESTREAM_INGEST_ALLOW_PRIVATE_SOURCES", "true")
 
 
 @pytest.fixture(scope="session")
