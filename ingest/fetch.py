@@ -180,11 +180,16 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
     one that has ours; the rest (request/response mapping, error mapping) is httpx's own.
     """
 
-    def __init__(self, egress: EgressPolicy, resolver: Resolver, limits: httpx.Limits) -> None:
+    def __init__(
+        self,
+        egress: EgressPolicy,
+        resolver: Resolver,
+        limits: httpx.Limits,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         super().__init__(limits=limits, trust_env=False)
-        context: ssl.SSLContext = httpx.create_ssl_context(trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=context,
+            ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -204,11 +209,14 @@ class HttpFetcher:
         *,
         resolver: Resolver = system_resolver,
         max_connections: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context``: the certificates trusted (None: httpx's default, certifi's CAs)."""
         policy = policy or FetchPolicy()
         egress = policy.egress_policy()
         self.policy = replace(policy, egress=egress)
         self._resolver = resolver
+        self._ssl_context = ssl_context
         connections = max_connections or self.policy.max_connections
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         # The pool timeout bounds the wait for a free connection of this (bounded) pool.
@@ -216,7 +224,7 @@ class HttpFetcher:
             self.policy.read_timeout, connect=self.policy.connect_timeout, pool=self.policy.read_timeout
         )
         self._client = httpx.AsyncClient(
-            transport=PinnedTransport(egress, resolver, limits),
+            transport=PinnedTransport(egress, resolver, limits, ssl_context),
             timeout=timeout,
             follow_redirects=False,  # each hop is re-checked in _fetch
             trust_env=False,  # a proxy from the environment would bypass the connect-time policy
@@ -227,7 +235,10 @@ class HttpFetcher:
         """A fetcher with the same policy and a pool of its own (``max_connections_per_session``);
         the caller closes it when the session ends."""
         return HttpFetcher(
-            self.policy, resolver=self._resolver, max_connections=self.policy.max_connections_per_session
+            self.policy,
+            resolver=self._resolver,
+            max_connections=self.policy.max_connections_per_session,
+            ssl_context=self._ssl_context,
         )
 
     async def get(self, url: str, *, retries: int | None = None, kind: FetchKind | None = None) -> Fetched:
@@ -389,9 +400,12 @@ def _reason(exc: BaseException) -> str:
     while cause is not None:
         if isinstance(cause, socket.gaierror):
             return f"cannot resolve host ({cause.strerror or cause})"
-        if isinstance(cause, OSError) and cause.errno is not None and cause.errno > 0:
-            return os.strerror(cause.errno)
+        # Before OSError: SSL errors are OSErrors whose errno is OpenSSL's, not the system's.
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS failed (certificate: {cause.verify_message or 'not verified'})"
         if isinstance(cause, ssl.SSLError):
             return f"TLS failed ({cause.reason or type(cause).__name__})"
+        if isinstance(cause, OSError) and cause.errno is not None and cause.errno > 0:
+            return os.strerror(cause.errno)
         cause = cause.__cause__ or cause.__context__
     return type(exc).__name__
