@@ -59,7 +59,7 @@ from api.errors import (
 )
 from api.feeds import AllSessionsFeed, SessionFeedHub, SseMessage, all_sessions_feed, session_feed
 from api.kafka_io import KafkaRuntime
-from api.limits import DeclaredBodyLimit, FeedLease, FeedSlots, RateLimiter, SessionQuota
+from api.limits import FeedLease, FeedSlots, RateLimiter, SessionQuota
 from api.sessions import Sessions
 from api.settings import ApiSettings
 from api.store import NO_CURSOR, ListsQuery, StoreWorker
@@ -424,11 +424,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
         description="NomadicML-compatible livestream sessions over Kafka.",
         version="0.2.0",
         lifespan=lifespan,
-        # Cuts off bodies sent without a Content-Length while they stream (DeclaredBodyLimit
-        # refuses a declared length above the limit before anything else runs).
+        # Starlette's body limit, outside every route: a declared Content-Length above it is
+        # refused before the body is read, a body without one is cut off while it streams.
+        # Routes read their form before resolving dependencies, so this answers 413 before
+        # authentication (and a bodiless route's answer is replaced by the 413).
         max_body_size=settings.max_body_bytes,
     )
-    app.add_middleware(DeclaredBodyLimit, max_bytes=settings.max_body_bytes)
     app.state.settings = settings
     app.state.authenticator = authenticator
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)

@@ -1,21 +1,17 @@
-"""Per-key limits: request rate (token bucket), concurrent SSE feeds, concurrent sessions, body size.
+"""Per-key limits: request rate (token bucket), concurrent SSE feeds, concurrent sessions.
 
-Pure state with an injectable clock, except ``DeclaredBodyLimit``, a pure ASGI middleware.
-A limit of 0 means "no limit". Everything here is per API process.
+Pure state with an injectable clock; a limit of 0 means "no limit"; everything is per API
+process. (The request body limit is FastAPI's own ``max_body_size``, see ``api.app``.)
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import RateLimited, TooManyFeeds, TooManySessions
 from api.tenants import Caller
@@ -163,49 +159,3 @@ class SessionQuota:
         finally:
             _decrement(self._starting_by_key, caller.key_id)
             _decrement(self._starting_by_tenant, caller.tenant)
-
-
-# --------------------------------------------------------------------------- body size
-
-
-class DeclaredBodyLimit:
-    """Pure ASGI middleware: 413 for a request whose ``Content-Length`` exceeds ``max_bytes``.
-
-    Answers before routing, so before authentication, rate limiting or any handler runs.
-    Bodies sent without a length (chunked) are cut off while they stream by FastAPI's own
-    ``max_body_size`` (set to the same limit, see ``api.app``).
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            declared = Headers(scope=scope).get("content-length")
-            if declared is not None and (not declared.strip().isdigit() or int(declared) > self.max_bytes):
-                await self._refuse(send, declared)
-                return
-        await self.app(scope, receive, send)
-
-    async def _refuse(self, send: Send, declared: str) -> None:
-        valid = declared.strip().isdigit()
-        status = 413 if valid else 400
-        detail = (
-            f"request body too large: at most {self.max_bytes} bytes"
-            if valid
-            else "Content-Length is not a number"
-        )
-        body = json.dumps({"detail": detail}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})

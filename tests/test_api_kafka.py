@@ -151,6 +151,7 @@ class Aggregator:
         event_count: int = 0,
         created_at: datetime | None = None,
         created_by: str | None = None,
+        tenant: str | None = None,
     ) -> SessionHeader:
         now = datetime.now(UTC)
         header = SessionHeader(
@@ -160,6 +161,7 @@ class Aggregator:
             source_url="https://example.com/live.m3u8",
             status=status,
             created_by=created_by,
+            tenant=tenant,
             created_at=created_at or now,
             updated_at=now,
             ended_at=now if status.terminal else None,
@@ -826,3 +828,212 @@ async def test_nomadic_sdk_works_unchanged(
     assert not_found.value.status_code == 404
     with pytest.raises(AuthenticationError, match="invalid API key"):
         await asyncio.to_thread(sdk_client(api.base_url, "wrong").livestream.get_sessions)
+
+
+# --------------------------------------------------------------------------- tenants and limits
+
+GLOBEX = {"Authorization": f"Bearer {GLOBEX_KEY}"}
+INITECH_KEY, INITECH_KEY_2 = "initech-key-0123456789ab", "initech-key2-0123456789a"
+
+
+async def test_another_tenant_gets_404_on_every_route_and_lists_only_its_own(
+    api: ApiServer, http: httpx.AsyncClient, aggregator: Aggregator
+) -> None:
+    # Ours: started through the API (tenant recorded), and one published without a tenant
+    # (a record older than tenants: the default tenant's, which is API_KEY's).
+    started = await start_session(http, stream_id="s-ten")
+    ours_id, stream_id = started["session_id"], "s-ten"
+    legacy_id = uuid.uuid4().hex
+    await aggregator.events(version(legacy_id, stream_id, 0, 1))
+    await aggregator.header(
+        legacy_id,
+        stream_id,
+        SessionStatus.ACTIVE,
+        cursor=1,
+        events_cursor=1,
+        created_by=key_fingerprint(API_KEY),
+    )
+    await wait_visible(http, stream_id, legacy_id, events_total=1)
+    assert (await http.get(f"/api/live/live-sessions/{stream_id}/{ours_id}")).json()["tenant"] == "default"
+    # Theirs: a globex session.
+    globex_id = uuid.uuid4().hex
+    await aggregator.header(
+        globex_id,
+        stream_id,
+        SessionStatus.ACTIVE,
+        cursor=1,
+        created_by=key_fingerprint(GLOBEX_KEY),
+        tenant="globex",
+    )
+
+    async def globex_sees_theirs() -> bool:
+        response = await http.get(f"/api/live/live-sessions/{stream_id}/{globex_id}", headers=GLOBEX)
+        return response.status_code == 200
+
+    await eventually(globex_sees_theirs, "globex to see its session")
+
+    for session_id in (ours_id, legacy_id):
+        base = f"/api/live/live-sessions/{stream_id}/{session_id}"
+        for path in (base, f"{base}/events", f"{base}/events/stream"):
+            answer = await http.get(path, headers=GLOBEX)
+            assert answer.status_code == 404, (path, answer.text)
+        ended = await http.post(
+            "/api/live/end-session", data={"stream_id": stream_id, "session_id": session_id}, headers=GLOBEX
+        )
+        assert ended.status_code == 404  # not 403: another tenant's session does not exist for it
+    assert (await http.get(f"/api/live/live-sessions/{stream_id}/{globex_id}")).status_code == 404
+    assert (
+        await http.post("/api/live/end-session", data={"stream_id": stream_id, "session_id": globex_id})
+    ).status_code == 404
+
+    for scope in ("personal", "org", "all"):
+        listed = (
+            await http.get("/api/live/live-sessions", params={"scope": scope, "limit": 1000}, headers=GLOBEX)
+        ).json()
+        assert [s["session_id"] for s in listed["sessions"]] == [globex_id], scope
+        ours = (await http.get("/api/live/live-sessions", params={"scope": scope, "limit": 1000})).json()
+        assert globex_id not in {s["session_id"] for s in ours["sessions"]}
+    org = (await http.get("/api/live/live-sessions", params={"scope": "org", "limit": 1000})).json()
+    assert {ours_id, legacy_id} <= {s["session_id"] for s in org["sessions"]}
+
+    # Within a tenant scopes keep their meaning: another key of ours sees the session with
+    # scope=org and reads it, not with personal, and may not end it (403).
+    other = {"Authorization": f"Bearer {OTHER_KEY}"}
+    personal = (await http.get("/api/live/live-sessions", headers=other)).json()["sessions"]
+    assert ours_id not in {s["session_id"] for s in personal}
+    same_org = (
+        await http.get("/api/live/live-sessions", params={"scope": "org", "limit": 1000}, headers=other)
+    ).json()
+    assert ours_id in {s["session_id"] for s in same_org["sessions"]}
+    assert (
+        await http.get(f"/api/live/live-sessions/{stream_id}/{ours_id}", headers=other)
+    ).status_code == 200
+    forbidden = await http.post(
+        "/api/live/end-session", data={"stream_id": stream_id, "session_id": ours_id}, headers=other
+    )
+    assert forbidden.status_code == 403
+
+
+async def test_all_sessions_feed_carries_only_the_callers_tenant(
+    api: ApiServer, http: httpx.AsyncClient, aggregator: Aggregator
+) -> None:
+    stream_id = "s-tenfeed"
+    ours_id, globex_id = uuid.uuid4().hex, uuid.uuid4().hex
+    url = f"{api.base_url}/api/live/events/stream"
+    async with (
+        httpx.AsyncClient(timeout=WAIT_S) as client,
+        client.stream("GET", url, params={"scope": "all"}, headers=GLOBEX) as theirs,
+        client.stream("GET", url, params={"scope": "all"}, headers=HEADERS) as ours,
+    ):
+        await asyncio.sleep(0.2)
+        await aggregator.header(ours_id, stream_id, SessionStatus.ACTIVE, cursor=1)  # default tenant
+        await aggregator.events(version(ours_id, stream_id, 0, 2))
+        await aggregator.header(globex_id, stream_id, SessionStatus.ACTIVE, cursor=1, tenant="globex")
+        seen_by_them = await asyncio.wait_for(anext(read_sse(theirs)), WAIT_S)
+        our_messages = read_sse(ours)
+        seen_by_us = [await asyncio.wait_for(anext(our_messages), WAIT_S) for _ in range(2)]
+    assert json.loads(seen_by_them["data"])["session_id"] == globex_id
+    assert {json.loads(m["data"])["session_id"] for m in seen_by_us} == {ours_id}
+
+
+async def test_query_credentials_are_refused_off_sse_and_a_feed_token_opens_the_feed(
+    api: ApiServer, http: httpx.AsyncClient, aggregator: Aggregator
+) -> None:
+    refused = await http.get("/api/live/live-sessions", params={"api_key": API_KEY}, headers={})
+    assert refused.status_code == 401 and "accepted only by the SSE routes" in refused.json()["detail"]
+    with_header_too = await http.get("/api/live/live-sessions", params={"api_key": API_KEY})
+    assert with_header_too.status_code == 401
+
+    session_id, stream_id = uuid.uuid4().hex, "s-token"
+    await aggregator.events(version(session_id, stream_id, 0, 1))
+    await aggregator.header(session_id, stream_id, SessionStatus.FINISHED, cursor=2, events_cursor=1)
+    await wait_visible(http, stream_id, session_id, status="FINISHED", events_total=1)
+    token = (await http.post("/api/live/feed-token")).json()["token"]
+    url = f"{api.base_url}/api/live/live-sessions/{stream_id}/{session_id}/events/stream"
+    async with (
+        httpx.AsyncClient(timeout=WAIT_S) as browser,  # no headers: only the token
+        browser.stream("GET", url, params={"token": token}) as response,
+    ):
+        assert response.status_code == 200
+        messages = [m async for m in read_sse(response)]
+    assert ids(messages) == [("detection", "1"), ("end", "2")]
+    async with httpx.AsyncClient(timeout=WAIT_S) as browser:
+        assert (await browser.get(url, params={"token": token[:-3]})).status_code == 401
+        globex_token = (await browser.post(f"{api.base_url}/api/live/feed-token", headers=GLOBEX)).json()[
+            "token"
+        ]
+        assert (await browser.get(url, params={"token": globex_token})).status_code == 404
+
+
+@pytest.fixture(scope="module")
+async def limited_api(kafka_bootstrap: str, api_topics: Topics) -> AsyncIterator[ApiServer]:
+    """A second API on the same topics with tight per-key limits."""
+    settings = ApiSettings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=api_topics.prefix,
+        # A tenant of its own, so sessions of the other tests do not count against its limits.
+        tenants=json.dumps({"initech": [INITECH_KEY, INITECH_KEY_2]}),
+        sse_ping_seconds=1,
+        rate_limit_per_second=0,
+        max_active_sessions_per_key=2,
+        max_active_sessions_per_tenant=3,
+        max_sse_per_key=1,
+    )
+    server = ApiServer(settings)
+    await server.start()
+
+    async def ready() -> bool:
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            return (await client.get("/healthz")).status_code == 200
+
+    await eventually(ready, "the limited API to catch up", within_s=60)
+    yield server
+    server.stop()
+
+
+async def test_running_sessions_and_open_feeds_are_capped_with_429(
+    limited_api: ApiServer, aggregator: Aggregator
+) -> None:
+    mine, other = {"Authorization": f"Bearer {INITECH_KEY}"}, {"Authorization": f"Bearer {INITECH_KEY_2}"}
+    async with httpx.AsyncClient(base_url=limited_api.base_url, timeout=WAIT_S) as client:
+        form = {"source_url": "https://example.com/live.m3u8", "name": "cam"}
+        first = await client.post("/api/live/start-session", data=form, headers=mine)
+        second = await client.post("/api/live/start-session", data=form, headers=mine)
+        assert first.status_code == second.status_code == 200
+        over_key = await client.post("/api/live/start-session", data=form, headers=mine)
+        assert over_key.status_code == 429 and over_key.headers["retry-after"]
+        assert "this API key already has 2 sessions running" in over_key.json()["detail"]
+        assert (await client.post("/api/live/start-session", data=form, headers=other)).status_code == 200
+        over_tenant = await client.post("/api/live/start-session", data=form, headers=other)
+        assert over_tenant.status_code == 429 and "organisation already has 3" in over_tenant.json()["detail"]
+
+        # A finished session frees its place.
+        done = first.json()
+        await aggregator.header(
+            done["session_id"],
+            done["stream_id"],
+            SessionStatus.FINISHED,
+            created_by=key_fingerprint(INITECH_KEY),
+            tenant="initech",
+        )
+
+        async def started_again() -> bool:
+            response = await client.post("/api/live/start-session", data=form, headers=mine)
+            return response.status_code == 200
+
+        await eventually(started_again, "a start once a session finished")
+
+        # One open feed per key: the second answers 429 until the first closes.
+        url = "/api/live/events/stream"
+        async with client.stream("GET", url, headers=mine) as open_feed:
+            assert open_feed.status_code == 200
+            second_feed = await client.get(url, headers=mine)
+            assert second_feed.status_code == 429 and "1 event feeds open" in second_feed.json()["detail"]
+            async with client.stream("GET", url, headers=other) as others_feed:  # per key
+                assert others_feed.status_code == 200
+
+        async def feed_slot_freed() -> bool:
+            async with client.stream("GET", url, headers=mine) as reopened:
+                return reopened.status_code == 200
+
+        await eventually(feed_slot_freed, "the closed feed's slot to be freed")
