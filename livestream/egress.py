@@ -181,6 +181,9 @@ def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address((total << (8 * (5 - len(numbers)))) | last)
 
 
+_HOST_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
+
+
 def normalize_host(host: str) -> str:
     """Lower case, IDNA (ASCII) form, no brackets, no trailing dot: the form rules are matched on."""
     text = host.strip().strip("[]").rstrip(".").lower()
@@ -189,6 +192,14 @@ def normalize_host(host: str) -> str:
             text = httpx.URL(f"http://{text}/").raw_host.decode("ascii")
         except (httpx.InvalidURL, UnicodeError) as exc:
             raise InvalidSourceURLError(f"host {host!r} is not a valid host name") from exc
+    if ":" in text:  # an IPv6 literal (the only hosts with colons)
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError as exc:
+            raise InvalidSourceURLError(f"host {host!r} is not a valid IPv6 address") from exc
+    elif not text or not set(text) <= _HOST_NAME_CHARACTERS:
+        # e.g. percent-encoded hosts: no resolver should be asked to make sense of them.
+        raise InvalidSourceURLError(f"host {host!r} is not a valid host name")
     return text
 
 
@@ -361,8 +372,9 @@ class EgressPolicy:
         for ip in addresses:
             category = classify_address(ip)
             if category is not None:
+                article = "an" if category[0] in "aeiou" else "a"
                 raise EgressRefusedError(
-                    f"source resolves to a {category} address ({_shown(ip)}), refused by the egress "
+                    f"source resolves to {article} {category} address ({_shown(ip)}), refused by the egress "
                     f"policy; {_HINT}"
                 )
 

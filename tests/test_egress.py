@@ -181,6 +181,8 @@ class FakeResolver:
         "http://good.example:pw@127.0.0.1:80/live.m3u8",
         "https://169.254.169.254/latest/meta-data/",
         "http://0.0.0.0/",
+        "http://0/",
+        "http://127。0。0。1/",  # ideographic full stops: IDNA maps them to dots
     ],
 )
 async def test_api_check_refuses_local_sources_in_any_spelling(url: str) -> None:
@@ -218,7 +220,14 @@ def test_refusal_reason_is_readable() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://cam.example/live.m3u8", "http:///live.m3u8", "not a url", "http://0177.0.0.1/"]
+    "url",
+    [
+        "ftp://cam.example/live.m3u8",
+        "http:///live.m3u8",
+        "not a url",
+        "http://0177.0.0.1/",
+        "http://%31%32%37.0.0.1/",
+    ],
 )
 async def test_unusable_urls_are_refused(url: str) -> None:
     with pytest.raises((InvalidSourceURLError, EgressRefusedError)):
