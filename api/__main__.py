@@ -6,11 +6,21 @@ import logging
 import sys
 
 import uvicorn
+from fastapi import FastAPI
 
 from api.app import create_app
 from api.logs import install_redaction
 from api.settings import ApiSettings
 from livestream.errors import ConfigurationError
+
+
+def server_config(app: FastAPI, settings: ApiSettings) -> uvicorn.Config:
+    """uvicorn's configuration, with credentials redacted from its access and error logs."""
+    # SSE streams are long-lived: bound how long shutdown waits for them.
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=10)
+    # After Config, which (re)configures uvicorn's loggers: access lines print the query string.
+    install_redaction("uvicorn.access", "uvicorn.error")
+    return config
 
 
 def main() -> int:
@@ -21,11 +31,7 @@ def main() -> int:
     except ConfigurationError as exc:
         print(f"livestream API: {exc}", file=sys.stderr)
         return 2
-    # SSE streams are long-lived: bound how long shutdown waits for them.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=10)
-    # After Config, which (re)configures uvicorn's loggers: access lines print the query string.
-    install_redaction("uvicorn.access", "uvicorn.error")
-    uvicorn.Server(config).run()
+    uvicorn.Server(server_config(app, settings)).run()
     return 0
 
 

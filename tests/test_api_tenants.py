@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from api.__main__ import server_config
 from api.app import create_app
 from api.errors import AuthenticationFailed, RateLimited, TooManyFeeds, TooManySessions
 from api.limits import FeedSlots, RateLimiter, SessionQuota, TokenBucket
@@ -351,3 +352,21 @@ def test_cli_gives_the_api_every_configured_key_or_a_long_enough_generated_one(
     first, env = api_keys_for_stack({"default": (ACME_KEY, ACME_KEY_2)})
     # The stack would set LIVESTREAM_API_KEYS to the one key it is given: the list is put back.
     assert first == ACME_KEY and env == {"LIVESTREAM_API_KEYS": f"{ACME_KEY},{ACME_KEY_2}"}
+
+
+def test_the_served_access_log_prints_no_credentials() -> None:
+    settings = ApiSettings(keys=ACME_KEY)
+    server_config(create_app(settings), settings)  # configures uvicorn's loggers, then redaction
+    access = logging.getLogger("uvicorn.access")
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    access.addHandler(handler)
+    try:
+        path = f"/api/live/events/stream?api_key={ACME_KEY}&token=t.sig"
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET", path, "1.1", 200)
+    finally:
+        access.removeHandler(handler)
+    assert lines == [
+        '127.0.0.1:1 - "GET /api/live/events/stream?api_key=REDACTED&token=REDACTED HTTP/1.1" 200'
+    ]
