@@ -173,12 +173,14 @@ class SessionView:
 
     def pending_starts(self, audience: Audience | None = None) -> list[SessionHeader]:
         """Started sessions with no published header yet, or only a placeholder (``audience``'s)."""
-        return [
-            header
-            for session_id, header in self._pending_starts.items()
-            if not (published := self._published(session_id)) or not published.source_url
-            if audience is None or audience.sees(owner_of(header, self.default_tenant))
-        ]
+        listed: list[SessionHeader] = []
+        for session_id, header in self._pending_starts.items():
+            published = self._published(session_id)
+            if published is not None and published.source_url:
+                continue  # the published header is listed (from the store) in its place
+            if audience is None or audience.sees(owner_of(header, self.default_tenant)):
+                listed.append(header)
+        return listed
 
     def running(self) -> list[Owner]:
         """Owners of the sessions not FINISHED/FAILED (published or pending), one per session."""

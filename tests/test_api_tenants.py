@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from api.errors import AuthenticationFailed, RateLimited, TooManyFeeds, TooManyS
 from api.limits import FeedSlots, RateLimiter, SessionQuota, TokenBucket
 from api.logs import RedactCredentials, redact_credentials
 from api.settings import ApiSettings
+from api.store import RawRecord, SessionStore, TopicKind
 from api.tenants import (
     Audience,
     Caller,
@@ -31,9 +33,10 @@ from api.tenants import (
     session_tenant,
 )
 from api.tokens import FeedTokens
+from api.views import SessionView
 from livestream.cli import api_keys_for_stack
 from livestream.errors import ConfigurationError
-from schemas.records import SessionHeader, SessionStatus
+from schemas.records import SessionHeader, SessionStatus, StartSession
 
 ACME_KEY = "acme-key-0123456789abcdef"
 ACME_KEY_2 = "acme-key2-0123456789abcde"
@@ -370,3 +373,71 @@ def test_the_served_access_log_prints_no_credentials() -> None:
     assert lines == [
         '127.0.0.1:1 - "GET /api/live/events/stream?api_key=REDACTED&token=REDACTED HTTP/1.1" 200'
     ]
+
+
+# --------------------------------------------------------------------------- the view and the store
+
+
+def _header(session_id: str, *, tenant: str | None, created_by: str, status: SessionStatus) -> SessionHeader:
+    now = datetime.now(UTC)
+    return SessionHeader(
+        stream_id="st",
+        session_id=session_id,
+        name="n",
+        source_url="https://example.com/a.m3u8",
+        status=status,
+        tenant=tenant,
+        created_by=created_by,
+        created_at=now,
+        updated_at=now,
+        ended_at=now if status.terminal else None,
+    )
+
+
+def test_view_counts_running_sessions_per_owner_and_lists_pending_starts_per_audience() -> None:
+    view = SessionView(default_tenant="default")
+    now = datetime.now(UTC)
+    view.apply_header(_header("a1", tenant="acme", created_by="k1", status=SessionStatus.ACTIVE), now)
+    view.apply_header(_header("a2", tenant="acme", created_by="k1", status=SessionStatus.FINISHED), now)
+    view.apply_header(_header("old", tenant=None, created_by="k9", status=SessionStatus.ACTIVE), now)
+    start = StartSession(
+        session_id="p1",
+        stream_id="st",
+        name="n",
+        source_url="https://e.com/a.m3u8",
+        created_by="k2",
+        tenant="acme",
+    )
+    view.add_pending_start(start)
+    assert sorted((o.tenant, o.created_by) for o in view.running()) == [
+        ("acme", "k1"),
+        ("acme", "k2"),
+        ("default", "k9"),
+    ]
+    assert [h.session_id for h in view.pending_starts(Audience("acme"))] == ["p1"]
+    assert view.pending_starts(Audience("acme", "k1")) == [] and view.pending_starts(Audience("globex")) == []
+    # A placeholder (records before the start command) keeps the pending start's owner.
+    placeholder = _header("p1", tenant=None, created_by="", status=SessionStatus.ACTIVE).model_copy(
+        update={"source_url": "", "created_by": None}
+    )
+    view.apply_header(placeholder, now)
+    assert view.owner("p1") == Owner("acme", "k2")
+    assert [h.session_id for h in view.pending_starts(Audience("acme"))] == ["p1"]
+
+
+def test_store_lists_by_tenant_with_older_records_in_the_default_tenant(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path / "s.sqlite3", 4, default_tenant="default")
+    records = [
+        _header("a1", tenant="acme", created_by="k1", status=SessionStatus.ACTIVE),
+        _header("a2", tenant="acme", created_by="k2", status=SessionStatus.ACTIVE),
+        _header("old", tenant=None, created_by="k9", status=SessionStatus.ACTIVE),
+        _header("ph", tenant=None, created_by="k9", status=SessionStatus.ACTIVE).model_copy(
+            update={"source_url": ""}
+        ),
+    ]
+    store.apply([RawRecord(TopicKind.HEADERS, h.session_id.encode(), h.to_bytes()) for h in records])
+    assert {h.session_id for h in store.list_headers(Audience("acme"), None, 10)} == {"a1", "a2"}
+    assert [h.session_id for h in store.list_headers(Audience("acme", "k2"), None, 10)] == ["a2"]
+    assert [h.session_id for h in store.list_headers(Audience("default"), None, 10)] == ["old"]  # not "ph"
+    assert store.list_headers(Audience("globex"), None, 10) == []
+    store.close()
