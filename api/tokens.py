@@ -24,6 +24,7 @@ from api.errors import AuthenticationFailed
 from api.tenants import Caller
 
 MAX_TOKEN_LENGTH = 512
+INVALID = "invalid feed token: ask POST /api/live/feed-token for a new one"
 
 
 def _b64encode(data: bytes) -> str:
@@ -60,15 +61,16 @@ class FeedTokens:
 
     def verify(self, token: str) -> Caller:
         """The caller a token was issued to; ``AuthenticationFailed`` when forged, garbled or expired."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise AuthenticationFailed(INVALID)
         payload, _, signature = token.strip().partition(".")
-        if len(token) > MAX_TOKEN_LENGTH or not hmac.compare_digest(self._sign(payload), signature):
-            raise AuthenticationFailed("invalid feed token: ask POST /api/live/feed-token for a new one")
+        # Bytes: compare_digest refuses str with non-ASCII characters.
+        if not hmac.compare_digest(self._sign(payload).encode(), signature.encode()):
+            raise AuthenticationFailed(INVALID)
         try:
             tenant, key_id, expires_at = json.loads(_b64decode(payload))
         except (binascii.Error, UnicodeDecodeError, ValueError, TypeError) as exc:
-            raise AuthenticationFailed(
-                "invalid feed token: ask POST /api/live/feed-token for a new one"
-            ) from exc
+            raise AuthenticationFailed(INVALID) from exc
         if not isinstance(expires_at, int) or self._clock() >= expires_at:
             raise AuthenticationFailed("expired feed token: ask POST /api/live/feed-token for a new one")
         return Caller(str(tenant), str(key_id))

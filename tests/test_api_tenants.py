@@ -169,7 +169,14 @@ def test_feed_tokens_verify_until_they_expire_and_refuse_tampering() -> None:
     assert tokens.verify(issued.token) == caller
     payload, _, signature = issued.token.partition(".")
     forged_payload = FeedTokens(300, clock=clock).issue(Caller("globex", caller.key_id)).token.split(".")[0]
-    for bad in (f"{forged_payload}.{signature}", f"{payload}.{signature[:-2]}", "garbage", "", "a" * 600):
+    for bad in (
+        f"{forged_payload}.{signature}",
+        f"{payload}.{signature[:-2]}",
+        f"{payload}.é{signature}",
+        "garbage",
+        "",
+        "a" * 600,
+    ):
         with pytest.raises(AuthenticationFailed, match="invalid feed token"):
             tokens.verify(bad)
     with pytest.raises(AuthenticationFailed, match="invalid"):
