@@ -434,3 +434,50 @@ async def test_a_session_on_a_refused_source_fails_with_the_policys_reason(
     assert "LIVESTREAM_INGEST_ALLOW_PRIVATE_SOURCES=true" in report.reason
     assert "pw" not in report.reason.replace("pw@", "")  # the URL is shown redacted
     assert local.requests == []
+
+
+@pytest.mark.parametrize(
+    "location", ["file:///etc/passwd", "gopher://127.0.0.2/x", "ftp://127.0.0.1/live.m3u8"]
+)
+async def test_redirects_to_other_schemes_are_refused(
+    allowed: FaultServer, fetcher: HttpFetcher, location: str
+) -> None:
+    allowed.routes["/live.m3u8"] = allowed.respond("302 Found", b"", {"Location": location})
+    with pytest.raises(FetchError) as refused:
+        await fetcher.get(allowed.url("/live.m3u8"))
+    assert not refused.value.retryable
+    assert len(allowed.requests) == 1
+
+
+async def test_settings_reach_the_fetch_policy(tmp_path: Path) -> None:
+    settings = IngestSettings(
+        storage_dir=tmp_path,
+        allow_private_sources=False,
+        source_allow="127.0.0.2/32",
+        http_playlist_max_bytes=2048,
+        http_segment_max_bytes=4096,
+        http_playlist_deadline_seconds=3.0,
+        http_max_redirects=2,
+        http_max_connections_per_session=2,
+    )
+    policy = FetchPolicy.of(settings)
+    assert policy.limits_of("playlist") == (2048, 3.0)
+    assert policy.limits_of("segment") == (4096, 60.0)
+    assert policy.max_redirects == 2 and policy.max_connections_per_session == 2
+    assert policy.egress is not None and not policy.egress.allow_private
+    assert policy.egress.allow.matches_address(ipaddress.ip_address("127.0.0.2"))
+
+
+async def test_playlist_limits_apply_to_m3u8_paths_by_default(allowed: FaultServer) -> None:
+    body = b"#EXTM3U\n" + b"#" * 5000
+    allowed.routes["/live.m3u8"] = allowed.respond("200 OK", body)
+    allowed.routes["/seg.ts"] = allowed.respond("200 OK", body)
+    fetcher = HttpFetcher(refusing_policy(playlist_max_bytes=4096, segment_max_bytes=8192))
+    try:
+        with pytest.raises(FetchError, match="playlist too large"):
+            await fetcher.get(allowed.url("/live.m3u8"))
+        assert (await fetcher.get(allowed.url("/seg.ts"))).content == body
+        with pytest.raises(FetchError, match="playlist too large"):
+            await fetcher.get(allowed.url("/seg.ts"), kind="playlist")
+    finally:
+        await fetcher.aclose()
