@@ -50,7 +50,11 @@ def resume_mark(marks: Iterable[SegmentMark], covered_time: float) -> SegmentMar
 
 
 def build_checkpoint(
-    command: StartSession, chunks_published: int, chunk_seconds: float, mark: SegmentMark
+    command: StartSession,
+    chunks_published: int,
+    chunk_seconds: float,
+    mark: SegmentMark,
+    crash_resumes: int = 0,
 ) -> IngestCheckpoint:
     return IngestCheckpoint(
         session_id=command.session_id,
@@ -65,6 +69,7 @@ def build_checkpoint(
         resume_ingested_at=mark.ingested_at,
         segments_decoded=mark.segments_decoded,
         manifest_entries=mark.manifest_entries,
+        crash_resumes=crash_resumes,
     )
 
 

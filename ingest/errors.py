@@ -38,6 +38,14 @@ class DecodeError(IngestError):
     """A segment whose bytes hold no decodable video."""
 
 
+class DecodeRefusedError(DecodeError):
+    """A segment ingest refuses to decode: frames too large, too many frames for its duration."""
+
+
+class SessionQuarantinedError(IngestError):
+    """A session whose runs crashed its ingest instance too many times; it is not resumed again."""
+
+
 class SourceStalledError(IngestError):
     """A live playlist that stopped producing new segments for longer than the stall timeout."""
 

@@ -2,19 +2,47 @@
 
 Only what ingest needs is modelled; unknown tags are ignored, as the spec asks of clients.
 Segment URIs are resolved against the playlist URL, so callers always get absolute URLs.
+
+Playlists come from untrusted sources, so parsing is linear in the size of the text (no
+backtracking regular expressions: attribute lists are read by a small scanner that consumes
+what it scans) and refuses, with a ``PlaylistError`` naming what was wrong, values ingest
+cannot work with: non-finite or absurd durations, negative or overflowing sequence numbers,
+more entries or longer lines than ``PlaylistLimits`` allows. An error never quotes the
+playlist's text (it may be anything: an HTML page, someone's secrets); it names the tag and
+line number instead.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urljoin
 
 from ingest.errors import PlaylistError
 
-# Attribute lists: KEY=value pairs where a quoted value may contain commas.
-_ATTRIBUTE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
+# Media sequence numbers are unsigned 64-bit in RFC 8216; we keep them below 2**63 so that
+# every arithmetic on them stays an ordinary signed 64-bit value downstream (JSON, Kafka keys).
+MAX_MEDIA_SEQUENCE = 2**63 - 1
+# An #EXT-X-TARGETDURATION beyond this is not a live stream ingest can follow.
+MAX_TARGET_DURATION_S = 300.0
+# An #EXTINF may exceed the target duration (rounding, sloppy packagers), but not by this much:
+# refused when it is both over EXTINF_TARGET_FACTOR x the target and over EXTINF_ABSOLUTE_S.
+EXTINF_TARGET_FACTOR = 3.0
+EXTINF_ABSOLUTE_S = 30.0
+_MAX_INTEGER_DIGITS = 20  # more digits cannot be a 64-bit value: refused before int()
+
+_KEY_END = re.compile(r"[=,]")  # one character class: no backtracking
+_ATTRIBUTE_NAME = re.compile(r"[A-Z0-9-]+")
+
+
+@dataclass(frozen=True)
+class PlaylistLimits:
+    """What one playlist may hold (``IngestSettings.playlist_max_*``)."""
+
+    max_entries: int = 20_000  # segments of a media playlist, variants of a master playlist
+    max_line_bytes: int = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -61,43 +89,109 @@ class MediaPlaylist:
     def last_media_sequence(self) -> int | None:
         return self.segments[-1].media_sequence if self.segments else None
 
+    @property
+    def duration(self) -> float:
+        """Sum of the listed segments' durations."""
+        return math.fsum(segment.duration for segment in self.segments)
+
+
+class _LineError(ValueError):
+    """What is wrong with one line (turned into a ``PlaylistError`` naming the tag and line)."""
+
 
 def parse_attributes(text: str) -> dict[str, str]:
-    """``BANDWIDTH=1280000,CODECS="avc1,mp4a"`` -> ``{"BANDWIDTH": "1280000", "CODECS": "avc1,mp4a"}``."""
-    return {key: value.strip('"') for key, value in _ATTRIBUTE.findall(text)}
+    """``BANDWIDTH=1280000,CODECS="avc1,mp4a"`` -> ``{"BANDWIDTH": "1280000", "CODECS": "avc1,mp4a"}``.
+
+    Linear: every search starts where the previous one ended and what it scanned is consumed.
+    Tokens without ``=`` and names outside ``[A-Z0-9-]`` are skipped; an unterminated quoted
+    value runs to the end of the text.
+    """
+    attributes: dict[str, str] = {}
+    position, size = 0, len(text)
+    while position < size:
+        found = _KEY_END.search(text, position)
+        if found is None:
+            break  # a trailing token without '='
+        name = text[position : found.start()].strip()
+        position = found.end()
+        if found.group() == ",":
+            continue  # a token without '='
+        if position < size and text[position] == '"':
+            close = text.find('"', position + 1)
+            if close < 0:
+                value, position = text[position + 1 :], size
+            else:
+                value = text[position + 1 : close]
+                comma = text.find(",", close + 1)  # anything between the quote and the comma is dropped
+                position = size if comma < 0 else comma + 1
+        else:
+            comma = text.find(",", position)
+            end = size if comma < 0 else comma
+            value, position = text[position:end].strip(), end + 1
+        if _ATTRIBUTE_NAME.fullmatch(name):
+            attributes[name] = value
+    return attributes
 
 
-def parse_playlist(text: str, url: str) -> MasterPlaylist | MediaPlaylist:
-    """Parse one M3U8 document fetched from ``url``; raise ``PlaylistError`` when it is not one."""
-    lines = [line.strip() for line in text.lstrip("\ufeff").splitlines()]
-    lines = [line for line in lines if line]
-    if not lines or lines[0] != "#EXTM3U":
-        raise PlaylistError(f"not an M3U8 playlist ({_describe(text)})", url=url)
-    if any(line.startswith("#EXT-X-STREAM-INF") for line in lines):
-        return _parse_master(lines, url)
-    return _parse_media(lines, url)
+def parse_playlist(
+    text: str, url: str, limits: PlaylistLimits | None = None
+) -> MasterPlaylist | MediaPlaylist:
+    """Parse one M3U8 document fetched from ``url``; raise ``PlaylistError`` when it is not one
+    or holds what ``limits`` and the sanity bounds above refuse."""
+    limits = limits or PlaylistLimits()
+    lines = text.lstrip("\ufeff").splitlines()
+    first = next((line.strip() for line in lines if line.strip()), None)
+    if first != "#EXTM3U":
+        raise PlaylistError(
+            f"the source is not an HLS playlist: no #EXTM3U header ({_describe(text)})", url=url
+        )
+    numbered: list[tuple[int, str]] = []
+    for number, raw in enumerate(lines, start=1):
+        if len(raw) > limits.max_line_bytes // 4 and len(raw.encode()) > limits.max_line_bytes:
+            raise PlaylistError(
+                f"playlist line {number} is longer than {limits.max_line_bytes} bytes "
+                "(LIVESTREAM_INGEST_PLAYLIST_MAX_LINE_BYTES)",
+                url=url,
+            )
+        line = raw.strip()
+        if line:
+            numbered.append((number, line))
+    body = numbered[1:]
+    if any(line.startswith("#EXT-X-STREAM-INF") for _, line in body):
+        return _parse_master(body, url, limits)
+    return _parse_media(body, url, limits)
 
 
 def _describe(text: str) -> str:
-    """What a non-playlist body looks like, readable in a status reason."""
-    head = text.strip()[:60]
-    if not head:
-        return "empty response"
-    if any(not (ch.isprintable() or ch.isspace()) or ch == "\ufffd" for ch in head):
-        return f"binary content, {len(text)} characters"
-    return f"starts with {head.splitlines()[0]!r}"
+    """What a non-playlist body is, without quoting it: its size and whether it is text."""
+    size = len(text.encode("utf-8", errors="replace"))
+    if not text.strip():
+        return "empty response" if size == 0 else f"{size} bytes of whitespace"
+    sample = text[:512]
+    if "\ufffd" in sample or any(not (ch.isprintable() or ch.isspace()) for ch in sample):
+        return f"{size} bytes, binary"
+    return f"{size} bytes of text"
 
 
-def _parse_master(lines: list[str], url: str) -> MasterPlaylist:
+def _too_many(kind: str, limits: PlaylistLimits, url: str) -> PlaylistError:
+    return PlaylistError(
+        f"playlist lists more than {limits.max_entries} {kind} (LIVESTREAM_INGEST_PLAYLIST_MAX_ENTRIES)",
+        url=url,
+    )
+
+
+def _parse_master(lines: list[tuple[int, str]], url: str, limits: PlaylistLimits) -> MasterPlaylist:
     variants: list[Variant] = []
     pending: dict[str, str] | None = None
-    for line in lines[1:]:
+    for number, line in lines:
         if line.startswith("#EXT-X-STREAM-INF:"):
             pending = parse_attributes(line.split(":", 1)[1])
         elif line.startswith("#"):
             continue
         elif pending is not None:
-            variants.append(_variant(pending, urljoin(url, line), url))
+            if len(variants) >= limits.max_entries:
+                raise _too_many("variants", limits, url)
+            variants.append(_variant(pending, _resolve(url, line, number), url))
             pending = None
     if not variants:
         raise PlaylistError("master playlist lists no variant URI", url=url)
@@ -106,18 +200,55 @@ def _parse_master(lines: list[str], url: str) -> MasterPlaylist:
 
 def _variant(attributes: dict[str, str], uri: str, url: str) -> Variant:
     try:
-        bandwidth = int(attributes["BANDWIDTH"])
-    except (KeyError, ValueError) as exc:
+        bandwidth = _integer(attributes["BANDWIDTH"], "BANDWIDTH")
+    except (KeyError, _LineError) as exc:
         raise PlaylistError("variant without a valid BANDWIDTH", url=url, variant=uri) from exc
     resolution = None
     if "RESOLUTION" in attributes:
         width, _, height = attributes["RESOLUTION"].lower().partition("x")
-        if width.isdigit() and height.isdigit():
+        if _is_small_decimal(width) and _is_small_decimal(height):
             resolution = (int(width), int(height))
     return Variant(uri=uri, bandwidth=bandwidth, resolution=resolution, codecs=attributes.get("CODECS"))
 
 
-def _parse_media(lines: list[str], url: str) -> MediaPlaylist:
+def _is_small_decimal(text: str) -> bool:
+    return 0 < len(text) <= _MAX_INTEGER_DIGITS and text.isascii() and text.isdigit()
+
+
+def _integer(text: str, what: str) -> int:
+    """A decimal-integer attribute (RFC 8216 4.2): ASCII digits only, at most 64 bits."""
+    text = text.strip()
+    if not _is_small_decimal(text):
+        raise _LineError(f"{what} is not a decimal integer")
+    value = int(text)
+    if value > MAX_MEDIA_SEQUENCE:
+        raise _LineError(f"{what} is larger than 2**63 - 1")
+    return value
+
+
+def _seconds(text: str, what: str) -> float:
+    """A decimal-floating-point duration: finite and not negative."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise _LineError(f"{what} is not a number") from None
+    if not math.isfinite(value):
+        raise _LineError(f"{what} is not finite")
+    if value < 0:
+        raise _LineError(f"{what} is negative")
+    return value
+
+
+def _date(text: str) -> datetime:
+    try:
+        date = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise _LineError("#EXT-X-PROGRAM-DATE-TIME is not an ISO 8601 date") from None
+    # A date without a zone is read as UTC, so that dates of one playlist always compare.
+    return date if date.tzinfo is not None else date.replace(tzinfo=UTC)
+
+
+def _parse_media(lines: list[tuple[int, str]], url: str, limits: PlaylistLimits) -> MediaPlaylist:
     target_duration: float | None = None
     first_sequence = 0
     playlist_type: str | None = None
@@ -127,49 +258,61 @@ def _parse_media(lines: list[str], url: str) -> MediaPlaylist:
     discontinuity = False
     explicit_date: datetime | None = None
     next_date: datetime | None = None  # extrapolated PROGRAM-DATE-TIME of the next segment
-    for number, line in enumerate(lines[1:], start=2):
+    for number, line in lines:
         tag, _, value = line.partition(":")
         try:
             if tag == "#EXT-X-TARGETDURATION":
-                target_duration = float(value)
+                target_duration = _seconds(value, "#EXT-X-TARGETDURATION")
             elif tag == "#EXT-X-MEDIA-SEQUENCE":
-                first_sequence = int(value)
+                first_sequence = _integer(value, "#EXT-X-MEDIA-SEQUENCE")
             elif tag == "#EXT-X-PLAYLIST-TYPE":
-                playlist_type = value.strip().upper()
+                playlist_type = value.strip().upper()[:5]
             elif tag == "#EXT-X-ENDLIST":
                 ended = True
             elif tag == "#EXTINF":
-                duration = float(value.split(",", 1)[0])
-                if duration < 0:
-                    raise ValueError("negative duration")
+                duration = _seconds(value.split(",", 1)[0], "#EXTINF duration")
             elif tag == "#EXT-X-DISCONTINUITY":
                 discontinuity = True
                 next_date = None  # dates do not carry across a discontinuity
             elif tag == "#EXT-X-PROGRAM-DATE-TIME":
-                explicit_date = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+                explicit_date = _date(value)
             elif line.startswith("#"):
                 continue
             else:
                 if duration is None:
-                    raise ValueError("segment URI without #EXTINF")
+                    raise _LineError("segment URI without #EXTINF")
+                if len(segments) >= limits.max_entries:
+                    raise _too_many("segments", limits, url)
+                sequence = first_sequence + len(segments)
+                if sequence > MAX_MEDIA_SEQUENCE:
+                    raise _LineError("media sequence number overflows 2**63 - 1")
                 date = explicit_date or next_date
                 segments.append(
                     Segment(
-                        media_sequence=first_sequence + len(segments),
-                        uri=urljoin(url, line),
+                        media_sequence=sequence,
+                        uri=_resolve(url, line, number),
                         duration=duration,
                         discontinuity=discontinuity,
                         program_date_time=date,
                     )
                 )
-                next_date = date + timedelta(seconds=duration) if date is not None else None
+                next_date = _add_seconds(date, duration)
                 duration, discontinuity, explicit_date = None, False, None
-        except ValueError as exc:
-            raise PlaylistError(f"malformed line {number} {line[:60]!r}: {exc}", url=url) from exc
+        except _LineError as exc:
+            raise PlaylistError(f"malformed playlist line {number}: {exc}", url=url) from None
     if target_duration is None:
         raise PlaylistError("media playlist without #EXT-X-TARGETDURATION", url=url)
-    if target_duration <= 0:
-        raise PlaylistError(f"non-positive #EXT-X-TARGETDURATION {target_duration}", url=url)
+    if not 0 < target_duration <= MAX_TARGET_DURATION_S:
+        raise PlaylistError(
+            f"#EXT-X-TARGETDURATION {target_duration:g} is outside (0, {MAX_TARGET_DURATION_S:g}] seconds",
+            url=url,
+        )
+    longest = max((segment.duration for segment in segments), default=0.0)
+    if longest > EXTINF_TARGET_FACTOR * target_duration and longest > EXTINF_ABSOLUTE_S:
+        raise PlaylistError(
+            f"#EXTINF duration {longest:g} s is far beyond the target duration {target_duration:g} s",
+            url=url,
+        )
     return MediaPlaylist(
         url=url,
         target_duration=target_duration,
@@ -178,6 +321,24 @@ def _parse_media(lines: list[str], url: str) -> MediaPlaylist:
         ended=ended,
         playlist_type=playlist_type,
     )
+
+
+def _resolve(url: str, uri: str, number: int) -> str:
+    """``uri`` made absolute against the playlist's ``url``."""
+    try:
+        return urljoin(url, uri)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        raise PlaylistError(f"malformed playlist line {number}: not a valid URI", url=url) from None
+
+
+def _add_seconds(date: datetime | None, seconds: float) -> datetime | None:
+    """``date + seconds``, or None when there is no date or it would leave datetime's range."""
+    if date is None:
+        return None
+    try:
+        return date + timedelta(seconds=seconds)
+    except OverflowError:
+        return None
 
 
 def choose_variant(master: MasterPlaylist, max_bandwidth: int | None = None) -> Variant:

@@ -32,6 +32,31 @@ index. A crash between the final report and the tombstone resumes a session that
 ended: its source is followed again and it reports a second final report, which the
 aggregator ignores (a terminal status never changes). Frames sampled after the last
 completed chunk are not checkpointed: the resumed session samples them again.
+
+Crash quarantine (``IngestCheckpoint.crash_resumes``, counted ahead): right after the store is
+opened and *before* the source is fetched or anything decoded, a run checkpoints the count of
+earlier crashed runs plus itself; a clean suspension checkpoints it back without itself, and so
+does getting past the chunk the previous run crashed in (it completed that chunk: whatever
+killed the process is behind it, and the count restarts at this run). So a process that dies
+running the session (a segment that segfaults PyAV, an OOM kill) leaves the count raised, and
+a resumed run that reads ``max_crash_resumes`` or more ends FAILED ("crashed ingest N times")
+instead of running again: a crash loop is bounded by that many crashes. Sessions that merely
+shared the dying process count too, until they complete one more chunk.
+
+Failures: any exception out of the session's own work (a typed ``IngestError`` or a bug: input
+nobody foresaw) ends the session FAILED with a reason and its final count, logged once here;
+only cancellation (a crash, as far as the session knows) and a failing final report escape.
+
+Outages (``_follow``): a source that stops answering (refresh fails) or stops growing for
+``stall_target_durations`` is polled with capped exponential backoff. When it comes back, the
+session continues after its last segment when the source still lists it, else at the source's
+live edge after a gap (``PlaylistTracker``: PROGRAM-DATE-TIME, else the wall clock), recorded
+as ``#EXT-X-GAP`` in the manifest; stream time stays on the source's timeline. Segments that
+cannot be fetched for a transient reason (connection, timeout, 5xx) are gaps and do not count
+as bad segments. Only after ``outage_tolerance_s`` without a new segment does the session end:
+ENDED (``ended_by="stream"``, with the reason) when it had ingested video, FAILED when it
+never had. A source that does not answer when the session *starts* fails it at once (a fresh
+session has nothing to survive); a *resumed* session waits out the tolerance there too.
 """
 
 from __future__ import annotations
@@ -46,22 +71,24 @@ from typing import Literal, Protocol, TypeVar
 
 from ingest.checkpoint import START_MARK, SegmentMark, build_checkpoint, mark_of, resume_mark, wall_clock_gap
 from ingest.chunker import Chunk, Chunker, SampledFrame, build_chunk_record
-from ingest.decode import decode_segment
+from ingest.decode import decode_segment, frame_budget
 from ingest.encode import encode_chunk
 from ingest.errors import (
     DecodeError,
+    DecodeRefusedError,
     FetchError,
     IngestError,
     PlaylistError,
+    SessionQuarantinedError,
     SourceStalledError,
     StorageError,
 )
-from ingest.fetch import HttpFetcher
-from ingest.playlist import MasterPlaylist, MediaPlaylist, choose_variant, parse_playlist
+from ingest.fetch import Fetched, HttpFetcher
+from ingest.playlist import MasterPlaylist, MediaPlaylist, PlaylistLimits, choose_variant, parse_playlist
 from ingest.sampler import FrameSampler
 from ingest.settings import IngestSettings
 from ingest.storage import RecordingLimits, RecordingStorage
-from ingest.tracker import PlaylistTracker, TrackedSegment, refresh_interval
+from ingest.tracker import PlaylistTracker, TrackedSegment, outage_poll_delay, refresh_interval
 from schemas.records import ChunkRecord, IngestCheckpoint, IngestState, SessionLifecycle, StartSession, utcnow
 
 log = logging.getLogger(__name__)
@@ -109,6 +136,9 @@ class IngestSession:
             storage = RecordingStorage(settings.storage_dir, RecordingLimits.of(settings))
         self.store = storage.store(command.session_id)
         self.tracker = PlaylistTracker(settings.live_edge_segments)
+        self.playlist_limits = PlaylistLimits(
+            max_entries=settings.playlist_max_entries, max_line_bytes=settings.playlist_max_line_bytes
+        )
         self.sampler = FrameSampler(settings.sample_fps)
         self.chunker = Chunker(settings.chunk_seconds)
         self.chunks_published = 0
@@ -121,6 +151,11 @@ class IngestSession:
         # Frames before this stream time are in published chunks already (set when resuming).
         self._covered_time = 0.0
         self._marks: list[SegmentMark] = []  # states after recent segments, for checkpoints
+        self._end_reason: str | None = None  # why the stream is over, when it ended by an outage
+        # Crash count written while this run is on (earlier crashed runs + this one; see above),
+        # and the chunk the previous run crashed in (None: no crash to get past).
+        self._crash_resumes = 1
+        self._crash_chunk: int | None = None
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -134,6 +169,8 @@ class IngestSession:
         self.segments_decoded = checkpoint.segments_decoded
         self._covered_time = checkpoint.covered_time
         self._marks = [mark]
+        self._crash_resumes = checkpoint.crash_resumes + 1
+        self._crash_chunk = checkpoint.next_chunk_index if checkpoint.crash_resumes > 0 else None
         # The anchor dates chunks without frames, as before the interruption.
         anchor_clock = mark.program_date_time or mark.ingested_at
         anchor = (mark.stream_time, anchor_clock) if anchor_clock is not None else None
@@ -176,6 +213,15 @@ class IngestSession:
                 await asyncio.to_thread(self.store.open, resume.manifest_entries, resume.resume_stream_time)
                 self._marks = [replace(self._marks[0], manifest_entries=self.store.entry_count)]
             self._store_open = True
+            if resume is not None and resume.crash_resumes >= self.settings.max_crash_resumes:
+                raise SessionQuarantinedError(
+                    f"crashed ingest {resume.crash_resumes} times (the ingest process died while running "
+                    f"this session; limit LIVESTREAM_INGEST_MAX_CRASH_RESUMES="
+                    f"{self.settings.max_crash_resumes}): not resumed again",
+                    session_id=self.session_id,
+                )
+            # Before any fetch or decode: if this run dies, the count already says so.
+            await self._save_checkpoint()
             playlist = await self._open_source()
             if playlist is None:  # stopped while still connecting
                 return await self._finish_stopped()
@@ -185,28 +231,73 @@ class IngestSession:
         except IngestError as exc:
             log.warning("session %s failed: %s", self.session_id, exc)
             return await self.fail(str(exc))
+        except Exception as exc:  # a bug, or input nobody foresaw: still a FAILED session, not a lost one
+            log.exception("session %s failed with an unexpected error", self.session_id)
+            return await self.fail(
+                f"internal ingest error ({type(exc).__name__}) while ingesting the source; "
+                f"see the ingest log for session {self.session_id}"
+            )
         if ended_by == "suspend":
-            log.info("session %s suspended at chunk %d", self.session_id, self.chunks_published)
+            await self._suspend_cleanly()
             return None
         # Flush (each chunk acked, then counted), ENDLIST on the manifest, then the final report:
         # a crash before the report leaves no ENDED at all, never one with a wrong count.
         await self._flush()
-        return await self._report(IngestState.ENDED, ended_by=ended_by)
+        return await self._report(IngestState.ENDED, ended_by=ended_by, reason=self._end_reason)
 
     async def fail(self, reason: str) -> SessionLifecycle:
         """Flush what was sampled (best effort) and report FAILED with the final count."""
         try:
             await self._flush()
-        except IngestError as exc:  # e.g. the partial chunk does not fit the budget
-            log.warning("session %s: could not flush its last chunk: %s", self.session_id, exc)
+        except Exception as exc:  # e.g. the partial chunk does not fit the budget, or the same bug again
+            log.warning(
+                "session %s: could not flush its last chunk (%s: %s)",
+                self.session_id,
+                type(exc).__name__,
+                exc,
+            )
         return await self._report(IngestState.FAILED, reason=reason)
 
     async def _finish_stopped(self) -> SessionLifecycle | None:
         if self._stop_reason == "suspend":
+            await self._suspend_cleanly()
             return None
         return await self._report(IngestState.ENDED, ended_by="user")
 
+    async def _suspend_cleanly(self) -> None:
+        """A clean stop: checkpoint the crash count without this run (it did not crash)."""
+        self._crash_resumes -= 1
+        await self._save_checkpoint()
+        log.info("session %s suspended at chunk %d", self.session_id, self.chunks_published)
+
     async def _open_source(self) -> MediaPlaylist | None:
+        """The source's media playlist (None when stopped meanwhile). A fresh session fails at
+        once when the source does not answer; a resumed one waits out the outage tolerance."""
+        if self.resume_from is None:
+            return await self._open_source_once()
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        polls = 0
+        while True:
+            try:
+                return await self._open_source_once()
+            except (FetchError, PlaylistError) as exc:
+                away = loop.time() - since
+                if away > self.settings.outage_tolerance_s or not _transient(exc):
+                    raise
+                delay = outage_poll_delay(polls, 1.0, self.settings.outage_poll_max_s)
+                log.warning(
+                    "session %s: source unavailable on resume (%s); retrying in %.1fs",
+                    self.session_id,
+                    exc,
+                    delay,
+                )
+                polls += 1
+                await self._wait_or_stop(delay)
+                if self._stop.is_set():
+                    return None
+
+    async def _open_source_once(self) -> MediaPlaylist | None:
         """Fetch the source URL; for a master playlist, pick a variant and fetch its media playlist."""
         url = self.command.source_url
         parsed = await self._until_stopped(self._load(url))
@@ -227,51 +318,72 @@ class IngestSession:
         return parsed
 
     async def _load(self, url: str) -> MasterPlaylist | MediaPlaylist:
-        fetched = await self.fetcher.get(url)
+        fetched = await self.fetcher.get(url, kind="playlist")
         try:
-            return parse_playlist(fetched.text, fetched.url)
+            # Linear, but a playlist can be megabytes: parsed off the event loop.
+            return await asyncio.to_thread(_parse_fetched, fetched, self.playlist_limits)
         except PlaylistError as exc:
             raise PlaylistError(exc.message, **exc.context, content_type=fetched.content_type) from exc
 
     async def _follow(self, playlist: MediaPlaylist) -> Literal["stream", "user", "suspend"]:
+        """Ingest each new segment, reload the playlist, survive outages (see the module docstring)."""
         loop = asyncio.get_running_loop()
         loaded_at = last_progress = loop.time()
         refresh_error: IngestError | None = None
+        outage_polls = 0  # polls since the outage began (0: no outage)
         while True:
             update = self.tracker.update(playlist)
             for item in update.new_segments:
-                if self._stop.is_set():
+                if self._stop.is_set() or self._outage_over(loop.time() - last_progress):
                     break
-                if await self._ingest_segment(item):
+                ingested = await self._ingest_segment(item)
+                if ingested:
                     await self._save_checkpoint()
-                last_progress = loop.time()
+                if ingested == "progress":
+                    last_progress = loop.time()
             if self._stop.is_set():
                 return self._stop_reason or "user"
             if update.ended:
                 if self.segments_decoded == 0:
                     raise DecodeError("stream ended without any decodable video", url=playlist.url)
                 return "stream"
-            stalled_for = loop.time() - last_progress
-            stall_limit = self.settings.stall_target_durations * playlist.target_duration
-            if stalled_for > stall_limit:
-                detail = f"; last playlist refresh failed: {refresh_error}" if refresh_error else ""
-                raise SourceStalledError(
-                    f"source stalled: no new segment for {stalled_for:.1f}s "
-                    f"({self.settings.stall_target_durations:g} target durations){detail}",
-                    url=playlist.url,
-                    session_id=self.session_id,
+            quiet_for = loop.time() - last_progress
+            if self._outage_over(quiet_for):
+                return self._end_by_outage(quiet_for, refresh_error, playlist)
+            in_outage = (
+                refresh_error is not None
+                or quiet_for > self.settings.stall_target_durations * playlist.target_duration
+            )
+            if not in_outage:
+                if outage_polls:
+                    log.info("session %s: source is back after %d poll(s)", self.session_id, outage_polls)
+                outage_polls = 0
+                interval = refresh_interval(playlist, update.changed)
+            else:
+                if outage_polls == 0:
+                    log.warning(
+                        "session %s: source %s (%s); polling with backoff for up to %gs",
+                        self.session_id,
+                        "unavailable" if refresh_error else "stopped growing",
+                        refresh_error or f"no new segment for {quiet_for:.1f}s",
+                        self.settings.outage_tolerance_s,
+                    )
+                interval = outage_poll_delay(
+                    outage_polls, playlist.target_duration, self.settings.outage_poll_max_s
                 )
-            # Reload no sooner than the spec allows, counted from the last load.
-            interval = refresh_interval(playlist, update.changed)
-            await self._wait_or_stop(max(0.0, loaded_at + interval - loop.time()))
+                outage_polls += 1
+            # Reload no sooner than that, counted from the last load; never past the tolerance.
+            deadline = last_progress + self.settings.outage_tolerance_s + 1e-3
+            wake_at = min(loaded_at + interval, max(deadline, loop.time()))
+            await self._wait_or_stop(max(0.0, wake_at - loop.time()))
             if self._stop.is_set():
                 return self._stop_reason or "user"
             loaded_at = loop.time()
             try:
                 reloaded = await self._until_stopped(self._load(playlist.url))
             except (FetchError, PlaylistError) as exc:
-                # Transient origin trouble is retried until the stall timeout decides.
-                log.warning("session %s: playlist refresh failed: %s", self.session_id, exc)
+                # Origin trouble (down, a 5xx, an error page): an outage until the tolerance decides.
+                log.debug("session %s: playlist refresh failed: %s", self.session_id, exc)
                 refresh_error = exc
                 continue
             if reloaded is None:
@@ -280,18 +392,39 @@ class IngestSession:
                 raise PlaylistError("media playlist turned into a master playlist", url=playlist.url)
             playlist, refresh_error = reloaded, None
 
+    def _outage_over(self, quiet_for: float) -> bool:
+        return quiet_for > self.settings.outage_tolerance_s
+
+    def _end_by_outage(
+        self, quiet_for: float, refresh_error: IngestError | None, playlist: MediaPlaylist
+    ) -> Literal["stream"]:
+        """The outage outlasted the tolerance: the stream is over (ENDED with the reason) if it
+        ever gave video, else the session fails (``SourceStalledError``)."""
+        what = f"last playlist refresh failed: {refresh_error.message}" if refresh_error else "no new segment"
+        reason = (
+            f"source stopped: nothing new for {quiet_for:.0f}s ({what}), longer than the outage tolerance "
+            f"of {self.settings.outage_tolerance_s:g}s (LIVESTREAM_INGEST_OUTAGE_TOLERANCE_S)"
+        )
+        if self.segments_decoded == 0:
+            raise SourceStalledError(f"{reason}; no video was ever ingested", url=playlist.url)
+        log.info("session %s: %s", self.session_id, reason)
+        self._end_reason = reason
+        return "stream"
+
     # ------------------------------------------------------------------ one segment
 
-    async def _ingest_segment(self, item: TrackedSegment) -> bool:
-        """Ingest one segment; False when a stop interrupted it (it is then not part of the session)."""
+    async def _ingest_segment(self, item: TrackedSegment) -> Literal["progress", "gap", False]:
+        """Ingest one segment: "progress" when the source delivered it (decoded, or refused as
+        bad), "gap" when it could not be fetched for a transient reason (no progress: part of an
+        outage), False when a stop interrupted it (it is then not part of the session)."""
         segment = item.segment
         if item.missed_duration_before > 0:
             await asyncio.to_thread(self.store.add_gap, item.missed_duration_before)
         try:
-            fetched = await self._until_stopped(self.fetcher.get(segment.uri))
+            fetched = await self._until_stopped(self.fetcher.get(segment.uri, kind="segment"))
         except FetchError as exc:
             await self._bad_segment(item, exc)
-            return True
+            return "gap" if _transient(exc) else "progress"
         if fetched is None:
             return False  # stopped mid-download: the segment is not part of the session
         arrival = utcnow()
@@ -313,11 +446,13 @@ class IngestSession:
                 fetched.content,
                 keep,
                 max_width=self.settings.max_frame_width,
+                max_pixels=self.settings.decode_max_pixels,
+                max_frames=frame_budget(segment.duration, self.settings.decode_max_fps),
                 url=segment.uri,
             )
-        except DecodeError as exc:
+        except DecodeError as exc:  # refused ones too: skipped like undecodable ones
             await self._bad_segment(item, exc, stored=True)
-            return True
+            return "progress"
         self._bad_segments_in_a_row = 0
         self.segments_decoded += 1
         wall_clock_base = segment.program_date_time or arrival
@@ -333,14 +468,21 @@ class IngestSession:
         completed += self.chunker.advance_to(item.stream_end)
         await self._publish(completed)
         self._mark(item, arrival)
-        return True
+        return "progress"
 
     async def _bad_segment(self, item: TrackedSegment, error: IngestError, *, stored: bool = False) -> None:
-        """A segment that cannot be fetched or decoded: a gap, unless too many come in a row."""
-        self._bad_segments_in_a_row += 1
+        """A segment that cannot be fetched, decoded or afforded: a gap, unless too many come in a
+        row (transient fetch failures are an outage: they never count)."""
+        if not _transient(error):
+            self._bad_segments_in_a_row += 1
         limit = self.settings.max_consecutive_bad_segments
         if self._bad_segments_in_a_row >= limit:
-            what = "no decodable video" if isinstance(error, DecodeError) else "segments cannot be fetched"
+            if isinstance(error, DecodeRefusedError):
+                what = "segments refused"
+            elif isinstance(error, DecodeError):
+                what = "no decodable video"
+            else:
+                what = "segments cannot be fetched"
             message = f"{what}: {limit} segment(s) in a row failed, last: {error.message}"
             if isinstance(error, FetchError):
                 raise FetchError(message, url=error.url, status=error.status) from error
@@ -373,9 +515,18 @@ class IngestSession:
         mark = resume_mark(self._marks, covered) if self._marks else START_MARK
         # Marks before the resume point are never needed again.
         self._marks = [m for m in self._marks if m.stream_time >= mark.stream_time]
+        if self._crash_chunk is not None and self.chunks_published > self._crash_chunk:
+            log.info(
+                "session %s got past chunk %d, where its last run crashed: crash count reset",
+                self.session_id,
+                self._crash_chunk,
+            )
+            self._crash_resumes, self._crash_chunk = 1, None
         if self.checkpoints is None:
             return
-        checkpoint = build_checkpoint(self.command, self.chunks_published, self.settings.chunk_seconds, mark)
+        checkpoint = build_checkpoint(
+            self.command, self.chunks_published, self.settings.chunk_seconds, mark, self._crash_resumes
+        )
         await self.checkpoints.save_checkpoint(checkpoint)
 
     # ------------------------------------------------------------------ output
@@ -457,3 +608,17 @@ class IngestSession:
             await asyncio.gather(task, return_exceptions=True)
             return None
         return task.result()
+
+
+def _parse_fetched(fetched: Fetched, limits: PlaylistLimits) -> MasterPlaylist | MediaPlaylist:
+    """Decode and parse a fetched playlist (CPU work: runs in a worker thread)."""
+    return parse_playlist(fetched.text, fetched.url, limits)
+
+
+def _transient(error: IngestError) -> bool:
+    """Whether ``error`` says the source is away for now (connection, timeout, 5xx), as opposed
+    to what it serves being wrong: the former is an outage, the latter a bad segment or source."""
+    if isinstance(error, FetchError):
+        return error.retryable and (error.status is None or error.status >= 500)
+    # A playlist that does not parse during an outage is typically an origin's error page.
+    return isinstance(error, PlaylistError)

@@ -70,10 +70,51 @@ class IngestSettings(ServiceSettings):
     stall_target_durations: float = Field(
         default=6.0,
         gt=0,
-        description="A session fails when no new segment arrives for this many target durations.",
+        description=(
+            "No new segment for this many target durations (or a failed playlist refresh) is an outage: "
+            "the playlist is then polled with capped exponential backoff until outage_tolerance_s."
+        ),
+    )
+    outage_tolerance_s: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "A source that stops answering or growing keeps its session this long; then the session "
+            "ends (ENDED with a reason if it had worked, FAILED if it never did)."
+        ),
+    )
+    outage_poll_max_s: float = Field(
+        default=15.0, gt=0, description="Longest wait between playlist polls during an outage (backoff cap)."
     )
     max_consecutive_bad_segments: int = Field(
-        default=3, ge=1, description="Segments in a row that cannot be fetched or decoded before failing."
+        default=3,
+        ge=1,
+        description=(
+            "Segments in a row that cannot be decoded, are refused or fail with a non-transient fetch "
+            "error before the session fails (unreachable segments count as an outage instead)."
+        ),
+    )
+    playlist_max_entries: int = Field(
+        default=20_000, ge=1, description="Segments (or variants) one playlist may list; more is refused."
+    )
+    playlist_max_line_bytes: int = Field(
+        default=16 * 1024, ge=256, description="Longest playlist line (URI or tag); a longer one is refused."
+    )
+    decode_max_pixels: int = Field(
+        default=4096 * 2160, ge=64 * 64, description="Largest video frame (width x height) decoded."
+    )
+    decode_max_fps: float = Field(
+        default=120.0,
+        gt=0,
+        description="A segment holding more than 4 x its EXTINF duration x this many frames is refused.",
+    )
+    max_crash_resumes: int = Field(
+        default=3,
+        ge=1,
+        description=(
+            "A session whose runs crashed the ingest process this many times (without progress in "
+            "between) is not resumed again: it ends FAILED (quarantine)."
+        ),
     )
     http_connect_timeout: float = Field(default=5.0, gt=0)
     http_read_timeout: float = Field(default=10.0, gt=0)

@@ -4,11 +4,18 @@ Stream time starts at 0 at the first segment the session ingests; each segment s
 the previous one ended (by EXTINF). Segments that slid out of the live window before we saw
 them are a *gap*: they are counted and shift stream time by their (estimated) duration, so
 stream time keeps tracking the source's media timeline.
+
+Gaps are bounded by the wall clock: a live source makes media in real time, so the media we
+missed between two refreshes cannot be much longer than the time between them. A media
+sequence that leaps (a hostile or broken playlist jumping by 2**62) therefore becomes one gap
+of about the elapsed time, never a gap (and chunks, loop iterations) proportional to the jump.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -16,6 +23,10 @@ from ingest.checkpoint import SegmentMark, rejoin_gap_seconds
 from ingest.playlist import MediaPlaylist, Segment
 
 log = logging.getLogger(__name__)
+
+# Reloading a playlist more often than this is never useful (and a tiny TARGETDURATION must
+# not turn a session into a busy loop).
+MIN_REFRESH_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -68,10 +79,13 @@ class PlaylistTracker:
     was ingested before) it joins at the live edge after a gap from ``rejoin_gap_seconds``.
     """
 
-    def __init__(self, live_edge_segments: int = 2) -> None:
+    def __init__(self, live_edge_segments: int = 2, clock: Callable[[], float] = time.monotonic) -> None:
         if live_edge_segments < 1:
             raise ValueError("live_edge_segments must be >= 1")
         self.live_edge_segments = live_edge_segments
+        self._clock = clock
+        # clock() when the last segment was yielded (the source's live edge was there then).
+        self._last_emit_at: float | None = None
         self.last_media_sequence: int | None = None
         self.stream_time = 0.0  # end of the last yielded segment (incl. missed durations)
         self.yielded = 0
@@ -90,6 +104,8 @@ class PlaylistTracker:
         self._last_end_date = mark.program_date_time
         self.yielded = mark.segments_yielded
         self._rejoin_wall_clock_gap = wall_clock_gap
+        if wall_clock_gap is not None:
+            self._last_emit_at = self._clock() - wall_clock_gap
 
     @property
     def started(self) -> bool:
@@ -100,6 +116,7 @@ class PlaylistTracker:
         if not segments:
             return TrackerUpdate(ended=playlist.ended)
         rejoin_wall_clock_gap, self._rejoin_wall_clock_gap = self._rejoin_wall_clock_gap, None
+        elapsed = None if self._last_emit_at is None else max(0.0, self._clock() - self._last_emit_at)
         if self.last_media_sequence is None:
             start = 0 if playlist.is_vod else max(0, len(segments) - self.live_edge_segments)
             rejoin = self._rejoin_gap(rejoin_wall_clock_gap, segments[start], playlist)
@@ -115,13 +132,17 @@ class PlaylistTracker:
                 playlist.url,
             )
             start = 0 if playlist.is_vod else max(0, len(segments) - self.live_edge_segments)
+            if rejoin_wall_clock_gap is None and elapsed is not None:
+                # The media made while we were not looking, less what we rejoin with.
+                rejoining = sum(segment.duration for segment in segments[start:])
+                rejoin_wall_clock_gap = max(0.0, elapsed - rejoining)
             rejoin = self._rejoin_gap(rejoin_wall_clock_gap, segments[start], playlist)
             return self._emit(segments[start:], playlist, missed=0, reset=True, rejoin_gap=rejoin)
 
         wanted = self.last_media_sequence + 1
         new = [s for s in segments if s.media_sequence >= wanted]
         missed = max(0, segments[0].media_sequence - wanted)
-        return self._emit(new, playlist, missed=missed, reset=False)
+        return self._emit(new, playlist, missed=missed, reset=False, elapsed=elapsed)
 
     def _emit(
         self,
@@ -131,6 +152,7 @@ class PlaylistTracker:
         missed: int,
         reset: bool,
         rejoin_gap: float = 0.0,
+        elapsed: float | None = None,
     ) -> TrackerUpdate:
         tracked: list[TrackedSegment] = []
         for position, segment in enumerate(segments):
@@ -146,7 +168,7 @@ class PlaylistTracker:
                 )
                 self.stream_time += rejoin_gap
             if first and missed:
-                missed_duration = self._missed_duration(missed, segment, playlist)
+                missed_duration = self._missed_duration(missed, segment, playlist, elapsed)
                 self.missed_total += missed
                 log.warning(
                     "missed %d segment(s) before media sequence %d at %s (~%.1fs of stream)",
@@ -170,6 +192,8 @@ class PlaylistTracker:
             self.last_media_sequence = segment.media_sequence
             date = segment.program_date_time
             self._last_end_date = date + timedelta(seconds=segment.duration) if date else None
+        if tracked:
+            self._last_emit_at = self._clock()
         return TrackerUpdate(new_segments=tracked, missed=missed, reset=reset, ended=playlist.ended)
 
     def _rejoin_gap(self, wall_clock_gap: float | None, first: Segment, playlist: MediaPlaylist) -> float:
@@ -179,17 +203,32 @@ class PlaylistTracker:
             self._last_end_date, first.program_date_time, wall_clock_gap, playlist.target_duration
         )
 
-    def _missed_duration(self, missed: int, segment: Segment, playlist: MediaPlaylist) -> float:
+    def _missed_duration(
+        self, missed: int, segment: Segment, playlist: MediaPlaylist, elapsed: float | None
+    ) -> float:
         """Duration of segments we never saw: from PROGRAM-DATE-TIME when both sides have one,
-        else ``target_duration`` each (the spec's upper bound of a segment's duration)."""
-        estimate = missed * playlist.target_duration
+        else ``target_duration`` each (the spec's upper bound of a segment's duration); never
+        more than the wall clock since the last yielded segment allows (``elapsed``, plus two
+        target durations of slack for publishing jitter)."""
+        estimate = float(missed) * playlist.target_duration
+        bound = float("inf") if elapsed is None else elapsed + 2 * playlist.target_duration
         if self._last_end_date is not None and segment.program_date_time is not None:
             by_date = (segment.program_date_time - self._last_end_date).total_seconds()
-            if 0 < by_date <= estimate * 2:  # sanity: clocks of a restarted encoder can jump
+            # Sanity: clocks of a restarted encoder can jump, a hostile one anywhere.
+            if 0 < by_date <= min(estimate * 2, bound):
                 return by_date
-        return estimate
+        return min(estimate, bound)
 
 
 def refresh_interval(playlist: MediaPlaylist, changed: bool) -> float:
-    """RFC 8216 6.3.4: reload after the target duration, or half of it when nothing changed."""
-    return playlist.target_duration if changed else playlist.target_duration / 2
+    """RFC 8216 6.3.4: reload after the target duration, or half of it when nothing changed
+    (never more often than ``MIN_REFRESH_SECONDS``)."""
+    interval = playlist.target_duration if changed else playlist.target_duration / 2
+    return max(MIN_REFRESH_SECONDS, interval)
+
+
+def outage_poll_delay(polls: int, target_duration: float, cap: float) -> float:
+    """Wait before poll ``polls`` (0, 1, 2...) of a source in an outage: half the target
+    duration, doubling each time, at most ``cap`` (and never under ``MIN_REFRESH_SECONDS``)."""
+    first = max(MIN_REFRESH_SECONDS, target_duration / 2)
+    return min(cap, first * 2.0 ** min(polls, 32))

@@ -214,7 +214,7 @@ async def test_ingest_service_follows_live_streams_and_reports_lifecycle(
     assert refused.reason is not None and "Connection refused" in refused.reason
     bogus = seen.final(bogus_id)
     assert bogus is not None and bogus.state is IngestState.FAILED
-    assert bogus.reason is not None and "not an M3U8 playlist" in bogus.reason
+    assert bogus.reason is not None and "not an HLS playlist: no #EXTM3U header" in bogus.reason
     assert seen.chunks[refused_id] == [] and seen.chunks[bogus_id] == []
     stale = seen.final(stale_id)
     assert stale is not None and [r.state for r in seen.lifecycle[stale_id]] == [IngestState.FAILED]

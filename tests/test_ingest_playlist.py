@@ -95,10 +95,13 @@ def test_endlist_and_vod_type() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "not an M3U8 playlist"),
-        ("<!doctype html><html><body>hello</body></html>", "not an M3U8 playlist"),
+        ("", "not an HLS playlist: no #EXTM3U header \\(empty response\\)"),
+        ("<!doctype html><html><body>hello</body></html>", "not an HLS playlist: no #EXTM3U header"),
         ("#EXTM3U\n#EXTINF:2,\na.ts\n", "without #EXT-X-TARGETDURATION"),
-        ("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:abc,\na.ts\n", "malformed line"),
+        (
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:abc,\na.ts\n",
+            "line 3: #EXTINF duration is not a number",
+        ),
         ("#EXTM3U\n#EXT-X-TARGETDURATION:2\na.ts\n", "without #EXTINF"),
         ("#EXTM3U\n#EXT-X-STREAM-INF:RESOLUTION=1x1\nv.m3u8\n", "BANDWIDTH"),
         ("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\n", "no variant"),
