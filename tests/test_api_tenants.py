@@ -34,7 +34,7 @@ from api.tenants import (
 )
 from api.tokens import FeedTokens
 from api.views import SessionView
-from livestream.cli import api_keys_for_stack
+from livestream.cli import api_keys_for_stack, configured_api_keys
 from livestream.errors import ConfigurationError
 from schemas.records import SessionHeader, SessionStatus, StartSession
 
@@ -448,3 +448,18 @@ def test_store_lists_by_tenant_with_older_records_in_the_default_tenant(tmp_path
     assert [h.session_id for h in store.list_headers(Audience("default"), None, 10)] == ["old"]  # not "ph"
     assert store.list_headers(Audience("globex"), None, 10) == []
     store.close()
+
+
+def test_cli_reads_the_apis_own_key_settings_and_refuses_short_keys_before_starting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("LIVESTREAM_API_KEYS", "LIVESTREAM_API_TENANTS", "LIVESTREAM_API_TENANTS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert configured_api_keys() == {}
+    monkeypatch.setenv("LIVESTREAM_API_TENANTS", json.dumps({"acme": [ACME_KEY], "globex": [GLOBEX_KEY]}))
+    assert configured_api_keys() == {"acme": (ACME_KEY,), "globex": (GLOBEX_KEY,)}
+    first, env = api_keys_for_stack(configured_api_keys())
+    assert first == ACME_KEY and env == {"LIVESTREAM_API_KEYS": ""}  # the tenants reach the API by env
+    monkeypatch.setenv("LIVESTREAM_API_KEYS", "short")
+    with pytest.raises(ConfigurationError, match="'default' has an API key shorter than 16"):
+        configured_api_keys()
