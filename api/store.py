@@ -6,7 +6,9 @@ and no decoding of (possibly large) record batches ever runs on the event loop.
 
 Tables, each mirroring what compaction keeps of one topic:
 
-* ``headers``: the latest ``SessionHeader`` per session (``<p>.session-state``);
+* ``headers``: the latest ``SessionHeader`` per session (``<p>.session-state``), with its
+  tenant as a column for listing (``api.tenants.session_tenant``: older records, which name no
+  tenant, are the default tenant's; placeholders nobody's);
 * ``chunks``: one ``ChunkSummary`` per (session, chunk_index) (``<p>.session-chunks``);
 * ``events``: the latest ``SessionEvent`` per (session, number) (``<p>.session-events``), with
   its cursor, start time and lifecycle as columns for paging, the record's JSON and, apart,
