@@ -70,7 +70,7 @@ from schemas.topics import Topics
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHUNK_SECONDS = 4.0
 HOUR_CHUNKS = int(3600 / CHUNK_SECONDS)
-API_KEY = "bench-key"
+API_KEY = "bench-key-0123456789abcdef"  # at least the API's minimum key length
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
