@@ -66,6 +66,7 @@ from api.store import NO_CURSOR, ListsQuery, StoreWorker
 from api.tenants import Audience, Caller, KeyRing
 from api.tokens import FeedTokens
 from api.views import SessionView
+from livestream.egress import EgressError, EgressPolicy, check_source_url
 from schemas.api import (
     EndSessionForm,
     EndSessionResponse,
@@ -198,9 +199,11 @@ live = APIRouter(prefix="/api/live", tags=["live"])
 async def start_session(
     request: Request, form: Annotated[StartSessionForm, Form()], caller: HeaderCaller
 ) -> StartSessionResponse:
-    # Refuse, before anything is started, a query that names nothing the detector can find:
-    # otherwise every chunk of the session would fail.
+    # Refuse, before anything is started, a query that names nothing the detector can find
+    # (otherwise every chunk of the session would fail) and a source the egress policy refuses
+    # (ingest checks again at connect time, on every request and redirect hop).
     parse_query(form.rapid_review_query)
+    await check_source_url(form.source_url, request.app.state.egress_policy)
     quota: SessionQuota = request.app.state.session_quota
     # Counting running sessions needs the whole view; without session limits a start needs none.
     runtime = kafka_runtime(request, need_view=quota.enabled)
@@ -431,6 +434,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
+    app.state.egress_policy = EgressPolicy.from_settings(settings)
     app.state.authenticator = authenticator
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     app.state.feed_slots = FeedSlots(settings.max_sse_per_key)
@@ -461,6 +465,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         return _error_response(429, exc, {"Retry-After": str(exc.retry_after)})
 
     app.add_exception_handler(QueryError, on_unprocessable)
+    app.add_exception_handler(EgressError, on_unprocessable)
     app.add_exception_handler(InvalidCursor, on_unprocessable)
     app.add_exception_handler(AuthenticationFailed, on_auth_failed)
     app.add_exception_handler(SessionNotFound, on_not_found)

@@ -32,6 +32,7 @@ from api.store import (
 )
 from api.tenants import Audience, Owner, owner_of
 from api.views import SessionView
+from livestream.redact import redact_url
 from schemas.records import EndSession, SessionEvent, SessionHeader, StartSession
 
 SessionKey = tuple[int, str]
@@ -86,7 +87,13 @@ INTERNAL_HEADER_FIELDS = frozenset({"pending_results"})
 
 
 def header_json(header: SessionHeader) -> str:
-    """A header as the API serves it."""
+    """A header as the API serves it: without the reorder window, credentials in its source redacted.
+
+    Ingest keeps fetching the real URL; every key of the tenant may read the session, so user
+    info and secret-looking query values (``?token=``) are never shown.
+    """
+    if header.source_url:
+        header = header.model_copy(update={"source_url": redact_url(header.source_url)})
     return header.model_dump_json(exclude=INTERNAL_HEADER_FIELDS)
 
 

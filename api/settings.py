@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from api.tenants import DEFAULT_MIN_KEY_LENGTH, TenantKeys, load_tenants_file, merge_tenants, parse_tenant_map
+from livestream.egress import SourceRuleList
 from livestream.errors import ConfigurationError
 from livestream.settings import ServiceSettings
 
@@ -28,6 +29,23 @@ class ApiSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LIVESTREAM_API_", frozen=True, extra="ignore")
 
     host: str = Field(default="127.0.0.1", description="Interface uvicorn binds to.")
+    # The deployment's one egress policy for sources: the API refuses a source at start-session
+    # (422) with the same variables ingest enforces at connect time.
+    allow_private_sources: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("LIVESTREAM_INGEST_ALLOW_PRIVATE_SOURCES", "allow_private_sources"),
+        description="Same as ingest's: accept sources on loopback, private and other non-public addresses.",
+    )
+    source_allow: SourceRuleList = Field(
+        default=(),
+        validation_alias=AliasChoices("LIVESTREAM_INGEST_SOURCE_ALLOW", "source_allow"),
+        description="Same as ingest's allow list of sources (CIDRs and host names).",
+    )
+    source_deny: SourceRuleList = Field(
+        default=(),
+        validation_alias=AliasChoices("LIVESTREAM_INGEST_SOURCE_DENY", "source_deny"),
+        description="Same as ingest's deny list of sources.",
+    )
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port uvicorn binds to (0 = any free).")
     keys: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),

@@ -30,6 +30,7 @@ from api.tenants import KeyRing, TenantKeys
 from livestream.errors import LivestreamError
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.broker import free_port
+from livestream.redact import redact_url
 from livestream.stack import Stack
 from schemas.topics import Topics
 
@@ -193,6 +194,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"live test source at {url}; scripted ground truth:")
             for label, start, end in script.truth():
                 print(f"  {label:<10} {start:6.1f}s - {end:6.1f}s")
+            # The demo's own source is on loopback, which the egress policy refuses by default:
+            # allow private sources for this stack only, explicitly.
+            api_env = {**api_env, "LIVESTREAM_INGEST_ALLOW_PRIVATE_SOURCES": "true"}
         stack = stack_of_things.enter_context(running_stack(args, api_key, api_env))
         headers = {"Authorization": f"Bearer {api_key}"}
         with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as client:
@@ -208,7 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 return 2
             session = started.json()
             stream_id, session_id = session["stream_id"], session["session_id"]
-            print(f"session {session_id} on {url}\nquery: {args.query!r}", flush=True)
+            print(f"session {session_id} on {redact_url(url)}\nquery: {args.query!r}", flush=True)
             t0, printed = time.monotonic(), set[str]()
             try:
                 follow_session(client, stream_id, session_id, origin, printed)

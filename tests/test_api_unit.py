@@ -32,6 +32,7 @@ from api.sessions import (
     Sessions,
     decode_list_cursor,
     encode_list_cursor,
+    header_json,
     merge_newest_first,
     session_json,
     session_key,
@@ -885,6 +886,30 @@ def test_index_page_is_served_without_a_key(client: TestClient) -> None:
     assert response.status_code == 200
     for needed in ("EventSource", "feed-token", "token=", "resync", "next_cursor"):
         assert needed in response.text
+
+
+@pytest.mark.parametrize(
+    "source_url",
+    ["http://127.0.0.1:9/live.m3u8", "http://localhost/live.m3u8", "http://[::ffff:127.0.0.1]/x.m3u8"],
+)
+def test_start_session_refuses_a_private_source_under_the_egress_policy(source_url: str) -> None:
+    # The policy switched on explicitly (the suite allows private sources); IP literals and
+    # ``localhost`` are refused without any resolution, so nothing leaves this process.
+    client = TestClient(create_app(ApiSettings(keys=KEY, allow_private_sources=False)))
+    response = client.post(
+        "/api/live/start-session", headers={"X-API-Key": KEY}, data={"source_url": source_url, "name": "n"}
+    )
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "egress policy" in detail or "private" in detail or "loopback" in detail, detail
+
+
+def test_served_headers_redact_credentials_in_the_source_url() -> None:
+    header = make_header().model_copy(
+        update={"source_url": "https://user:secret@cam.test/live.m3u8?token=abc"}
+    )
+    served = json.loads(header_json(header))["source_url"]
+    assert "secret" not in served and "abc" not in served and "cam.test/live.m3u8" in served
 
 
 def test_start_session_refuses_a_query_naming_nothing_detectable(client: TestClient) -> None:
