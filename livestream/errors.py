@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from livestream.redact import redact_url
+
 
 class LivestreamError(Exception):
     """Root of every error this system raises on purpose.
@@ -23,7 +25,10 @@ class LivestreamError(Exception):
     def __str__(self) -> str:
         if not self.context:
             return self.message
-        ctx = ", ".join(f"{k}={v}" for k, v in self.context.items())
+        # A source URL may carry credentials; whatever shows an error (logs, FAILED reasons,
+        # API answers) shows it redacted.
+        shown = {k: redact_url(v) if "url" in k and isinstance(v, str) else v for k, v in self.context.items()}
+        ctx = ", ".join(f"{k}={v}" for k, v in shown.items())
         return f"{self.message} ({ctx})"
 
 
