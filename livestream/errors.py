@@ -27,8 +27,10 @@ class LivestreamError(Exception):
             return self.message
         # A source URL may carry credentials; whatever shows an error (logs, FAILED reasons,
         # API answers) shows it redacted.
-        shown = {k: redact_url(v) if "url" in k and isinstance(v, str) else v for k, v in self.context.items()}
-        ctx = ", ".join(f"{k}={v}" for k, v in shown.items())
+        ctx = ", ".join(
+            f"{key}={redact_url(value) if 'url' in key and isinstance(value, str) else value}"
+            for key, value in self.context.items()
+        )
         return f"{self.message} ({ctx})"
 
 
