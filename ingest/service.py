@@ -13,7 +13,10 @@ handles the partition's next commands (so an EndSession of a resumed session fin
 revocation it suspends the sessions of the revoked partitions (no final report, checkpoint
 kept) and waits for them to stop before the partitions move, so two instances never run one
 session. A rebalance therefore briefly suspends and resumes sessions (aiokafka's rebalance
-protocol revokes every partition).
+protocol revokes every partition). A session whose checkpoint says its runs crashed the ingest
+process ``max_crash_resumes`` times is not run again but ends FAILED (quarantine; the count
+and its order with the risky work are in ``session``), so one poison source cannot crash-loop
+every instance that takes its partition.
 
 Command handling order, and what a crash between the steps does:
 
@@ -206,14 +209,9 @@ class IngestService:
 
     async def start(self) -> None:
         settings = self.settings
-        self._fetcher = HttpFetcher(
-            FetchPolicy(
-                connect_timeout=settings.http_connect_timeout,
-                read_timeout=settings.http_read_timeout,
-                retries=settings.http_retries,
-                backoff_seconds=settings.http_backoff_seconds,
-            )
-        )
+        # The policy (egress, size caps, deadlines) of every fetch; each session gets a pool of its
+        # own from it (``for_session``), so one slow source cannot starve the others.
+        self._fetcher = HttpFetcher(FetchPolicy.of(settings))
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             client_id=f"{settings.group_id}-producer",
@@ -345,7 +343,7 @@ class IngestService:
         session = IngestSession(
             command,
             self.settings,
-            self._require(self._fetcher),
+            self._require(self._fetcher).for_session(),
             publisher,
             checkpoints=publisher,
             resume_from=resume_from,
@@ -421,10 +419,10 @@ class IngestService:
 
     async def _run_session(self, session: IngestSession) -> None:
         try:
-            await session.run()
+            await session.run()  # ends FAILED by itself on any error of its own work
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug or Kafka failure: still try to leave a terminal report
+        except Exception as exc:  # its final report failed (Kafka): still try to leave one
             log.exception("session %s crashed", session.session_id)
             if session.final_report is None:
                 with contextlib.suppress(Exception):
@@ -433,6 +431,7 @@ class IngestService:
             self.sessions.pop(session.session_id, None)
             self._tasks.pop(session.session_id, None)
             self._partition_of.pop(session.session_id, None)
+            await session.fetcher.aclose()  # the session's own connection pool
 
     async def wait_idle(self) -> None:
         """Wait until every running session has finished (tests, draining)."""

@@ -1,5 +1,7 @@
 """Hostile and broken sources: the playlist parser's limits (property-based), decoding limits,
-and sessions fed by fault-injecting loopback origins (no Kafka: records go to memory).
+sessions fed by fault-injecting loopback origins (records go to memory), outages, and the
+service on a real broker: healthy after bad sources, quarantining a session that keeps crashing
+its instance (crashes simulated by killing the session's task without any stop).
 
 Every case ends the way the README's bad-input table says: refused, FAILED with a named reason,
 or survived; none hangs, spins or kills the process.
@@ -14,7 +16,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,9 +28,11 @@ from typing import Any
 import av
 import numpy as np
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ingest import session as session_module
 from ingest.decode import decode_segment, frame_budget
 from ingest.errors import DecodeError, DecodeRefusedError, PlaylistError
 from ingest.fetch import FetchPolicy, HttpFetcher
@@ -37,11 +43,14 @@ from ingest.playlist import (
     parse_attributes,
     parse_playlist,
 )
+from ingest.service import IngestService, read_open_checkpoints
 from ingest.session import IngestSession
 from ingest.settings import IngestSettings
 from ingest.storage import manifest_entries
+from livestream.kafka.serde import decode_value, encode_key, encode_value
 from livestream.testsource import LiveHlsSource, short_script
 from schemas.records import ChunkRecord, IngestCheckpoint, IngestState, SessionLifecycle, StartSession
+from schemas.topics import Topics
 
 URL = "http://origin.test/live/index.m3u8"
 SECRET = "s3cr3t-token-in-the-body"
@@ -743,3 +752,189 @@ async def test_a_resumed_session_waits_for_its_source_to_come_back(
         running.cancel()
         await fetcher.aclose()
     assert final is not None and final.state is IngestState.ENDED and final.ended_by == "user"
+
+
+# --------------------------------------------------------------------------- the service, on a real broker
+
+
+class Observed:
+    """What ingest published, read back from the topics."""
+
+    def __init__(self, bootstrap: str, topics: Topics) -> None:
+        self.topics = topics
+        self.lifecycle: dict[str, list[SessionLifecycle]] = defaultdict(list)
+        self.chunks: dict[str, list[ChunkRecord]] = defaultdict(list)
+        self.consumer = AIOKafkaConsumer(
+            topics.session_lifecycle, topics.chunks, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+        )
+
+    def final(self, session_id: str) -> SessionLifecycle | None:
+        reports = [r for r in self.lifecycle[session_id] if r.state is not IngestState.ACTIVE]
+        return reports[-1] if reports else None
+
+    async def read_until(self, done: Callable[[], bool], within_s: float = 30) -> None:
+        deadline = time.monotonic() + within_s
+        while not done():
+            assert time.monotonic() < deadline, f"timed out; lifecycle so far: {dict(self.lifecycle)}"
+            for messages in (await self.consumer.getmany(timeout_ms=200)).values():
+                for message in messages:
+                    if message.topic == self.topics.chunks:
+                        chunk = decode_value(ChunkRecord, message.value)
+                        self.chunks[chunk.session_id].append(chunk)
+                    else:
+                        report = decode_value(SessionLifecycle, message.value)
+                        self.lifecycle[report.session_id].append(report)
+
+
+def service_settings(bootstrap: str, topics: Topics, tmp_path: Path, **overrides: Any) -> IngestSettings:
+    values: dict[str, Any] = {
+        "kafka_bootstrap_servers": bootstrap,
+        "topic_prefix": topics.prefix,
+        "group_id": f"ingest-hard-{uuid.uuid4().hex[:8]}",
+        "storage_dir": tmp_path,
+        "chunk_seconds": 2.0,
+        "http_retries": 0,
+        "http_backoff_seconds": 0.05,
+        "shutdown_timeout_seconds": 5,
+        "outage_tolerance_s": 3.0,
+        "outage_poll_max_s": 0.5,
+    }
+    values.update(overrides)
+    return IngestSettings(**values)
+
+
+def start_command(session_id: str, url: str) -> StartSession:
+    return StartSession(session_id=session_id, stream_id=f"st-{session_id}", name=session_id, source_url=url)
+
+
+@pytest.mark.kafka
+async def test_ingest_stays_healthy_after_bad_sources(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, origin: FaultOrigin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    segment = await asyncio.to_thread(ts_segment, 64, 48, 24, 12)  # 2 s
+    origin.serve("/s.ts", segment, content_type="video/mp2t")
+    origin.serve("/bug/s.ts", segment, content_type="video/mp2t")
+    origin.serve("/nan.m3u8", "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:nan,\ns.ts\n")
+    origin.serve("/huge.m3u8", f"#EXTM3U\n{huge_attribute_line()}\nv.m3u8\n")
+    origin.serve("/bug/live.m3u8", media_playlist([(2.0, "s.ts")] * 3))
+    origin.serve("/good.m3u8", media_playlist([(2.0, "s.ts")] * 3))
+
+    real_decode = session_module.decode_segment
+
+    def decode_with_a_bug(data: bytes, keep: Any, **options: Any) -> Any:
+        if "/bug/" in str(options.get("url")):
+            raise KeyError("a bug in ingest")
+        return real_decode(data, keep, **options)
+
+    monkeypatch.setattr(session_module, "decode_segment", decode_with_a_bug)
+    run_id = uuid.uuid4().hex[:6]
+    nan_id, huge_id, bug_id, good_id = (f"{name}-{run_id}" for name in ("nan", "huge", "bug", "good"))
+    observed = Observed(kafka_bootstrap, topics)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    await observed.consumer.start()
+    stop = asyncio.Event()
+    try:
+        async with IngestService(service_settings(kafka_bootstrap, topics, tmp_path)) as service:
+            running = asyncio.create_task(service.run(stop))
+            for session_id, path in (
+                (nan_id, "/nan.m3u8"),
+                (huge_id, "/huge.m3u8"),
+                (bug_id, "/bug/live.m3u8"),
+            ):
+                command = start_command(session_id, origin.base_url + path)
+                await producer.send_and_wait(
+                    topics.session_commands, key=encode_key(session_id), value=encode_value(command)
+                )
+            await observed.read_until(lambda: all(observed.final(s) for s in (nan_id, huge_id, bug_id)))
+            # Started afterwards, on the same instance: it gets its chunks.
+            command = start_command(good_id, origin.base_url + "/good.m3u8")
+            await producer.send_and_wait(
+                topics.session_commands, key=encode_key(good_id), value=encode_value(command)
+            )
+            await observed.read_until(lambda: observed.final(good_id) is not None)
+            await service.wait_idle()
+            stop.set()
+            await asyncio.wait_for(running, timeout=10)
+    finally:
+        await observed.consumer.stop()
+        await producer.stop()
+
+    reasons = {s: observed.final(s) for s in (nan_id, huge_id, bug_id)}
+    assert all(r is not None and r.state is IngestState.FAILED for r in reasons.values())
+    assert "#EXTINF duration is not finite" in (reasons[nan_id].reason or "")  # type: ignore[union-attr]
+    assert "line 2 is longer than 16384 bytes" in (reasons[huge_id].reason or "")  # type: ignore[union-attr]
+    assert (reasons[bug_id].reason or "").startswith("internal ingest error (KeyError)")  # type: ignore[union-attr]
+    good = observed.final(good_id)
+    assert good is not None and good.state is IngestState.ENDED and good.ended_by == "stream"
+    assert good.chunks_published == len(observed.chunks[good_id]) == 3
+
+
+async def crash_counts(reader: AIOKafkaConsumer, topics: Topics) -> dict[str, int]:
+    """``crash_resumes`` of each open checkpoint (``reader``: a started group-less consumer)."""
+    opened = await read_open_checkpoints(reader, topics.ingest_checkpoints, list(range(topics.partitions)))
+    return {checkpoint.session_id: checkpoint.crash_resumes for _, checkpoint in opened}
+
+
+async def wait_for_count(reader: AIOKafkaConsumer, topics: Topics, session_id: str, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while (await crash_counts(reader, topics)).get(session_id) != count:
+        assert time.monotonic() < deadline, f"checkpoint never counted {count} crash(es)"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.kafka
+async def test_a_session_that_keeps_crashing_its_instance_is_quarantined(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    # Long chunks: the crashes below come before a resumed run completes the chunk the previous
+    # run died in (which would reset the count).
+    settings = service_settings(kafka_bootstrap, topics, tmp_path, chunk_seconds=30.0, max_crash_resumes=2)
+    session_id = f"poison-{uuid.uuid4().hex[:6]}"
+    observed = Observed(kafka_bootstrap, topics)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    reader = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=None)
+    source = LiveHlsSource(short_script(2.0), segment_seconds=1.0, loop=True)
+    await producer.start()
+    await observed.consumer.start()
+    await reader.start()
+    await asyncio.to_thread(source.start)
+
+    async def run_instance(then: str, expected_count: int | None) -> None:
+        async with IngestService(settings) as service:
+            stop = asyncio.Event()
+            running = asyncio.create_task(service.run(stop))
+            if expected_count is not None:
+                await wait_for_count(reader, topics, session_id, expected_count)
+            if then == "crash":  # the process dies: no suspension, no final report
+                for task in list(service._tasks.values()):
+                    task.cancel()
+                await asyncio.gather(*service._tasks.values(), return_exceptions=True)
+            elif then == "quarantine":
+                await observed.read_until(lambda: observed.final(session_id) is not None)
+                await service.wait_idle()
+            stop.set()  # "stop": a clean shutdown suspends the session
+            await asyncio.wait_for(running, timeout=10)
+
+    try:
+        command = start_command(session_id, source.url)
+        await producer.send_and_wait(
+            topics.session_commands, key=encode_key(session_id), value=encode_value(command)
+        )
+        await run_instance("stop", expected_count=1)  # the run counts itself ahead...
+        # ...and a clean stop takes it back.
+        assert (await crash_counts(reader, topics))[session_id] == 0
+        await run_instance("crash", expected_count=1)
+        await run_instance("crash", expected_count=2)
+        await run_instance("quarantine", expected_count=None)
+        remaining = await crash_counts(reader, topics)
+    finally:
+        await asyncio.to_thread(source.stop)
+        await reader.stop()
+        await observed.consumer.stop()
+        await producer.stop()
+
+    final = observed.final(session_id)
+    assert final is not None and final.state is IngestState.FAILED
+    assert final.reason is not None and final.reason.startswith("crashed ingest 2 times")
+    assert session_id not in remaining  # its checkpoint is tombstoned: nobody resumes it again
