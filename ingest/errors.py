@@ -47,7 +47,8 @@ class SessionQuarantinedError(IngestError):
 
 
 class SourceStalledError(IngestError):
-    """A live playlist that stopped producing new segments for longer than the stall timeout."""
+    """A source that gave no video and then no new segment for longer than the outage tolerance
+    (one that had worked simply ends, with the reason, instead)."""
 
 
 class EncodeBudgetError(IngestError):

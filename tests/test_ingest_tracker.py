@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ingest.playlist import MediaPlaylist, Segment
-from ingest.tracker import PlaylistTracker, refresh_interval
+from ingest.tracker import PlaylistTracker, outage_poll_delay, refresh_interval
 
 URL = "http://origin.test/live.m3u8"
 
@@ -160,3 +160,10 @@ def test_refresh_interval_is_target_duration_or_half_when_unchanged() -> None:
     assert refresh_interval(playlist, changed=False) == 3.0
     # A tiny target duration does not make a busy loop.
     assert refresh_interval(window(0, 1, duration=0.001, target=0.001), changed=False) == 0.5
+
+
+def test_outage_polls_back_off_exponentially_up_to_the_cap() -> None:
+    delays = [outage_poll_delay(polls, target_duration=2.0, cap=15.0) for polls in range(7)]
+    assert delays == [1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0]
+    assert outage_poll_delay(10**9, target_duration=0.001, cap=15.0) == 15.0
+    assert outage_poll_delay(0, target_duration=0.001, cap=15.0) == 0.5  # never a busy loop
