@@ -343,13 +343,13 @@ class IngestSession:
                     last_progress = loop.time()
             if self._stop.is_set():
                 return self._stop_reason or "user"
+            quiet_for = loop.time() - last_progress
+            if self._outage_over(quiet_for):  # also when segments of an ended playlist stayed away
+                return self._end_by_outage(quiet_for, refresh_error, playlist)
             if update.ended:
                 if self.segments_decoded == 0:
                     raise DecodeError("stream ended without any decodable video", url=playlist.url)
                 return "stream"
-            quiet_for = loop.time() - last_progress
-            if self._outage_over(quiet_for):
-                return self._end_by_outage(quiet_for, refresh_error, playlist)
             in_outage = (
                 refresh_error is not None
                 or quiet_for > self.settings.stall_target_durations * playlist.target_duration
