@@ -206,12 +206,12 @@ def test_a_400_kb_attribute_line_parses_in_linear_time() -> None:
     parse_attributes("A" * 400_000 + "=1")
     parsed = parse_playlist(f"#EXTM3U\n{line}\nv.m3u8\n", URL, PlaylistLimits(max_line_bytes=1_000_000))
     assert isinstance(parsed, MasterPlaylist)
-    assert time.perf_counter() - started < 1.0
-    # With the default limits such a line is refused at once.
-    started = time.perf_counter()
+    # Not a speed goal (those live in bench/): a guard against catastrophic backtracking, which
+    # takes minutes on such input; a linear scan takes well under a second even on a busy machine.
+    assert time.perf_counter() - started < 10.0
+    # With the default limits such a line is refused before it is scanned.
     with pytest.raises(PlaylistError, match="line 2 is longer than 16384 bytes"):
         parse_playlist(f"#EXTM3U\n{line}\nv.m3u8\n", URL)
-    assert time.perf_counter() - started < 0.2
 
 
 @pytest.mark.parametrize(
