@@ -435,6 +435,31 @@ def event_record_key(session_id: str, number: int) -> str:
     return f"{session_id}/event/{number}"
 
 
+class DeadLetter(Record):
+    """Any service -> ``dead-letter``: an input record it gave up on, so its partition moves on.
+
+    Written after the record failed with an unexpected error ``attempts`` times (or could not be
+    decoded at all); the service then skips it, producing what lets its session go on (for a
+    chunk record: a failed chunk result). ``value`` is the record's value as it was (base64 in
+    JSON), ``key`` its key (UTF-8 when it is text).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore", ser_json_bytes="base64", val_json_bytes="base64")
+
+    service: str
+    instance_id: str | None = None
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    session_id: str | None = None
+    key: str | None = None
+    value: bytes | None = None
+    error_type: str
+    error: str
+    attempts: int
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
 TOPIC_RECORDS: dict[str, type[BaseModel] | TypeAdapter] = {
     "session-commands": SESSION_COMMAND_ADAPTER,
     "session-lifecycle": SessionLifecycle,
@@ -445,6 +470,7 @@ TOPIC_RECORDS: dict[str, type[BaseModel] | TypeAdapter] = {
     "session-chunks": SessionChunk,
     "session-events": SessionEvent,
     "ingest-checkpoints": IngestCheckpoint,
+    "dead-letter": DeadLetter,
 }
 
 

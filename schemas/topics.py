@@ -69,6 +69,10 @@ class Topics:
         return f"{self.prefix}.session-events"
 
     @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}.dead-letter"
+
+    @property
     def ingest_checkpoints(self) -> str:
         return f"{self.prefix}.ingest-checkpoints"
 
@@ -134,6 +138,18 @@ class Topics:
                 {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
                 "merged events (SessionEvent: opened, updated, closed); compacted by "
                 "<session_id>/event/<number>, partitioned by session_id",
+            ),
+            TopicSpec(
+                self.dead_letter,
+                self.partitions,
+                # Poison records kept for inspection; the longest input retention, plus margin.
+                {
+                    "cleanup.policy": "delete",
+                    "retention.ms": str(14 * DAY_MS),
+                    "max.message.bytes": str(CHUNK_TOPIC_MAX_MESSAGE_BYTES + 64 * 1024),
+                },
+                "input records a service gave up on (DeadLetter: the record, the error, where it came "
+                "from); keyed like the record (session_id when known)",
             ),
             TopicSpec(
                 self.ingest_checkpoints,
