@@ -179,7 +179,6 @@ class FakeResolver:
         "http://[::ffff:7f00:1]/live.m3u8",
         "http://good.example@127.0.0.1/live.m3u8",
         "http://good.example:pw@127.0.0.1:80/live.m3u8",
-        "https://169.254.169.254/latest/meta-data/",
         "http://0.0.0.0/",
         "http://0/",
         "http://127。0。0。1/",  # ideographic full stops: IDNA maps them to dots
