@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -23,9 +22,6 @@ from livestream.egress import EgressPolicy, IPAddress
 
 HOST = "127.0.0.2"
 PLAYLIST = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n"
-
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-
 
 @dataclass(frozen=True)
 class Certificates:
