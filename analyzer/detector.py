@@ -139,12 +139,29 @@ class ObjectDetector:
             try:
                 boxes, scores, classes, counts = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: part})
             except Exception as exc:  # onnxruntime raises its own untyped errors
-                raise DetectorError(f"inference failed: {exc}", batch_size=len(part)) from exc
+                raise DetectorError(
+                    f"inference failed: {type(exc).__name__}: {exc}",
+                    retryable=is_transient_inference_error(exc),
+                    batch_size=len(part),
+                ) from exc
             for frame in range(len(part)):
                 results.append(
                     _decode(boxes[frame], scores[frame], classes[frame], int(counts[frame]), min_score)
                 )
         return results
+
+
+# The retry rule: onnxruntime reports failures of the runtime itself (an execution provider that
+# ran out of device memory, a CUDA/cuDNN call that failed, a provider that fell over) as these
+# classes. They say nothing about the input, so the same batch may succeed a moment later: the
+# service retries them with backoff. Input-shaped failures (InvalidArgument, NotImplemented...)
+# and anything else are deterministic and reported at once.
+TRANSIENT_ORT_ERRORS = frozenset({"Fail", "RuntimeException", "EPFail", "EngineError"})
+
+
+def is_transient_inference_error(exc: BaseException) -> bool:
+    """True for onnxruntime's runtime failures worth retrying (see ``TRANSIENT_ORT_ERRORS``)."""
+    return type(exc).__name__ in TRANSIENT_ORT_ERRORS and type(exc).__module__.startswith("onnxruntime")
 
 
 def _choose_providers(requested: list[str] | None) -> list[str]:

@@ -16,7 +16,34 @@ so its session can finish (the aggregator waits for a result per published chunk
 chunk record that cannot even be decoded (a bad field, bad base64 frames), as long as its raw
 JSON still names its session, stream and chunk index and its key is that session
 (``chunk_identity``); only a record without a readable session is logged and skipped, since
-there is no session to report it to.
+there is no session to report it to. Every undecodable record also goes to the dead-letter
+topic (``DeadLetter``, attempts=1) before its failed result.
+
+Failure rules (settings in ``AnalyzerSettings``):
+  * Handled errors (bad frames, unsupported query, non-retryable detector errors): a ``failed``
+    ChunkResult at once; deterministic, so retrying would only repeat them.
+  * Transient inference errors (``DetectorError.retryable``, onnxruntime runtime failures such as
+    a GPU out of memory; the rule is in ``analyzer.detector.TRANSIENT_ORT_ERRORS``): retried with
+    exponential backoff (``retry_backoff_s`` doubling up to ``retry_backoff_max_s``), at most
+    ``transient_attempts`` analyses; then a ``failed`` ChunkResult naming the error.
+  * Unexpected errors (any other exception out of the analysis: a bug, a library failure): the
+    chunk is analysed again with backoff, at most ``max_attempts`` times, in place (the partition
+    waits, bounded). Then the chunk is a poison record:
+      a. a ``DeadLetter`` (the record, the error, its topic/partition/offset) is produced to the
+         dead-letter topic and acknowledged;
+      b. a ``failed`` ChunkResult for its chunk is produced and acknowledged;
+      c. its offset is committed, so the partition moves on.
+    A crash between a and b redelivers the chunk: it is retried ``max_attempts`` times again and
+    dead-lettered again (a duplicate dead letter with the same source offset). A crash between b
+    and c does the same and also repeats the failed result, which the aggregator folds once per
+    chunk index. Attempts are counted in this process only: a chunk that kills the process itself
+    (a segfault, the OOM killer) is not caught by this rule and comes back after every restart.
+  * Broker errors: produces (events, results, dead letters) and commits failing with a
+    ``KafkaError`` (timeouts, a leader moving, the broker gone) are retried with the same backoff;
+    fetch errors too. Once errors have lasted ``broker_outage_limit_s`` without a success in
+    between, the service stops with ``BrokerOutageError`` (exit status 2) for its supervisor to
+    restart it; the chunk in hand is then redelivered. Re-producing a chunk's records after a
+    timeout may duplicate them on the broker, which the idempotent consumers absorb.
 """
 
 from __future__ import annotations
@@ -32,21 +59,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from PIL import Image
 
 from analyzer.detector import ObjectDetector
+from analyzer.errors import BrokerOutageError, DetectorError
 from analyzer.models import MODEL_INPUT_SIZE
 from analyzer.query import parse_query
 from analyzer.scoring import FrameDetections, ScoringPolicy, score_chunk
 from analyzer.settings import AnalyzerSettings
 from livestream.errors import LivestreamError, RecordError
 from livestream.kafka.serde import decode_value, encode_key, encode_value
-from schemas.records import ChunkRecord, ChunkResult, chunk_id_for
-from schemas.topics import Topics
+from schemas.records import ChunkRecord, ChunkResult, DeadLetter, chunk_id_for
+from schemas.topics import CHUNK_TOPIC_MAX_MESSAGE_BYTES, Topics
 
 log = logging.getLogger("analyzer")
+
+# The largest record this producer sends: a dead letter carries a whole chunk record.
+MAX_REQUEST_BYTES = CHUNK_TOPIC_MAX_MESSAGE_BYTES + 64 * 1024
+# A dead letter keeps the record's value when its base64 form (4/3 of it) fits in one record
+# with room for the rest; a larger value is left out (it stays readable at its source offset
+# for the chunk topic's retention) and the dead letter says so.
+DEAD_LETTER_MAX_VALUE_BYTES = (MAX_REQUEST_BYTES - 16 * 1024) * 3 // 4
 
 
 class ChunkAnalyzer:
@@ -79,6 +114,8 @@ class ChunkAnalyzer:
             events = score_chunk(chunk, frames, targets, analysis_id, policy)
             status, error = "ok", None
         except (LivestreamError, OSError, ValueError) as exc:
+            if isinstance(exc, DetectorError) and exc.retryable:
+                raise  # the service retries it with backoff (AnalyzerService._analyze)
             # Logged once here, where the failure becomes a failed ChunkResult.
             log.warning("chunk %s of session %s failed: %s", chunk.chunk_id, chunk.session_id, exc)
             events, status, error = [], "failed", str(exc)
@@ -101,7 +138,7 @@ class ChunkAnalyzer:
         )
 
     def failed_result(self, chunk: ChunkIdentity, error: str) -> ChunkResult:
-        """The ``failed`` result of a chunk that could not be decoded (nothing was analysed)."""
+        """The ``failed`` result of a chunk that could not be decoded or analysed (no events)."""
         return ChunkResult(
             session_id=chunk.session_id,
             stream_id=chunk.stream_id,
@@ -130,6 +167,10 @@ class ChunkIdentity:
     chunk_index: int
     start_time: float
     end_time: float
+
+    @classmethod
+    def of(cls, chunk: ChunkRecord) -> ChunkIdentity:
+        return cls(chunk.session_id, chunk.stream_id, chunk.chunk_index, chunk.start_time, chunk.end_time)
 
 
 def chunk_identity(key: bytes | None, value: bytes | None) -> ChunkIdentity | None:
@@ -173,6 +214,51 @@ def _decode_jpeg(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff: ``first_s`` before the first retry, doubling, at most ``max_s``."""
+
+    first_s: float
+    max_s: float
+
+    def delay(self, retry: int) -> float:
+        """The wait before retry number ``retry`` (1, 2, ...)."""
+        return min(self.max_s, self.first_s * 2 ** max(0, retry - 1))
+
+
+class BrokerWatch:
+    """Measures how long broker errors have lasted with no success in between."""
+
+    def __init__(self, limit_s: float) -> None:
+        self._limit_s = limit_s
+        self._failing_since: float | None = None
+        self.failures = 0
+
+    def succeeded(self) -> None:
+        self._failing_since = None
+        self.failures = 0
+
+    def failed(self, exc: KafkaError, doing: str) -> None:
+        """Count one failure; raise ``BrokerOutageError`` once failures outlast the limit."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        self.failures += 1
+        if now - self._failing_since >= self._limit_s:
+            raise BrokerOutageError(
+                f"broker errors for {now - self._failing_since:.0f} s while trying to {doing}: "
+                f"{type(exc).__name__}: {exc}",
+                limit_s=self._limit_s,
+            ) from exc
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    value: bytes
+    key: bytes | None
+
+
 class AnalyzerService:
     """Kafka edge around ``ChunkAnalyzer``; see the module docstring for the guarantees."""
 
@@ -184,6 +270,8 @@ class AnalyzerService:
         # out with more replicas in the consumer group.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._stopping = asyncio.Event()
+        self._backoff = Backoff(settings.retry_backoff_s, settings.retry_backoff_max_s)
+        self._broker = BrokerWatch(settings.broker_outage_limit_s)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -207,6 +295,7 @@ class AnalyzerService:
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
+            max_request_size=MAX_REQUEST_BYTES,
         )
         try:
             await producer.start()
@@ -222,44 +311,176 @@ class AnalyzerService:
 
     async def _loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
         while not self._stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=500)
+            try:
+                batches = await consumer.getmany(timeout_ms=500)
+            except KafkaError as exc:
+                # aiokafka reconnects by itself; what surfaces here is retried within the limit.
+                self._broker.failed(exc, "fetch chunks")
+                log.warning("fetching chunks failed (%s: %s), retrying", type(exc).__name__, exc)
+                await self._pause(self._backoff.delay(self._broker.failures))
+                continue
             for partition, records in batches.items():
                 for record in records:
                     if self._stopping.is_set():
                         return
-                    await self._handle(record, producer)
-                    try:
-                        await consumer.commit({partition: record.offset + 1})
-                    except (CommitFailedError, IllegalStateError) as exc:
-                        # The partition moved to another replica while this chunk was analysed
-                        # (scale-out, a slow poll): its new owner redelivers the chunk and
-                        # re-produces the same records, which consumers de-duplicate.
-                        log.warning("chunk offset %d of %s not committed: %s", record.offset, partition, exc)
+                    if not await self._handle(record, producer):
+                        return  # stopped while retrying: the chunk stays uncommitted
+                    if not await self._commit(consumer, partition, record.offset + 1):
+                        return
 
-    async def _handle(self, record: ConsumerRecord, producer: AIOKafkaProducer) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, partition: TopicPartition, offset: int) -> bool:
+        """Commit ``offset``, retrying broker errors; False when stopped before it was committed."""
+        while True:
+            try:
+                await consumer.commit({partition: offset})
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The partition moved to another replica while this chunk was analysed
+                # (scale-out, a slow poll, a broker restart): its new owner redelivers the chunk
+                # and re-produces the same records, which consumers de-duplicate.
+                log.warning("chunk offset %d of %s not committed: %s", offset - 1, partition, exc)
+                return True
+            except KafkaError as exc:
+                self._broker.failed(exc, "commit offsets")
+                log.warning("committing offset %d of %s failed (%s), retrying", offset, partition, exc)
+                if not await self._pause(self._backoff.delay(self._broker.failures)):
+                    return False
+                continue
+            self._broker.succeeded()
+            return True
+
+    async def _handle(self, record: ConsumerRecord, producer: AIOKafkaProducer) -> bool:
+        """Analyse one chunk record and publish what it gave; False when stopped before the end."""
         try:
             chunk = decode_value(ChunkRecord, record.value, topic=record.topic, offset=record.offset)
         except RecordError as exc:
-            identity = chunk_identity(record.key, record.value)
-            if identity is None:
-                # No trustworthy session to report to: log and move on.
-                log.error("skipping undecodable chunk record: %s", exc)
-                return
-            # Its session waits for a result per chunk: report this one failed so it can finish.
-            log.warning(
-                "chunk %d of session %s is undecodable, reported failed: %s",
-                identity.chunk_index,
-                identity.session_id,
-                exc,
-            )
-            result = self._analyzer.failed_result(identity, str(exc))
-        else:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, self._analyzer.analyze, chunk)
+            return await self._handle_undecodable(record, exc, producer)
+        result = await self._analyze(chunk, record, producer)
+        if result is None:
+            return False
+        return await self._publish(result, producer)
+
+    async def _handle_undecodable(
+        self, record: ConsumerRecord, exc: RecordError, producer: AIOKafkaProducer
+    ) -> bool:
+        identity = chunk_identity(record.key, record.value)
+        session_id = identity.session_id if identity is not None else None
+        letter = self._dead_letter(record, exc, attempts=1, session_id=session_id)
+        if not await self._produce([letter], producer):
+            return False
+        if identity is None:
+            # No trustworthy session to report to: dead-lettered, logged, skipped.
+            log.error("skipping undecodable chunk record (dead-lettered): %s", exc)
+            return True
+        # Its session waits for a result per chunk: report this one failed so it can finish.
+        log.warning(
+            "chunk %d of session %s is undecodable, dead-lettered and reported failed: %s",
+            identity.chunk_index,
+            identity.session_id,
+            exc,
+        )
+        return await self._publish(self._analyzer.failed_result(identity, str(exc)), producer)
+
+    async def _analyze(
+        self, chunk: ChunkRecord, record: ConsumerRecord, producer: AIOKafkaProducer
+    ) -> ChunkResult | None:
+        """The chunk's result under the retry rules of the module docstring; None when stopped.
+
+        Attempts are counted here, for this one record, in this process.
+        """
+        loop = asyncio.get_running_loop()
+        transient = unexpected = 0
+        while True:
+            try:
+                return await loop.run_in_executor(self._executor, self._analyzer.analyze, chunk)
+            except Exception as exc:  # the retry rules; anything not transient is unexpected here
+                if isinstance(exc, DetectorError) and exc.retryable:
+                    transient += 1
+                    if transient >= self._settings.transient_attempts:
+                        log.warning(
+                            "chunk %s of session %s failed after %d attempts: %s",
+                            chunk.chunk_id,
+                            chunk.session_id,
+                            transient,
+                            exc,
+                        )
+                        error = f"{exc} (after {transient} attempts)"
+                        return self._analyzer.failed_result(ChunkIdentity.of(chunk), error)
+                    delay = self._backoff.delay(transient)
+                    log.warning(
+                        "chunk %s: transient error, retrying in %.1f s: %s", chunk.chunk_id, delay, exc
+                    )
+                else:
+                    unexpected += 1
+                    if unexpected >= self._settings.max_attempts:
+                        return await self._give_up(chunk, record, exc, unexpected, producer)
+                    delay = self._backoff.delay(unexpected)
+                    log.warning(
+                        "chunk %s: unexpected %s (attempt %d of %d), retrying in %.1f s: %s",
+                        chunk.chunk_id,
+                        type(exc).__name__,
+                        unexpected,
+                        self._settings.max_attempts,
+                        delay,
+                        exc,
+                    )
+            if not await self._pause(delay):
+                return None
+
+    async def _give_up(
+        self,
+        chunk: ChunkRecord,
+        record: ConsumerRecord,
+        exc: Exception,
+        attempts: int,
+        producer: AIOKafkaProducer,
+    ) -> ChunkResult | None:
+        """Dead-letter a poison chunk (acknowledged) and return its failed result to publish next."""
+        log.error(
+            "chunk %s of session %s failed %d times, dead-lettered (%s partition %d offset %d)",
+            chunk.chunk_id,
+            chunk.session_id,
+            attempts,
+            record.topic,
+            record.partition,
+            record.offset,
+            exc_info=exc,
+        )
+        letter = self._dead_letter(record, exc, attempts=attempts, session_id=chunk.session_id)
+        if not await self._produce([letter], producer):
+            return None
+        error = f"unexpected error after {attempts} attempts (dead-lettered): {type(exc).__name__}: {exc}"
+        return self._analyzer.failed_result(ChunkIdentity.of(chunk), error)
+
+    def _dead_letter(
+        self, record: ConsumerRecord, exc: Exception, *, attempts: int, session_id: str | None
+    ) -> Outgoing:
+        value: bytes | None = record.value
+        error = str(exc)
+        if value is not None and len(value) > DEAD_LETTER_MAX_VALUE_BYTES:
+            error += f" [value of {len(value)} bytes left out; read it at its source offset]"
+            value = None
+        letter = DeadLetter(
+            service="analyzer",
+            instance_id=self._settings.instance_id,
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            session_id=session_id,
+            key=_text(record.key),
+            value=value,
+            error_type=type(exc).__name__,
+            error=error,
+            attempts=attempts,
+        )
+        # Keyed like the record, so a session's dead letters share its partition.
+        return Outgoing(self._topics.dead_letter, encode_value(letter), record.key)
+
+    async def _publish(self, result: ChunkResult, producer: AIOKafkaProducer) -> bool:
         key = encode_key(result.session_id)
-        sends = [await producer.send(self._topics.events, encode_value(e), key=key) for e in result.events]
-        sends.append(await producer.send(self._topics.chunk_results, encode_value(result), key=key))
-        await asyncio.gather(*sends)
+        outgoing = [Outgoing(self._topics.events, encode_value(e), key) for e in result.events]
+        outgoing.append(Outgoing(self._topics.chunk_results, encode_value(result), key))
+        if not await self._produce(outgoing, producer):
+            return False
         log.info(
             "session %s chunk %d: %d frames, %d events, %.0f ms (%s)",
             result.session_id,
@@ -269,6 +490,44 @@ class AnalyzerService:
             result.inference_ms,
             result.status,
         )
+        return True
+
+    async def _produce(self, outgoing: list[Outgoing], producer: AIOKafkaProducer) -> bool:
+        """Produce all of ``outgoing`` and wait for every ack, retrying the lot on broker errors.
+
+        A retry re-sends records that may already be on the broker (the error may have hit
+        after some acks): duplicates that the idempotent consumers absorb. False when stopped.
+        """
+        while True:
+            try:
+                sends = [await producer.send(o.topic, o.value, key=o.key) for o in outgoing]
+                await asyncio.gather(*sends)
+            except KafkaError as exc:
+                self._broker.failed(exc, "produce results")
+                delay = self._backoff.delay(self._broker.failures)
+                log.warning("producing failed (%s: %s), retrying in %.1f s", type(exc).__name__, exc, delay)
+                if not await self._pause(delay):
+                    return False
+                continue
+            self._broker.succeeded()
+            return True
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless asked to stop first; True when the caller should go on."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
 
 
-__all__ = ["AnalyzerService", "ChunkAnalyzer", "ChunkIdentity", "chunk_identity"]
+def _text(key: bytes | None) -> str | None:
+    if key is None:
+        return None
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return key.hex()
+
+
+__all__ = ["AnalyzerService", "Backoff", "BrokerWatch", "ChunkAnalyzer", "ChunkIdentity", "chunk_identity"]

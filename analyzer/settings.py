@@ -32,4 +32,27 @@ class AnalyzerSettings(ServiceSettings):
     # Chunks are ~1 MB: fetch few at a time so one poll's work stays well inside max_poll_interval.
     max_poll_records: int = Field(default=4, ge=1)
     max_poll_interval_ms: int = 300_000
+    # Failure handling (the rules are written in analyzer/service.py).
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Analyses of a chunk that fails with an unexpected error before it is written to "
+        "the dead-letter topic and reported failed (counted per record in this process only).",
+    )
+    transient_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Analyses of a chunk whose inference fails with a retryable runtime error "
+        "(e.g. GPU out of memory) before the chunk is reported failed.",
+    )
+    retry_backoff_s: float = Field(
+        default=0.5, gt=0.0, description="First wait before a retry (analysis or broker); doubles each time."
+    )
+    retry_backoff_max_s: float = Field(default=10.0, gt=0.0, description="Longest wait between two retries.")
+    broker_outage_limit_s: float = Field(
+        default=300.0,
+        gt=0.0,
+        description="How long produce, commit and fetch errors are retried without one success before "
+        "the analyzer exits non-zero (for its supervisor to restart it).",
+    )
     log_level: str = "INFO"
