@@ -1,7 +1,9 @@
 """``livestream`` command line: ``up`` (the stack, foreground) and ``demo`` (one session, end to end).
 
 Both start a local Kafka broker unless ``KAFKA_BOOTSTRAP_SERVERS`` points at a cluster,
-create the topics, and run the four services as separate processes (``livestream.stack``).
+create the topics, and run the four services as separate processes (``livestream.stack``),
+supervised: a process that exits is restarted (the local broker too, on its address and data),
+and only a crash loop stops the stack.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from api.settings import ApiSettings
 from api.tenants import KeyRing, TenantKeys
 from livestream.errors import LivestreamError
 from livestream.kafka.admin import ensure_topics
-from livestream.kafka.broker import free_port
+from livestream.kafka.broker import LocalKafkaBroker, free_port
+from livestream.processes import ProcessStatus
 from livestream.redact import redact_url
 from livestream.stack import Stack
 from schemas.topics import Topics
@@ -51,6 +54,12 @@ class CliSettings(BaseSettings):
     )
     topic_prefix: str = Field(default="livestream", validation_alias=AliasChoices("LIVESTREAM_TOPIC_PREFIX"))
     api_port: int = Field(default=8000, validation_alias=AliasChoices("LIVESTREAM_API_PORT"))
+    status_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices("LIVESTREAM_STATUS_INTERVAL_S"),
+        description="`livestream up` prints the services' status this often, and whenever it changes.",
+    )
 
 
 def configured_api_keys() -> TenantKeys:
@@ -82,22 +91,23 @@ def api_keys_for_stack(configured: TenantKeys) -> tuple[str, dict[str, str]]:
 
 
 @contextlib.contextmanager
-def kafka_cluster(configured: str | None) -> Iterator[str]:
-    """The cluster named by KAFKA_BOOTSTRAP_SERVERS, else a local single-node broker."""
-    if configured:
-        yield configured
-        return
-    from livestream.kafka.broker import LocalKafkaBroker
+def kafka_cluster(configured: str | None) -> Iterator[tuple[str, LocalKafkaBroker | None]]:
+    """The cluster named by KAFKA_BOOTSTRAP_SERVERS, else a local single-node broker.
 
+    Yields its address and the local broker when one was started here (the stack supervises it).
+    """
+    if configured:
+        yield configured, None
+        return
     print("starting a local Kafka broker (KRaft, no Docker)...", flush=True)
     with LocalKafkaBroker() as broker:
         print(f"Kafka broker at {broker.bootstrap_servers}", flush=True)
-        yield broker.bootstrap_servers
+        yield broker.bootstrap_servers, broker
 
 
 @contextlib.contextmanager
 def running_stack(args: argparse.Namespace, api_key: str, api_env: dict[str, str]) -> Iterator[Stack]:
-    with kafka_cluster(args.settings.kafka_bootstrap_servers) as bootstrap:
+    with kafka_cluster(args.settings.kafka_bootstrap_servers) as (bootstrap, broker):
         topics = Topics(prefix=args.topic_prefix)
         asyncio.run(ensure_topics(bootstrap, topics.specs()))
         run_dir = Path(args.run_dir).resolve()
@@ -109,11 +119,19 @@ def running_stack(args: argparse.Namespace, api_key: str, api_env: dict[str, str
             topic_prefix=args.topic_prefix,
             analyzer_replicas=args.analyzers,
             extra_env=api_env,
+            broker=broker,
         )
         print(f"starting services (logs in {run_dir / 'logs'})...", flush=True)
-        stack.start()
         try:
+            stack.start()
+            stack.supervise_in_background()
             yield stack
+        except Exception:
+            # A crash loop stops the services, so whatever the caller was doing fails next (a
+            # dropped event stream): the crash loop is the error to report.
+            if stack.failure is not None:
+                raise stack.failure from None
+            raise
         finally:
             print("stopping services...", flush=True)
             stack.stop()
@@ -255,13 +273,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     with running_stack(args, api_key, api_env) as stack:
         print(f"API on {stack.api_url} (Ctrl-C to stop)", flush=True)
+        printed: tuple[tuple[str, str, int], ...] = ()
+        printed_at = time.monotonic()
         try:
             while not stop:
-                stack.check_alive()
+                stack.supervise()  # raises the crash loop the background supervisor found
+                statuses = stack.status()
+                now = time.monotonic()
+                if status_key(statuses) != printed or now - printed_at >= args.settings.status_interval_s:
+                    print(f"{datetime.now():%H:%M:%S} {stack.status_line()}", flush=True)
+                    printed, printed_at = status_key(statuses), now
                 time.sleep(1)
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def status_key(statuses: list[ProcessStatus]) -> tuple[tuple[str, str, int], ...]:
+    """What a status line shows: a change of it is printed at once."""
+    return tuple((status.name, status.state.value, status.restarts) for status in statuses)
 
 
 def build_parser(settings: CliSettings) -> argparse.ArgumentParser:

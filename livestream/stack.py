@@ -1,8 +1,10 @@
-"""Run the four services as separate processes against one Kafka cluster.
+"""Run the four services as separate processes against one Kafka cluster, supervised.
 
 Used by ``livestream up`` / ``livestream demo`` and by the end-to-end tests, so what the
 tests exercise is exactly what users run: ``python -m ingest|analyzer|aggregator|api``
-processes that talk only through Kafka.
+processes that talk only through Kafka. A ``Supervisor`` (``livestream.processes``) restarts
+a service that exits unexpectedly, and the local broker too when the stack is given one;
+only a crash loop stops the stack.
 """
 
 from __future__ import annotations
@@ -20,17 +22,23 @@ from pathlib import Path
 
 import httpx
 
-from livestream.errors import LivestreamError
-from livestream.kafka.broker import free_port
-from livestream.processes import die_with_parent
+from livestream.kafka.broker import LocalKafkaBroker, SupervisedBroker, free_port
+from livestream.processes import (
+    ChildProcess,
+    ChildSpec,
+    CrashLoopError,
+    ProcessStatus,
+    StackError,
+    Supervisor,
+    SupervisorSettings,
+    tail_of,
+)
+
+__all__ = ["SERVICES", "CrashLoopError", "Stack", "StackError", "stack_for_tests"]
 
 log = logging.getLogger("livestream.stack")
 
 SERVICES = ("aggregator", "analyzer", "ingest", "api")  # start order; stop runs in reverse
-
-
-class StackError(LivestreamError):
-    """A service process failed to start or died."""
 
 
 @dataclass
@@ -42,11 +50,37 @@ class Stack:
     topic_prefix: str = "livestream"
     analyzer_replicas: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # The local broker the caller started, if any: supervised (restarted in place) but stopped
+    # by its owner, after the services.
+    broker: LocalKafkaBroker | None = None
+    supervisor_settings: SupervisorSettings = field(default_factory=SupervisorSettings)
+    supervisor: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(self.supervisor_settings)
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def processes(self) -> dict[str, subprocess.Popen[bytes]]:
+        """The running service processes by instance name (a restart replaces the entry)."""
+        return {
+            unit.name: unit.process
+            for unit in self.supervisor.units()
+            if isinstance(unit, ChildProcess) and unit.process is not None
+        }
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        return self.supervisor.restarts
+
+    def status(self) -> list[ProcessStatus]:
+        return self.supervisor.status()
+
+    def status_line(self) -> str:
+        return "services: " + ", ".join(status.describe() for status in self.status())
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -65,6 +99,8 @@ class Stack:
         return env
 
     def log_path(self, service: str) -> Path:
+        if service == SupervisedBroker.NAME and self.broker is not None:
+            return self.broker.log_file
         return self.run_dir / "logs" / f"{service}.log"
 
     def instances(self) -> list[tuple[str, str]]:
@@ -78,28 +114,30 @@ class Stack:
         return named
 
     def start(self, *, ready_timeout: float = 90.0) -> None:
-        """Start every service, then wait until the API answers /healthz."""
+        """Start every service under supervision, then wait until the API answers /healthz."""
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if self.broker is not None:
+            self.supervisor.add(SupervisedBroker(self.broker), already_running=True)
         env = self.env()
         for name, module in self.instances():
-            log_file = self.log_path(name).open("ab")
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", module],
-                env=env | {"LIVESTREAM_ANALYZER_INSTANCE_ID": name} if module == "analyzer" else env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                # Own process group: a terminal Ctrl-C reaches only the CLI, which ends the
-                # session and then stops the services in order; they still die with it.
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-            log_file.close()
+            # A restarted analyzer replica keeps its instance id: the spec is fixed here.
+            child_env = env | {"LIVESTREAM_ANALYZER_INSTANCE_ID": name} if module == "analyzer" else env
+            spec = ChildSpec(name, [sys.executable, "-m", module], child_env, self.log_path(name))
+            self.supervisor.add(ChildProcess(spec))
         self.wait_ready(ready_timeout)
+
+    def supervise_in_background(self) -> None:
+        """Supervise from a thread until ``stop()``; a crash loop stops the stack (``failure``)."""
+        self.supervisor.supervise_in_background()
+
+    @property
+    def failure(self) -> StackError | None:
+        return self.supervisor.failure
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.check_alive()
+            self.supervise()
             try:
                 if httpx.get(f"{self.api_url}/healthz", timeout=2).status_code == 200:
                     return
@@ -108,36 +146,20 @@ class Stack:
             time.sleep(0.3)
         raise StackError("API not ready in time", url=self.api_url, log=str(self.log_path("api")))
 
-    def check_alive(self) -> None:
-        for service, process in self.processes.items():
-            code = process.poll()
-            if code is not None:
-                raise StackError(
-                    f"service {service} exited with code {code}:\n{self.log_tail(service)}",
-                    log=str(self.log_path(service)),
-                )
+    def supervise(self) -> None:
+        """Restart what exited (after its backoff); raise ``CrashLoopError`` only on a crash loop."""
+        self.supervisor.supervise()
+
+    # The name before supervision: a dead service no longer raises unless it loops.
+    check_alive = supervise
 
     def log_tail(self, service: str, lines: int = 30) -> str:
         path = self.log_path(service)
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return tail_of(path, lines) if path.exists() else ""
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM every service (API first, so no new sessions start), then wait; kill stragglers."""
-        for name, _module in reversed(self.instances()):
-            process = self.processes.get(name)
-            if process and process.poll() is None:
-                process.terminate()
-        deadline = time.monotonic() + timeout
-        for service, process in self.processes.items():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("service %s did not stop in time; killing it", service)
-                process.kill()
-                process.wait()
-        self.processes.clear()
+        self.supervisor.stop(timeout, keep=(SupervisedBroker.NAME,))
 
     def __enter__(self) -> Stack:
         self.start()
@@ -156,8 +178,12 @@ def stack_for_tests(
     analyzer_replicas: int = 1,
     extra_env: dict[str, str] | None = None,
     ready_timeout: float = 120.0,
+    broker: LocalKafkaBroker | None = None,
 ) -> Iterator[Stack]:
-    """A running stack on a free API port with a generated key; prints each log's tail when it stops."""
+    """A running, supervised stack on a free API port with a generated key.
+
+    Prints each log's tail when it stops.
+    """
     stack = Stack(
         bootstrap_servers=bootstrap_servers,
         api_key=uuid.uuid4().hex,
@@ -167,9 +193,11 @@ def stack_for_tests(
         analyzer_replicas=analyzer_replicas,
         # The tests' sources are on loopback, which the egress policy refuses unless told otherwise.
         extra_env={"LIVESTREAM_INGEST_ALLOW_PRIVATE_SOURCES": "true", **(extra_env or {})},
+        broker=broker,
     )
-    stack.start(ready_timeout=ready_timeout)
     try:
+        stack.start(ready_timeout=ready_timeout)
+        stack.supervise_in_background()
         yield stack
     finally:
         stack.stop()

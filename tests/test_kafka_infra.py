@@ -76,6 +76,8 @@ def test_server_properties_are_single_node_and_explicit_topics_only(tmp_path: Pa
     assert props["group.initial.rebalance.delay.ms"] == "0"
     assert int(props["message.max.bytes"]) >= CHUNK_TOPIC_MAX_MESSAGE_BYTES
     assert props["log.dirs"] == str(tmp_path)
+    # A killed broker re-registers once its old session expired: short, so restarts are quick.
+    assert int(props["broker.heartbeat.interval.ms"]) < int(props["broker.session.timeout.ms"]) <= 3000
 
 
 def test_jar_resolution_is_cached() -> None:
@@ -93,6 +95,11 @@ def test_missing_java_is_a_setup_error() -> None:
     with pytest.raises(KafkaSetupError, match="java"):
         broker.start()
     assert broker.work_dir is None
+
+
+def test_restarting_a_broker_that_never_started_is_a_setup_error() -> None:
+    with pytest.raises(KafkaSetupError, match="never started"):
+        LocalKafkaBroker().restart()
 
 
 # --------------------------------------------------------------------------- with a real broker

@@ -3,7 +3,8 @@
 The broker jars come from Maven Central through ``mvn`` and are cached outside the repository
 (``~/.cache/livestream-analytics/kafka/<version>/libs``), so only the first run needs the network.
 Each broker gets a fresh temporary directory (config, data, logs) on free 127.0.0.1 ports and
-removes it when stopped.
+removes it when stopped. ``restart()`` (after a crash or a kill) starts it again on the same ports
+and the same data directory, so a restarted broker has every topic and committed offset it had.
 
     with LocalKafkaBroker() as broker:
         print(broker.bootstrap_servers)   # "127.0.0.1:PORT"
@@ -22,6 +23,7 @@ import concurrent.futures
 import contextlib
 import fcntl
 import logging
+import random
 import re
 import shutil
 import signal
@@ -206,6 +208,41 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+EPHEMERAL_PORT_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+STABLE_PORT_FLOOR = 10000
+STABLE_PORT_TRIES = 50
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def stable_free_port(exclude: tuple[int, ...] = ()) -> int:
+    """A free 127.0.0.1 port below the kernel's ephemeral range, else any free port.
+
+    The broker must get its ports back when it restarts. A port from the ephemeral range can be
+    handed to some client's outgoing connection while the broker is down; the kernel never picks
+    a port below that range on its own, so one there stays ours unless a program asks for it.
+    """
+    try:
+        low = int(EPHEMERAL_PORT_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    if low - STABLE_PORT_FLOOR >= STABLE_PORT_TRIES:
+        for port in random.sample(range(STABLE_PORT_FLOOR, low), STABLE_PORT_TRIES):
+            if port not in exclude and _port_is_free(port):
+                return port
+    while True:
+        port = free_port()
+        if port not in exclude:
+            return port
+
+
 def random_cluster_id() -> str:
     """A Kafka ``Uuid`` string (22 chars, URL-safe base64), as ``kafka-storage random-uuid`` makes."""
     while True:
@@ -244,6 +281,11 @@ def server_properties(*, data_dir: Path, broker_port: int, controller_port: int)
         "num.network.threads": "2",
         "num.io.threads": "4",
         "log.cleaner.backoff.ms": "1000",
+        # A restarted (killed) node cannot register again until its previous registration's
+        # session expires (9 s by default). Broker and controller share one JVM here, so a short
+        # session only costs heartbeats on loopback and makes a restart take seconds, not 15.
+        "broker.session.timeout.ms": "2500",
+        "broker.heartbeat.interval.ms": "500",
     }
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
@@ -355,6 +397,7 @@ class LocalKafkaBroker:
         self.broker_port: int | None = None
         self.controller_port: int | None = None
         self.startup_seconds: float | None = None
+        self.restarts = 0
 
     # -- public interface
 
@@ -374,6 +417,15 @@ class LocalKafkaBroker:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        """The JVM's exit code once it exited (crash, kill); None while it runs or before start."""
+        return None if self._process is None else self._process.poll()
+
     def start(self) -> LocalKafkaBroker:
         if self._process is not None:
             raise KafkaSetupError("the local broker is already started", bootstrap=self.bootstrap_servers)
@@ -383,7 +435,8 @@ class LocalKafkaBroker:
             raise KafkaSetupError("java (JDK 17+) is needed to run Kafka but was not found")
         self.work_dir = Path(tempfile.mkdtemp(prefix="livestream-kafka-", dir=self._base_dir))
         try:
-            self._launch(libs_dir)
+            self._prepare(libs_dir)
+            self._spawn(libs_dir)
             self._wait_until_ready(started + self.settings.start_timeout_s)
         except BaseException:
             self.stop()
@@ -393,18 +446,38 @@ class LocalKafkaBroker:
         log.info("Kafka broker up at %s in %.1fs", self.bootstrap_servers, self.startup_seconds)
         return self
 
+    def restart(self) -> None:
+        """Start the broker again on its ports and data directory; return once it answers.
+
+        For a broker that crashed or was killed (a running one is stopped first). Everything it
+        had stays: topics, records, committed offsets, since the KRaft metadata log and the
+        partition logs are in the same data directory. On failure the JVM is killed but the
+        directory is kept, so a later ``restart()`` can try again.
+        """
+        if self.work_dir is None or self.broker_port is None:
+            raise KafkaSetupError("the local broker was never started, so it cannot be restarted")
+        started = time.monotonic()
+        self._terminate(grace_seconds=15.0)
+        libs_dir = resolve_kafka_jars(self.settings)
+        try:
+            self._spawn(libs_dir)
+            self._wait_until_ready(started + self.settings.start_timeout_s)
+        except BaseException:
+            self._terminate(grace_seconds=0.0)
+            raise
+        self.restarts += 1
+        log.info(
+            "Kafka broker restarted at %s in %.1fs (restart %d)",
+            self.bootstrap_servers,
+            time.monotonic() - started,
+            self.restarts,
+        )
+
     def stop(self, grace_seconds: float = 15.0) -> None:
         """SIGTERM, wait up to ``grace_seconds`` for a clean shutdown, then SIGKILL; remove the dir."""
         atexit.unregister(self.stop)
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=grace_seconds)
-            except subprocess.TimeoutExpired:
-                log.warning("Kafka broker did not stop within %.0fs; killing it", grace_seconds)
-                process.kill()
-                process.wait()
+        self._terminate(grace_seconds)
+        self._process = None
         if self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
             self.work_dir = None
@@ -422,12 +495,27 @@ class LocalKafkaBroker:
 
     # -- internals
 
-    def _launch(self, libs_dir: Path) -> None:
+    def _terminate(self, grace_seconds: float) -> None:
+        """SIGTERM the JVM if it runs, SIGKILL it after ``grace_seconds``; keep the work dir."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        if grace_seconds > 0:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=grace_seconds)
+                return
+            except subprocess.TimeoutExpired:
+                log.warning("Kafka broker did not stop within %.0fs; killing it", grace_seconds)
+        process.kill()
+        process.wait()
+
+    def _prepare(self, libs_dir: Path) -> None:
+        """Ports, config and a formatted data dir: chosen once, reused by every restart."""
         assert self.work_dir is not None
         (self.work_dir / "logs").mkdir()
-        self.broker_port, self.controller_port = free_port(), free_port()
-        while self.controller_port == self.broker_port:
-            self.controller_port = free_port()
+        self.broker_port = stable_free_port()
+        self.controller_port = stable_free_port(exclude=(self.broker_port,))
         properties = self.work_dir / "server.properties"
         properties.write_text(
             server_properties(
@@ -441,8 +529,12 @@ class LocalKafkaBroker:
         shutil.copytree(formatted_storage_template(self.settings, libs_dir), self.work_dir / "data")
         _give_storage_fresh_ids(self.work_dir / "data" / "meta.properties")
 
+    def _spawn(self, libs_dir: Path) -> None:
+        assert self.work_dir is not None
+        properties = self.work_dir / "server.properties"
         console_log = self.work_dir / "logs" / "console.log"
-        with console_log.open("wb") as out:
+        # Appended to: a restart's console output follows the crashed run's.
+        with console_log.open("ab") as out:
             self._process = subprocess.Popen(
                 java_command(self.settings, libs_dir, self.work_dir, SERVER_MAIN_CLASS, str(properties)),
                 stdin=subprocess.DEVNULL,
@@ -485,6 +577,48 @@ class LocalKafkaBroker:
             _run_coroutine_blocking(lambda: wait_for_broker(self.bootstrap_servers, remaining))
         except KafkaSetupError as exc:
             raise self._failure(f"the Kafka broker did not answer metadata requests: {exc.message}") from exc
+
+
+class SupervisedBroker:
+    """A ``LocalKafkaBroker`` as a ``livestream.processes.Supervised`` unit.
+
+    Its restart is ``LocalKafkaBroker.restart()`` (same address, same data). Stopping it is left
+    to whoever started it, after the services: they still talk to it while they shut down.
+    """
+
+    NAME = "kafka"
+
+    def __init__(self, broker: LocalKafkaBroker) -> None:
+        self.broker = broker
+
+    @property
+    def name(self) -> str:
+        return self.NAME
+
+    @property
+    def returncode(self) -> int | None:
+        return self.broker.exit_code
+
+    @property
+    def pid(self) -> int | None:
+        return self.broker.pid
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.broker.work_dir / "logs" / "server.log" if self.broker.work_dir else None
+
+    def start(self) -> None:
+        self.broker.restart()
+
+    def terminate(self) -> None:
+        """Nothing: the broker's owner stops it (``LocalKafkaBroker.stop``)."""
+
+    def wait(self, timeout: float) -> None:
+        """Nothing: the broker's owner stops it (``LocalKafkaBroker.stop``)."""
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        path = self.log_path
+        return _tail(path, lines) if path is not None else "<no broker log>"
 
 
 # --------------------------------------------------------------------------- command line

@@ -1,0 +1,322 @@
+"""The supervisor: restarts with capped backoff, crash loops, clean stops; the broker restarted in place.
+
+Most tests supervise cheap ``python -c`` children; one restarts a real local Kafka broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import OffsetAndMetadata
+
+from livestream.cli import status_key
+from livestream.kafka.admin import ensure_topics
+from livestream.kafka.broker import (
+    EPHEMERAL_PORT_RANGE_FILE,
+    LocalKafkaBroker,
+    SupervisedBroker,
+    stable_free_port,
+)
+from livestream.processes import (
+    ChildProcess,
+    ChildSpec,
+    CrashLoopError,
+    ProcessState,
+    Supervisor,
+    SupervisorSettings,
+)
+from livestream.stack import Stack
+from schemas.topics import Topics
+
+SLEEPER = "import time; time.sleep(60)"
+CRASHER = "import sys; print('boom: the crasher gave up', file=sys.stderr); raise SystemExit(3)"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def child(tmp_path: Path, name: str, code: str) -> ChildProcess:
+    argv = [sys.executable, "-c", code]
+    return ChildProcess(ChildSpec(name, argv, dict(os.environ), tmp_path / f"{name}.log"))
+
+
+def settings(**overrides: float) -> SupervisorSettings:
+    values: dict[str, float] = {
+        "backoff_initial_s": 0.5,
+        "backoff_max_s": 2.0,
+        "stable_after_s": 30.0,
+        "crash_loop_max": 100,
+        "crash_loop_window_s": 60.0,
+        "interval_s": 0.05,
+    }
+    return SupervisorSettings(**(values | overrides))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def wait_exited(unit: ChildProcess) -> None:
+    wait_until(lambda: unit.returncode is not None)
+
+
+@pytest.fixture
+def supervisors() -> Iterator[list[Supervisor]]:
+    """Every supervisor a test makes is stopped afterwards, so no child outlives its test."""
+    made: list[Supervisor] = []
+    yield made
+    for supervisor in made:
+        supervisor.stop(timeout=5)
+
+
+def test_a_killed_child_is_restarted_after_its_backoff_and_counted(
+    tmp_path: Path, supervisors: list[Supervisor]
+) -> None:
+    clock = FakeClock()
+    supervisor = Supervisor(settings(), clock=clock)
+    supervisors.append(supervisor)
+    sleeper = child(tmp_path, "sleeper", SLEEPER)
+    supervisor.add(sleeper)
+    first_pid = sleeper.pid
+    assert first_pid is not None
+
+    os.kill(first_pid, signal.SIGKILL)
+    wait_exited(sleeper)
+    supervisor.supervise()  # notes the exit: restart due at 0.5 s
+    (status,) = supervisor.status()
+    assert (status.state, status.last_exit_code, status.restarts) == (ProcessState.RESTARTING, -9, 0)
+
+    clock.now = 0.49
+    supervisor.supervise()
+    assert sleeper.returncode == -9, "restarted before its backoff ran out"
+
+    clock.now = 0.5
+    supervisor.supervise()
+    assert sleeper.returncode is None and sleeper.pid != first_pid
+    assert supervisor.restarts == {"sleeper": 1}
+    (status,) = supervisor.status()
+    assert status.state is ProcessState.UP and status.describe() == "sleeper up (restarted 1x)"
+
+
+def test_backoff_doubles_up_to_its_cap_and_starts_over_after_a_stable_run(
+    tmp_path: Path, supervisors: list[Supervisor]
+) -> None:
+    clock = FakeClock()
+    backoff = settings(backoff_initial_s=0.5, backoff_max_s=2.0, stable_after_s=30)
+    supervisor = Supervisor(backoff, clock=clock)
+    supervisors.append(supervisor)
+    crasher = child(tmp_path, "crasher", CRASHER)
+    supervisor.add(crasher)
+
+    delays = []
+    for _ in range(5):
+        wait_exited(crasher)
+        supervisor.supervise()
+        crashed_at = clock.now
+        restarts = supervisor.restarts["crasher"]
+        while supervisor.restarts["crasher"] == restarts:
+            clock.now = round(clock.now + 0.25, 2)
+            supervisor.supervise()
+        delays.append(clock.now - crashed_at)
+    assert delays == [0.5, 1.0, 2.0, 2.0, 2.0]
+
+    # The sixth run lasts past stable_after_s before it exits: its backoff is the initial one again.
+    wait_exited(crasher)
+    clock.now += 30
+    supervisor.supervise()
+    crashed_at = clock.now
+    clock.now += 0.5
+    supervisor.supervise()
+    assert supervisor.restarts["crasher"] == 6, clock.now - crashed_at
+
+
+def test_a_child_that_keeps_crashing_stops_supervision_with_its_name_and_log_tail(
+    tmp_path: Path, supervisors: list[Supervisor]
+) -> None:
+    supervisor = Supervisor(settings(backoff_initial_s=0.01, backoff_max_s=0.01, crash_loop_max=2))
+    supervisors.append(supervisor)
+    supervisor.add(child(tmp_path, "steady", SLEEPER))
+    supervisor.add(child(tmp_path, "crasher", CRASHER))
+
+    with pytest.raises(CrashLoopError) as raised:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            supervisor.supervise()
+            time.sleep(0.02)
+    message = str(raised.value)
+    assert "crasher crashed 3 times within 60s (last exit code 3)" in message
+    assert "boom: the crasher gave up" in message
+    assert str(tmp_path / "crasher.log") in message
+    assert supervisor.restarts == {"steady": 0, "crasher": 2}
+    # Reported again to whoever asks next, instead of restarting anything.
+    with pytest.raises(CrashLoopError):
+        supervisor.supervise()
+
+
+def test_stop_during_a_backoff_restarts_nothing(tmp_path: Path) -> None:
+    supervisor = Supervisor(settings(backoff_initial_s=0.2))
+    sleeper, other = child(tmp_path, "sleeper", SLEEPER), child(tmp_path, "other", SLEEPER)
+    supervisor.add(sleeper)
+    supervisor.add(other)
+    assert sleeper.pid is not None
+    os.kill(sleeper.pid, signal.SIGKILL)
+    wait_exited(sleeper)
+    supervisor.supervise()  # restart due in 0.2 s
+
+    supervisor.stop(timeout=5)
+    time.sleep(0.3)
+    supervisor.supervise()
+    assert sleeper.returncode == -9 and supervisor.restarts == {"sleeper": 0, "other": 0}
+    assert other.returncode == -signal.SIGTERM
+    assert {status.state for status in supervisor.status()} == {ProcessState.STOPPED}
+
+
+def test_background_supervision_restarts_and_stops_cleanly(tmp_path: Path) -> None:
+    supervisor = Supervisor(settings(backoff_initial_s=0.05))
+    sleeper = child(tmp_path, "sleeper", SLEEPER)
+    supervisor.add(sleeper)
+    supervisor.supervise_in_background()
+    first = sleeper.process
+    assert first is not None
+    first.send_signal(signal.SIGKILL)
+    wait_until(lambda: supervisor.restarts["sleeper"] == 1 and sleeper.returncode is None)
+    restarted = sleeper.process
+    assert restarted is not None and restarted.pid != first.pid
+
+    supervisor.stop(timeout=5)
+    assert restarted.returncode == -signal.SIGTERM
+    time.sleep(0.2)
+    assert supervisor.restarts["sleeper"] == 1 and sleeper.process is restarted
+
+
+def test_a_crash_loop_found_in_the_background_stops_every_child(tmp_path: Path) -> None:
+    supervisor = Supervisor(settings(backoff_initial_s=0.01, backoff_max_s=0.01, crash_loop_max=1))
+    steady = child(tmp_path, "steady", SLEEPER)
+    supervisor.add(steady)
+    supervisor.add(child(tmp_path, "crasher", CRASHER))
+    supervisor.supervise_in_background()
+    wait_until(lambda: supervisor.failure is not None and steady.returncode is not None)
+    assert "crasher crashed 2 times" in str(supervisor.failure)
+    with pytest.raises(CrashLoopError):
+        supervisor.supervise()
+    supervisor.stop(timeout=5)  # again, as the stack's owner does: harmless
+
+
+def test_stack_status_line_names_every_process_and_its_restarts(tmp_path: Path) -> None:
+    stack = Stack(bootstrap_servers="127.0.0.1:1", api_key="k" * 16, api_port=1, run_dir=tmp_path)
+    clock = FakeClock()
+    stack.supervisor = Supervisor(settings(), clock=clock)
+    try:
+        ingest, analyzer = child(tmp_path, "ingest", SLEEPER), child(tmp_path, "analyzer", SLEEPER)
+        stack.supervisor.add(ingest)
+        stack.supervisor.add(analyzer)
+        before = status_key(stack.status())
+        for _ in range(2):
+            assert analyzer.pid is not None
+            os.kill(analyzer.pid, signal.SIGKILL)
+            wait_exited(analyzer)
+            stack.supervise()
+            clock.now += 10
+            stack.supervise()
+        assert stack.status_line() == "services: ingest up, analyzer up (restarted 2x)"
+        assert stack.restarts == {"ingest": 0, "analyzer": 2}
+        assert stack.processes["analyzer"].pid == analyzer.pid
+        assert status_key(stack.status()) != before
+    finally:
+        stack.stop(timeout=5)
+
+
+def test_broker_ports_are_below_the_ephemeral_range() -> None:
+    low = int(EPHEMERAL_PORT_RANGE_FILE.read_text().split()[0])
+    first = stable_free_port()
+    assert first < low
+    assert stable_free_port(exclude=(first,)) != first
+
+
+# --------------------------------------------------------------------------- a real broker
+
+
+async def _prepare_topic_and_offset(bootstrap: str, topics: Topics, group: str) -> TopicPartition:
+    await ensure_topics(bootstrap, topics.specs())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(topics.chunks, b"before the crash", key=b"s1")
+    finally:
+        await producer.stop()
+    tp = TopicPartition(topics.chunks, sent.partition)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: OffsetAndMetadata(sent.offset + 1, "")})
+    finally:
+        await consumer.stop()
+    return tp
+
+
+async def _topics_and_committed(
+    bootstrap: str, group: str, tp: TopicPartition
+) -> tuple[list[str], int | None]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = await admin.list_topics()
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        committed = await consumer.committed(tp)
+    finally:
+        await consumer.stop()
+    return names, committed
+
+
+@pytest.mark.kafka
+def test_a_killed_local_broker_is_restarted_on_its_address_with_its_topics_and_offsets(
+    tmp_path: Path,
+) -> None:
+    topics = Topics(prefix="supervised", partitions=3)
+    group = "supervised-group"
+    with LocalKafkaBroker(base_dir=tmp_path) as broker:
+        bootstrap, work_dir = broker.bootstrap_servers, broker.work_dir
+        tp = asyncio.run(_prepare_topic_and_offset(bootstrap, topics, group))
+
+        supervisor = Supervisor(settings(backoff_initial_s=0.05))
+        supervisor.add(SupervisedBroker(broker), already_running=True)
+        first_pid = broker.pid
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        wait_until(lambda: broker.exit_code is not None)
+        deadline = time.monotonic() + 90
+        while supervisor.restarts["kafka"] == 0 or not broker.running:
+            assert time.monotonic() < deadline, broker.log_file.read_text()[-3000:]
+            supervisor.supervise()  # the restart blocks until the broker answers
+            time.sleep(0.05)
+
+        assert broker.pid != first_pid and broker.restarts == 1
+        assert (broker.bootstrap_servers, broker.work_dir) == (bootstrap, work_dir)
+        names, committed = asyncio.run(_topics_and_committed(bootstrap, group, tp))
+        assert {spec.name for spec in topics.specs()} <= set(names)
+        assert committed == 1
+        supervisor.stop(timeout=5, keep=(SupervisedBroker.NAME,))
+        assert broker.running, "the broker's owner stops it, not the supervisor"
