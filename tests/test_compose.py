@@ -43,3 +43,19 @@ def test_compose_references_are_consistent() -> None:
 def test_dockerfile_copies_existing_paths() -> None:
     for source in re.findall(r"^COPY (\S+)", (ROOT / "Dockerfile").read_text(), flags=re.M):
         assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_every_long_running_service_is_restarted_and_health_checked() -> None:
+    services = load_compose()["services"]
+    for name in ("kafka", *sorted(SERVICE_MODULES)):
+        service = services[name]
+        assert service["restart"] == "unless-stopped", name
+        test = service["healthcheck"]["test"]
+        assert test[0] in ("CMD", "CMD-SHELL"), name
+        if name != "kafka":
+            assert test[1:4] == ["python", "-m", "livestream.healthcheck"], name
+            assert service["depends_on"]["kafka"]["condition"] == "service_healthy", name
+    assert services["api"]["healthcheck"]["test"][4] == "http://127.0.0.1:8000/healthz"
+    # The broker restarts in place: its data is on a volume, so topics and offsets survive.
+    assert "kafka-data:/var/lib/kafka/data" in services["kafka"]["volumes"]
+    assert importlib.util.find_spec("livestream.healthcheck") is not None

@@ -19,11 +19,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
 from livestream.cli import status_key
+from livestream.healthcheck import check_http, check_kafka
+from livestream.healthcheck import main as healthcheck_main
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.broker import (
     EPHEMERAL_PORT_RANGE_FILE,
     LocalKafkaBroker,
     SupervisedBroker,
+    free_port,
     stable_free_port,
 )
 from livestream.processes import (
@@ -320,3 +323,22 @@ def test_a_killed_local_broker_is_restarted_on_its_address_with_its_topics_and_o
         assert committed == 1
         supervisor.stop(timeout=5, keep=(SupervisedBroker.NAME,))
         assert broker.running, "the broker's owner stops it, not the supervisor"
+
+
+# --------------------------------------------------------------------------- healthchecks (compose)
+
+
+@pytest.mark.kafka
+def test_kafka_healthcheck_passes_on_a_live_cluster_and_fails_on_a_closed_port(
+    kafka_bootstrap: str,
+) -> None:
+    assert check_kafka(kafka_bootstrap, timeout_s=10) is None
+    problem = check_kafka(f"127.0.0.1:{free_port()}", timeout_s=1)
+    assert problem is not None and "did not answer" in problem
+
+
+def test_http_healthcheck_names_the_url_when_nothing_answers() -> None:
+    url = f"http://127.0.0.1:{free_port()}/healthz"
+    problem = check_http(url, timeout_s=1)
+    assert problem is not None and url in problem
+    assert healthcheck_main([url, "--timeout", "1"]) == 1
