@@ -6,9 +6,14 @@ Most tests supervise cheap ``python -c`` children; one restarts a real local Kaf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 import signal
+import socket
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -342,3 +347,99 @@ def test_http_healthcheck_names_the_url_when_nothing_answers() -> None:
     problem = check_http(url, timeout_s=1)
     assert problem is not None and url in problem
     assert healthcheck_main([url, "--timeout", "1"]) == 1
+
+
+# --------------------------------------------------------------------------- livestream up
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of ``pid`` (of all its threads: the supervisor thread starts restarts)."""
+    pids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(text) for text in (task / "children").read_text().split()]
+    return pids
+
+
+def service_pid(cli_pid: int, module: str) -> int:
+    for pid in child_pids(cli_pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", module.encode()]:
+                return pid
+    raise AssertionError(f"no {module} process under {cli_pid}")
+
+
+class Output:
+    """A process's stdout, collected line by line in a thread."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        assert process.stdout is not None
+        stream = process.stdout
+        self._thread = threading.Thread(target=lambda: self.lines.extend(stream), daemon=True)
+        self._thread.start()
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        wait_until(lambda: any(text in line for line in self.lines), timeout)
+
+    def text(self) -> str:
+        self._thread.join(5)
+        return "".join(self.lines)
+
+
+def up_env(kafka_bootstrap: str, **extra: str) -> dict[str, str]:
+    env = dict(
+        os.environ,
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        LIVESTREAM_TOPIC_PREFIX=f"up{secrets.token_hex(3)}",
+        LIVESTREAM_API_KEYS=secrets.token_urlsafe(24),
+        LIVESTREAM_SUPERVISOR_BACKOFF_INITIAL_S="0.1",
+        LIVESTREAM_SUPERVISOR_INTERVAL_S="0.1",
+    )
+    return env | extra
+
+
+@pytest.mark.kafka
+@pytest.mark.model
+def test_up_restarts_a_killed_service_shows_it_and_stops_cleanly_on_sigterm(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    port = str(free_port())
+    command = [sys.executable, "-m", "livestream", "--run-dir", str(tmp_path), "up", "--port", port]
+    env = up_env(kafka_bootstrap, LIVESTREAM_STATUS_INTERVAL_S="600")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = Output(process)
+    try:
+        output.wait_for("services: aggregator up, analyzer up, ingest up, api up")
+        os.kill(service_pid(process.pid, "ingest"), signal.SIGKILL)
+        # Printed at once although the status interval is long: the status changed.
+        output.wait_for("ingest up (restarted 1x)", timeout=30)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, output.text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = output.text()
+    assert "ingest exited with code -9; restarting it in 0.1s (restart 1)" in text
+    assert "stopping services..." in text
+
+
+@pytest.mark.kafka
+@pytest.mark.model
+def test_up_exits_non_zero_naming_a_crash_looping_service(kafka_bootstrap: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:  # the API cannot bind its port: it exits at every start
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "livestream", "--run-dir", str(tmp_path), "up", "--port", str(port)],
+            env=up_env(kafka_bootstrap, LIVESTREAM_SUPERVISOR_CRASH_LOOP_MAX="1"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "error: api crashed 2 times within 60s" in done.stderr, done.stderr
+    assert "address already in use" in done.stderr.lower(), done.stderr
+    assert "stopping services..." in done.stdout
