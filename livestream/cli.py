@@ -272,7 +272,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     with running_stack(args, api_key, api_env) as stack:
-        print(f"API on {stack.api_url} (Ctrl-C to stop)", flush=True)
+        print(f"API on {stack.api_url} (Ctrl-C to stop; status in {stack.status_file})", flush=True)
         printed: tuple[tuple[str, str, int], ...] = ()
         printed_at = time.monotonic()
         try:
@@ -281,7 +281,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 statuses = stack.status()
                 now = time.monotonic()
                 if status_key(statuses) != printed or now - printed_at >= args.settings.status_interval_s:
-                    print(f"{datetime.now():%H:%M:%S} {stack.status_line()}", flush=True)
+                    stack.write_status(statuses)  # first: whoever reads the line finds the file current
+                    print(f"{datetime.now():%H:%M:%S} {stack.status_line(statuses)}", flush=True)
                     printed, printed_at = status_key(statuses), now
                 time.sleep(1)
         except KeyboardInterrupt:

@@ -10,6 +10,7 @@ only a crash loop stops the stack.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -79,8 +81,35 @@ class Stack:
     def status(self) -> list[ProcessStatus]:
         return self.supervisor.status()
 
-    def status_line(self) -> str:
-        return "services: " + ", ".join(status.describe() for status in self.status())
+    def status_line(self, statuses: list[ProcessStatus] | None = None) -> str:
+        statuses = self.status() if statuses is None else statuses
+        return "services: " + ", ".join(status.describe() for status in statuses)
+
+    @property
+    def status_file(self) -> Path:
+        return self.run_dir / "status.json"
+
+    def write_status(self, statuses: list[ProcessStatus] | None = None) -> None:
+        """Write every process's state and restart count to ``status_file`` for monitoring.
+
+        Written to a temporary file and renamed, so a reader never sees half of it.
+        """
+        snapshot = {
+            "updated_at": datetime.now(UTC).isoformat(),
+            "processes": [
+                {
+                    "name": status.name,
+                    "state": status.state.value,
+                    "restarts": status.restarts,
+                    "pid": status.pid,
+                    "last_exit_code": status.last_exit_code,
+                }
+                for status in (self.status() if statuses is None else statuses)
+            ],
+        }
+        partial = self.status_file.with_suffix(".json.partial")
+        partial.write_text(json.dumps(snapshot, indent=2) + "\n")
+        partial.replace(self.status_file)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -414,6 +415,11 @@ def test_up_restarts_a_killed_service_shows_it_and_stops_cleanly_on_sigterm(
         os.kill(service_pid(process.pid, "ingest"), signal.SIGKILL)
         # Printed at once although the status interval is long: the status changed.
         output.wait_for("ingest up (restarted 1x)", timeout=30)
+        status = json.loads((tmp_path / "status.json").read_text())
+        by_name = {entry["name"]: entry for entry in status["processes"]}
+        assert list(by_name) == ["aggregator", "analyzer", "ingest", "api"]
+        assert (by_name["ingest"]["restarts"], by_name["ingest"]["last_exit_code"]) == (1, -9)
+        assert by_name["ingest"]["state"] == "up" and by_name["api"]["restarts"] == 0
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0, output.text()
     finally:
