@@ -14,6 +14,17 @@ A timer (every ``timer_interval_s``) scans this worker's sessions and produces a
 ``SessionDeadline`` for those ENDING longer than the ending timeout and a ``PurgeSession`` for
 those whose retention ran out; both come back through the commands topic, so every change of a
 session is still made by the agent, in order with the session's other records.
+
+Failures (the rules; settings in ``AggregatorSettings``):
+  * An input record that cannot be decoded, or whose fold raises an unexpected error (a bug: the
+    fold is pure and deterministic, so one attempt is enough), is a poison record: a
+    ``DeadLetter`` (the record, the error, its topic/partition/offset) is written with the
+    batch's other records and the record is skipped; its offset is acked like any other.
+  * Broker errors while writing a batch (a ``KafkaError`` or faust's ``ProducerSendError``:
+    timeouts, a leader moving, the broker gone) are retried with exponential backoff
+    (``retry_backoff_s`` doubling up to ``retry_backoff_max_s``). Once a write has failed for
+    ``broker_outage_limit_s`` the worker crashes on purpose (``app.crash``): it stops and exits
+    non-zero for its supervisor; the batch, never acked, is redelivered to the next worker.
 """
 
 from __future__ import annotations
@@ -29,15 +40,17 @@ from typing import Any
 import faust
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 from pydantic import ValidationError
 
-from aggregator.errors import AggregatorError, TopicLayoutError
+from aggregator.errors import AggregatorError, BrokerOutageError, TopicLayoutError
 from aggregator.reducer import FoldResult, InputRecord, fold, record_keys
 from aggregator.settings import AggregatorSettings
 from livestream.errors import RecordError
 from livestream.kafka.serde import decode_command, decode_value
 from schemas.records import (
     ChunkResult,
+    DeadLetter,
     PurgeSession,
     SessionDeadline,
     SessionHeader,
@@ -157,6 +170,13 @@ def build_app(settings: AggregatorSettings) -> faust.App:
     header_topic = app.topic(topics.session_state, key_type=bytes, value_type=bytes)
     chunk_topic = app.topic(topics.session_chunks, key_type=bytes, value_type=bytes)
     event_topic = app.topic(topics.session_events, key_type=bytes, value_type=bytes)
+    dead_letter_topic = app.topic(topics.dead_letter, key_type=bytes, value_type=bytes)
+    output_topics = {
+        "chunk": chunk_topic,
+        "event": event_topic,
+        "dead-letter": dead_letter_topic,
+        "header": header_topic,
+    }
     decoders = decoder_for_topic(topics)
     policy = settings.fold_policy
 
@@ -176,8 +196,9 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                     decoders, message.topic, message.partition, message.offset, message.key, event.value
                 )
             except RecordError as exc:
-                # Logged once here, then skipped: its offset is acked like any other record.
-                log.warning("skipping poison record: %s", exc)
+                # Logged once here, dead-lettered, then skipped: its offset is acked like any other.
+                log.warning("skipping poison record (dead-lettered): %s", exc)
+                batch.dead_letter(message, event.value, exc, session_id=None)
                 continue
             session_id = record.session_id
             try:
@@ -194,7 +215,19 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                     ),
                 )
                 continue
-            folded = fold(before, record, datetime.now(UTC), policy)
+            try:
+                folded = fold(before, record, datetime.now(UTC), policy)
+            except Exception as exc:  # the poison rule: a fold that raises would raise again
+                log.exception(
+                    "skipping poison record (dead-lettered): fold failed for session %s (%s partition %d "
+                    "offset %d)",
+                    session_id,
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                )
+                batch.dead_letter(message, event.value, exc, session_id=session_id)
+                continue
             batch.add(session_id, message.partition, before, folded)
             if folded.changed and folded.header is not None:
                 header = folded.header
@@ -220,12 +253,12 @@ def build_app(settings: AggregatorSettings) -> faust.App:
 
         Order and crash semantics (at-least-once). A session's records all go to its partition
         (the input record's partition, the same number in every co-partitioned topic).
-         1. chunk and event records (and a purged session's tombstones): produced and
-            *acknowledged* before anything else, since a replayed input record that the table
-            already folded writes nothing again;
+         1. chunk and event records (and a purged session's tombstones, and the batch's dead
+            letters): produced and *acknowledged* before anything else, since a replayed input
+            record that the table already folded writes nothing again;
          2. table writes: update the in-memory store and queue changelog records;
-         3. headers: each session's latest header (a tombstone once purged) is queued on the
-            session-state topic;
+         3. headers: each session's latest header (a tombstone once purged) is produced on the
+            session-state topic and acknowledged;
          4. offset commit: faust acks the batch's events when this returns and commits acked
             offsets every broker_commit_interval, flushing the producer first, so 2 and 3 are on
             the broker before the offsets are.
@@ -234,23 +267,62 @@ def build_app(settings: AggregatorSettings) -> faust.App:
         consumers keep the latest). A crash after 2 but before 4 redelivers records the table
         already holds: the folds change nothing and step 3 re-publishes the headers. That is why
         every session a batch touched has its header published, changed or not: a replay can
-        never leave the compacted topic behind the table.
+        never leave the compacted topic behind the table. Broker errors in 1 or 3 are retried
+        in place (``send_acked``), so the order holds; the worker crashes only past the limit,
+        which is a crash before 4.
         """
-        sends = []
-        for output in batch.outputs:
-            topic = chunk_topic if output.kind == "chunk" else event_topic
-            sends.append(await topic.send(key=output.key, value=output.value, partition=output.partition))
-        await asyncio.gather(*sends)
+        await send_acked(batch.outputs)
+        headers: list[_Output] = []
         for session_id, (partition, header, changed) in batch.sessions.items():
             key = session_id.encode()
             if header is None:
                 if table.get(key) is not None:
                     del table[key]
-                await header_topic.send(key=key, value=None, partition=partition)
+                headers.append(_Output("header", key, None, partition))
                 continue
             if changed:
                 table[key] = header.model_dump(mode="json")
-            await header_topic.send(key=key, value=header.to_bytes(), partition=partition)
+            headers.append(_Output("header", key, header.to_bytes(), partition))
+        # Acknowledged too: a header whose delivery failed would otherwise be dropped by the
+        # producer while the batch's offsets are committed.
+        await send_acked(headers)
+
+    async def send_acked(outputs: list[_Output]) -> None:
+        """Produce ``outputs`` and wait for every acknowledgement, retrying broker errors.
+
+        A retry re-sends the lot, so records acked before the error are written twice: same
+        keys and values, which the compacted topics and their readers absorb. Past
+        ``broker_outage_limit_s`` of failures the app crashes (see the module docstring).
+        """
+        failing_since: float | None = None
+        retries = 0
+        while True:
+            try:
+                futures = [
+                    await output_topics[o.kind].send(key=o.key, value=o.value, partition=o.partition)
+                    for o in outputs
+                ]
+                await asyncio.gather(*futures)
+                return
+            except (KafkaError, ProducerSendError) as exc:
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since >= settings.broker_outage_limit_s:
+                    error = BrokerOutageError(
+                        f"batch write failing for {now - failing_since:.0f} s, stopping: "
+                        f"{type(exc).__name__}: {exc}",
+                        limit_s=settings.broker_outage_limit_s,
+                    )
+                    # Logged by faust (app.crash): the worker stops and exits non-zero. Raising
+                    # leaves the batch unacked, so its offsets are not committed.
+                    await app.crash(error)
+                    raise error from exc
+                retries += 1
+                delay = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** (retries - 1))
+                log.warning(
+                    "batch write failed (%s: %s), retry %d in %.1f s", type(exc).__name__, exc, retries, delay
+                )
+                await asyncio.sleep(delay)
 
     requested: dict[tuple[str, str], float] = {}
 
@@ -278,8 +350,8 @@ def build_app(settings: AggregatorSettings) -> faust.App:
 
 @dataclass(frozen=True)
 class _Output:
-    kind: str  # "chunk" or "event"
-    key: bytes
+    kind: str  # "chunk", "event", "dead-letter" or "header"
+    key: bytes | None
     value: bytes | None  # None: tombstone
     partition: int
 
@@ -298,6 +370,26 @@ class _Batch:
             return self.sessions[session_id][1]
         stored = table.get(session_id.encode())
         return None if stored is None else SessionHeader.model_validate(stored)
+
+    def dead_letter(
+        self, message: Any, value: bytes | None, exc: Exception, *, session_id: str | None
+    ) -> None:
+        """Queue the dead letter of a skipped input record (``message`` is faust's Message)."""
+        key: bytes | None = message.key
+        letter = DeadLetter(
+            service="aggregator",
+            source_topic=message.topic,
+            source_partition=message.partition,
+            source_offset=message.offset,
+            session_id=session_id,
+            key=None if key is None else key.decode(errors="backslashreplace"),
+            value=value,
+            error_type=type(exc).__name__,
+            error=str(exc),
+            attempts=1,
+        )
+        # Keyed like the record, in its partition: a session's dead letters sit with its records.
+        self.outputs.append(_Output("dead-letter", key, letter.to_bytes(), message.partition))
 
     def add(self, session_id: str, partition: int, before: SessionHeader | None, folded: FoldResult) -> None:
         if folded.purged and before is not None:
@@ -392,7 +484,13 @@ async def discover_topic_layout(settings: AggregatorSettings) -> TopicLayout:
     be co-partitioned with each other and with the table's changelog).
     """
     topics = Topics(prefix=settings.topic_prefix)
-    wanted = [*input_topic_names(topics), topics.session_state, topics.session_chunks, topics.session_events]
+    wanted = [
+        *input_topic_names(topics),
+        topics.session_state,
+        topics.session_chunks,
+        topics.session_events,
+        topics.dead_letter,
+    ]
     deadline = time.monotonic() + settings.startup_timeout_s
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     try:

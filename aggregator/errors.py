@@ -11,3 +11,7 @@ class AggregatorError(LivestreamError):
 
 class TopicLayoutError(AggregatorError):
     """The input topics are missing or not co-partitioned, so the session table cannot be built."""
+
+
+class BrokerOutageError(AggregatorError):
+    """The broker kept refusing the worker's writes for longer than ``broker_outage_limit_s``."""

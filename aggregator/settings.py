@@ -116,6 +116,16 @@ class AggregatorSettings(ServiceSettings):
         description="Delay of the re-seek to committed offsets after each rebalance (0: never); see app.",
     )
     startup_timeout_s: float = Field(default=30.0, gt=0, description="How long to wait for input topics.")
+    retry_backoff_s: float = Field(
+        default=0.5, gt=0, description="First wait before a failed batch write is retried; doubles each time."
+    )
+    retry_backoff_max_s: float = Field(default=10.0, gt=0, description="Longest wait between two retries.")
+    broker_outage_limit_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a batch write is retried on broker errors before the worker stops with "
+        "a non-zero exit (for its supervisor to restart it).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

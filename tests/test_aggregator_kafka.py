@@ -23,6 +23,7 @@ from livestream.kafka.serde import decode_command, encode_key, encode_value, ses
 from livestream.kafka.testing import create_test_topics, latest_values
 from schemas.records import (
     ChunkResult,
+    DeadLetter,
     EndSession,
     Event,
     IngestState,
@@ -325,6 +326,40 @@ async def test_poison_records_are_skipped(
     assert any(agg_topics.chunk_results in line and "offset=" in line for line in poison_lines)
     assert any("record key is not its session_id" in line for line in poison_lines)
     assert aggregator.process.poll() is None
+
+    # Each was dead-lettered (a replay may write a letter again: same source offset).
+    letters = await dead_letters(kafka_bootstrap, agg_topics)
+    sources = {
+        (d.source_topic, d.source_partition, d.source_offset): d for d in letters if d.service == "aggregator"
+    }
+    assert len(sources) == 4, sources
+    by_topic = {topic: d for (topic, _, _), d in sources.items()}
+    assert by_topic[agg_topics.chunk_results].value == b"\x00not json"
+    assert by_topic[agg_topics.session_lifecycle].value is None
+    assert all(d.error_type == "RecordError" and d.attempts == 1 for d in sources.values())
+    assert {d.key for d in sources.values()} == {sid, "another-key"}
+
+
+async def dead_letters(bootstrap: str, topics: Topics) -> list[DeadLetter]:
+    """Every dead letter on the topics' dead-letter topic so far."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topics.dead_letter, p) for p in range(topics.partitions)]
+        consumer.assign(partitions)
+        # Explicit offsets: a seek_to_beginning after end_offsets may resolve to the end.
+        begins = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        for tp in partitions:
+            consumer.seek(tp, begins[tp])
+        found: list[DeadLetter] = []
+        for tp in partitions:
+            while await consumer.position(tp) < ends[tp]:
+                for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+                    found.extend(DeadLetter.model_validate_json(r.value) for r in records)
+        return found
+    finally:
+        await consumer.stop()
 
 
 async def test_sigterm_exits_cleanly_and_restart_recovers_table(
