@@ -228,6 +228,12 @@ def stack_for_tests(
         stack.start(ready_timeout=ready_timeout)
         stack.supervise_in_background()
         yield stack
+    except Exception:
+        # A crash loop stopped the stack, so the test failed on its consequence (an API gone):
+        # the crash loop, with the process's log tail, is what to show.
+        if stack.failure is not None:
+            raise stack.failure from None
+        raise
     finally:
         stack.stop()
         for name, _module in stack.instances():
