@@ -143,16 +143,20 @@ def wait_for(
     raise AssertionError(f"{what}: not reached in {timeout:.0f}s (last: {summary})")
 
 
+def unit_pids(stack: Stack) -> dict[str, int | None]:
+    """The pid of every supervised unit: the service processes, and the broker when it has one."""
+    return {unit.name: unit.pid for unit in stack.supervisor.units()}
+
+
 def wait_restarted(stack: Stack, names: list[str], before: dict[str, int], old_pids: dict[str, int]) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         assert stack.failure is None, stack.failure
-        processes = stack.processes
+        units = {unit.name: unit for unit in stack.supervisor.units()}
         if all(
             stack.restarts.get(name, 0) > before.get(name, 0)
-            and name in processes
-            and processes[name].pid != old_pids[name]
-            and processes[name].poll() is None
+            and units[name].pid not in (None, old_pids[name])
+            and units[name].returncode is None
             for name in names
         ):
             return
@@ -228,7 +232,9 @@ def run_session(
                 "segments": source.segments_published,
             }
             before = dict(stack.restarts)
-            old_pids = {n: stack.processes[n].pid for n in kill}
+            pids = unit_pids(stack)
+            old_pids = {n: pid for n in kill if (pid := pids[n]) is not None}
+            assert sorted(old_pids) == sorted(kill), pids
             for n in kill:
                 os.kill(old_pids[n], signal.SIGKILL)
             wait_restarted(stack, kill, before, old_pids)
@@ -247,6 +253,11 @@ def run_session(
 
 @pytest.fixture(scope="module")
 def reference(sdk: NomadicAI, stack: Stack, events_topic: EventsRecorder) -> Run:
+    return undisturbed_run(sdk, stack, events_topic)
+
+
+def undisturbed_run(sdk: NomadicAI, stack: Stack, events_topic: EventsRecorder) -> Run:
+    """The reference: a session nothing disturbs, checked against the script's ground truth."""
     run = run_session(sdk, stack, events_topic, "reference")
     final = run.final
     assert final["status"] == "FINISHED", final.get("status_reason")
