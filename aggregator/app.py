@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ log = logging.getLogger(__name__)
 
 TABLE_NAME = "sessions"
 TOPIC_POLL_INTERVAL_S = 0.25
+# After a deliberate crash, how long faust's graceful stop may take before the process exits.
+CRASH_EXIT_GRACE_S = 5.0
+CRASH_EXIT_STATUS = 1
 
 
 def input_topic_names(topics: Topics) -> list[str]:
@@ -115,6 +119,11 @@ def decode_record(
             key=key,
         )
     return record
+
+
+def _exit_after_crash() -> None:
+    logging.shutdown()
+    os._exit(CRASH_EXIT_STATUS)
 
 
 def _broker_urls(bootstrap_servers: str) -> list[str]:
@@ -314,8 +323,12 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                         limit_s=settings.broker_outage_limit_s,
                     )
                     # Logged by faust (app.crash): the worker stops and exits non-zero. Raising
-                    # leaves the batch unacked, so its offsets are not committed.
+                    # leaves the batch unacked, so its offsets are not committed. Faust's
+                    # graceful stop waits for every fetched record to be acked, which this batch
+                    # never will be: past a short grace (time to leave the group) the process
+                    # exits on its own.
                     await app.crash(error)
+                    asyncio.get_running_loop().call_later(CRASH_EXIT_GRACE_S, _exit_after_crash)
                     raise error from exc
                 retries += 1
                 delay = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** (retries - 1))
