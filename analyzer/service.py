@@ -55,12 +55,13 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, KafkaTimeoutError
 from PIL import Image
 
 from analyzer.detector import ObjectDetector
@@ -82,6 +83,12 @@ MAX_REQUEST_BYTES = CHUNK_TOPIC_MAX_MESSAGE_BYTES + 64 * 1024
 # with room for the rest; a larger value is left out (it stays readable at its source offset
 # for the chunk topic's retention) and the dead letter says so.
 DEAD_LETTER_MAX_VALUE_BYTES = (MAX_REQUEST_BYTES - 16 * 1024) * 3 // 4
+# While idle, the broker is probed this often (at most; a quarter of the outage limit if shorter).
+IDLE_PROBE_INTERVAL_S = 10.0
+# A poll (asked to return within 0.5 s) or probe that takes longer than this is given up.
+POLL_GUARD_S = 2.0
+COMMIT_GUARD_S = 10.0
+CLOSE_GUARD_S = 10.0
 
 
 class ChunkAnalyzer:
@@ -305,20 +312,31 @@ class AnalyzerService:
         finally:
             # Stopping a client that never started is a no-op; one that half-started still
             # holds connections.
-            await consumer.stop()
-            await producer.stop()
+            await _stop_client("consumer", consumer.stop())
+            await _stop_client("producer", producer.stop())
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+        probe_every = min(IDLE_PROBE_INTERVAL_S, self._settings.broker_outage_limit_s / 4)
+        last_probe = time.monotonic()
         while not self._stopping.is_set():
             try:
-                batches = await consumer.getmany(timeout_ms=500)
+                # Bounded: while the group coordinator is unreachable, getmany waits for a
+                # rejoin that cannot happen.
+                batches = await asyncio.wait_for(consumer.getmany(timeout_ms=500), POLL_GUARD_S)
+            except TimeoutError:
+                batches = {}
             except KafkaError as exc:
                 # aiokafka reconnects by itself; what surfaces here is retried within the limit.
                 self._broker.failed(exc, "fetch chunks")
                 log.warning("fetching chunks failed (%s: %s), retrying", type(exc).__name__, exc)
                 await self._pause(self._backoff.delay(self._broker.failures))
                 continue
+            if not batches and time.monotonic() - last_probe >= probe_every:
+                # An idle consumer sees an outage as empty polls (aiokafka retries quietly): ask
+                # for metadata now and then, so an outage counts towards the limit even then.
+                last_probe = time.monotonic()
+                await self._probe(consumer)
             for partition, records in batches.items():
                 for record in records:
                     if self._stopping.is_set():
@@ -328,11 +346,26 @@ class AnalyzerService:
                     if not await self._commit(consumer, partition, record.offset + 1):
                         return
 
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        """Ask the cluster for metadata; a failure (or no answer) counts towards the outage limit."""
+        try:
+            await asyncio.wait_for(consumer.topics(), POLL_GUARD_S)
+        except (KafkaError, TimeoutError) as exc:
+            error = exc if isinstance(exc, KafkaError) else KafkaTimeoutError("no metadata answer")
+            log.warning("broker unreachable (%s: %s)", type(error).__name__, error)
+            self._broker.failed(error, "reach the broker")
+        else:
+            self._broker.succeeded()
+
     async def _commit(self, consumer: AIOKafkaConsumer, partition: TopicPartition, offset: int) -> bool:
         """Commit ``offset``, retrying broker errors; False when stopped before it was committed."""
         while True:
             try:
-                await consumer.commit({partition: offset})
+                try:
+                    # Bounded: aiokafka's commit waits for a group coordinator indefinitely.
+                    await asyncio.wait_for(consumer.commit({partition: offset}), COMMIT_GUARD_S)
+                except TimeoutError as exc:
+                    raise KafkaTimeoutError(f"no commit answer within {COMMIT_GUARD_S:.0f} s") from exc
             except (CommitFailedError, IllegalStateError) as exc:
                 # The partition moved to another replica while this chunk was analysed
                 # (scale-out, a slow poll, a broker restart): its new owner redelivers the chunk
@@ -519,6 +552,20 @@ class AnalyzerService:
         except TimeoutError:
             return True
         return False
+
+
+async def _stop_client(name: str, stopping: Awaitable[None]) -> None:
+    """Stop a Kafka client, bounded: with the broker gone, aiokafka's stop can hang or leak a
+    cancellation from its background tasks; neither may hide why the service stops."""
+    try:
+        await asyncio.wait_for(stopping, CLOSE_GUARD_S)
+    except (KafkaError, TimeoutError) as exc:
+        log.warning("the Kafka %s did not stop cleanly: %s: %s", name, type(exc).__name__, exc)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this task is being cancelled: let it
+        log.warning("the Kafka %s did not stop cleanly (its tasks were cancelled)", name)
 
 
 def _text(key: bytes | None) -> str | None:

@@ -21,6 +21,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from analyzer.detector import ObjectDetector
+from analyzer.errors import BrokerOutageError
 from analyzer.models import default_model_path
 from analyzer.scoring import ScoringPolicy
 from analyzer.service import AnalyzerService, ChunkAnalyzer
@@ -140,3 +141,35 @@ async def test_the_analyzer_survives_a_broker_restart(own_broker: LocalKafkaBrok
     finally:
         service.stop()
         await asyncio.wait_for(task, 30)
+
+
+async def test_the_analyzer_exits_once_the_broker_stays_away_past_the_limit(
+    own_broker: LocalKafkaBroker,
+) -> None:
+    bootstrap = own_broker.bootstrap_servers
+    topics = await create_test_topics(bootstrap)
+    settings = AnalyzerSettings(
+        kafka_bootstrap_servers=bootstrap,
+        topic_prefix=topics.prefix,
+        group_id=f"{topics.prefix}-an",
+        retry_backoff_s=0.1,
+        retry_backoff_max_s=1.0,
+        broker_outage_limit_s=4,
+    )
+    service = AnalyzerService(
+        settings, ChunkAnalyzer(ObjectDetector.load(default_model_path()), ScoringPolicy())
+    )
+    task = asyncio.create_task(service.run())
+    try:
+        await produce_chunk(bootstrap, topics.chunks, 0)
+        await results_for(bootstrap, topics.chunk_results, {0})
+        assert own_broker.pid is not None
+        os.kill(own_broker.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        with pytest.raises(BrokerOutageError, match="broker errors for"):
+            await asyncio.wait_for(task, 60)
+        assert time.monotonic() - killed >= 4
+    finally:
+        service.stop()
+        if not task.done():
+            await asyncio.wait_for(task, 30)
