@@ -40,10 +40,13 @@ Failure rules (settings in ``AnalyzerSettings``):
     (a segfault, the OOM killer) is not caught by this rule and comes back after every restart.
   * Broker errors: produces (events, results, dead letters) and commits failing with a
     ``KafkaError`` (timeouts, a leader moving, the broker gone) are retried with the same backoff;
-    fetch errors too. Once errors have lasted ``broker_outage_limit_s`` without a success in
-    between, the service stops with ``BrokerOutageError`` (exit status 2) for its supervisor to
-    restart it; the chunk in hand is then redelivered. Re-producing a chunk's records after a
-    timeout may duplicate them on the broker, which the idempotent consumers absorb.
+    fetch errors too; polls, commits and client stops are bounded in time (aiokafka would wait for
+    a coordinator forever), and an idle analyzer probes the broker for metadata every few seconds,
+    so an outage counts even with no chunk in hand. Once errors have lasted
+    ``broker_outage_limit_s`` without a success in between, the service stops with
+    ``BrokerOutageError`` (exit status 2) for its supervisor to restart it; the chunk in hand is
+    then redelivered. Re-producing a chunk's records after a timeout may duplicate them on the
+    broker, which the idempotent consumers absorb.
 """
 
 from __future__ import annotations
