@@ -20,17 +20,16 @@ import asyncio
 import os
 import secrets
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from nomadic import NomadicAI
 
 from livestream.kafka.admin import ensure_topics
+from livestream.kafka.testing import TopicRecorder
 from livestream.stack import Stack, stack_for_tests
 from livestream.testsource import LiveHlsSource, short_script
 from schemas.records import Event
@@ -54,41 +53,12 @@ def crash_topics(kafka_bootstrap: str) -> Topics:
     return topics
 
 
-class EventsRecorder:
-    """A downstream consumer of the raw events topic, collecting records in a thread."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.values: list[bytes] = []
-        self._bootstrap, self._topic = bootstrap, topic
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self) -> None:
-        consumer = AIOKafkaConsumer(
-            self._topic, bootstrap_servers=self._bootstrap, auto_offset_reset="earliest", group_id=None
-        )
-        await consumer.start()
-        self._ready.set()
-        try:
-            while not self._stop.is_set():
-                for records in (await consumer.getmany(timeout_ms=200)).values():
-                    self.values.extend(r.value for r in records)
-        finally:
-            await consumer.stop()
+class EventsRecorder(TopicRecorder):
+    """A downstream consumer of the raw events topic."""
 
     def events_of(self, session_id: str) -> list[Event]:
         parsed = [Event.model_validate_json(v) for v in list(self.values)]
         return [e for e in parsed if e.session_id == session_id]
-
-    def __enter__(self) -> EventsRecorder:
-        self._thread.start()
-        assert self._ready.wait(30), "events recorder did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from nomadic import NomadicAI
 from nomadic.exceptions import APIError
 
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.broker import free_port
+from livestream.kafka.testing import TopicRecorder
 from livestream.stack import Stack, stack_for_tests
 from livestream.testsource import LiveHlsSource, default_script, short_script
 from schemas.records import Event, SessionState
@@ -56,39 +56,6 @@ def stack(
 @pytest.fixture(scope="module")
 def sdk(stack: Stack) -> NomadicAI:
     return NomadicAI(api_key=stack.api_key, base_url=stack.api_url)
-
-
-class TopicRecorder:
-    """Our own downstream consumer of a topic (as users run), collecting values in a thread."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.values: list[bytes] = []
-        self._bootstrap, self._topic = bootstrap, topic
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self) -> None:
-        consumer = AIOKafkaConsumer(
-            self._topic, bootstrap_servers=self._bootstrap, auto_offset_reset="earliest", group_id=None
-        )
-        await consumer.start()
-        self._ready.set()
-        try:
-            while not self._stop.is_set():
-                for records in (await consumer.getmany(timeout_ms=200)).values():
-                    self.values.extend(r.value for r in records)
-        finally:
-            await consumer.stop()
-
-    def __enter__(self) -> TopicRecorder:
-        self._thread.start()
-        self._ready.wait(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
 
 def overlaps(event: dict, start: float, end: float, slack: float) -> bool:

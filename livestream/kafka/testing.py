@@ -12,8 +12,10 @@ cluster can serve many runs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from enum import StrEnum
@@ -152,3 +154,40 @@ async def latest_values(
         return latest
     finally:
         await consumer.stop()
+
+
+class TopicRecorder:
+    """A downstream consumer of one topic (as users run), collecting its values in a thread.
+
+    Synchronous tests (the SDK, a stack of processes) use it as a context manager.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.values: list[bytes] = []
+        self._bootstrap, self._topic = bootstrap, topic
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self._topic, bootstrap_servers=self._bootstrap, auto_offset_reset="earliest", group_id=None
+        )
+        await consumer.start()
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    self.values.extend(r.value for r in records)
+        finally:
+            await consumer.stop()
+
+    def __enter__(self) -> TopicRecorder:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise TimeoutError(f"the recorder of {self._topic} did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
