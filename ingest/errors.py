@@ -57,3 +57,8 @@ class EncodeBudgetError(IngestError):
 
 class StorageError(IngestError):
     """The local segment store could not be written."""
+
+
+class BrokerOutageError(IngestError):
+    """Broker errors lasted ``broker_outage_limit_s`` with no success in between: ingest stops
+    (exit status 2) for its supervisor to restart it; running sessions resume from checkpoints."""

@@ -116,6 +116,15 @@ class IngestSettings(ServiceSettings):
             "between) is not resumed again: it ends FAILED (quarantine)."
         ),
     )
+    # Broker outages (livestream.kafka.resilience): produce and commit errors are retried with
+    # capped exponential backoff; past the limit the service exits with status 2 (see service).
+    broker_outage_limit_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Broker errors lasting this long with no success in between stop the service (exit 2).",
+    )
+    retry_backoff_s: float = Field(default=0.5, gt=0, description="First wait before a broker retry.")
+    retry_backoff_max_s: float = Field(default=10.0, gt=0, description="Longest wait between broker retries.")
     http_connect_timeout: float = Field(default=5.0, gt=0)
     http_read_timeout: float = Field(default=10.0, gt=0)
     http_retries: int = Field(default=3, ge=0, description="Retries after the first attempt of a request.")
