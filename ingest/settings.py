@@ -116,6 +116,12 @@ class IngestSettings(ServiceSettings):
             "between) is not resumed again: it ends FAILED (quarantine)."
         ),
     )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Attempts at a session command that fails with an unexpected error before it is "
+        "written to the dead-letter topic and skipped (a StartSession is then reported FAILED).",
+    )
     # Broker outages (livestream.kafka.resilience): produce and commit errors are retried with
     # capped exponential backoff; past the limit the service exits with status 2 (see service).
     broker_outage_limit_s: float = Field(
