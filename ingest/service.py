@@ -44,7 +44,19 @@ Command handling order, and what a crash between the steps does:
    OSError) is logged as an error and committed past, so one bad directory does not block
    the partition; its files stay counted until removed by hand.
 4. ``SessionDeadline`` is the aggregator's timer for itself: ignored (debug log), committed.
-5. Poison records are logged and committed past.
+5. Poison records: an undecodable command, or one whose handling raised an unexpected error
+   ``max_attempts`` times in a row, is written to the dead-letter topic (acked) and committed
+   past; a StartSession among them is reported FAILED first, so its session ends instead of
+   sitting INITIALIZING (``handle_guarded``).
+
+Broker outages (``livestream.kafka.resilience``): every produce, poll and commit error is retried
+with capped exponential backoff while one outage clock runs for the whole process. A session
+waits in its produce call meanwhile (its source keeps being followed once the call returns;
+segments published late are still in stream order). Past ``broker_outage_limit_s`` with no
+success in between, the service stops with ``BrokerOutageError`` (exit status 2): no session
+gets a final report, each keeps its checkpoint and resumes when ingest restarts. That exit
+counts as a crash of the sessions that were running (see ``max_crash_resumes``), so a session
+running through more outages than that limit in a row is quarantined.
 
 Scaling and limits: several ingest instances split the command partitions; a session runs on
 the instance that owns its partition. StartSession commands older than
@@ -78,18 +90,20 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 
 from ingest.checkpoint import open_checkpoints
-from ingest.errors import IngestError, StorageError
+from ingest.errors import BrokerOutageError, IngestError, StorageError
 from ingest.fetch import FetchPolicy, HttpFetcher
 from ingest.session import IngestSession
 from ingest.settings import IngestSettings
 from ingest.storage import RecordingLimits, RecordingStorage
 from livestream.errors import RecordError
+from livestream.kafka.resilience import Backoff, BrokerWatch, stop_client
 from livestream.kafka.serde import decode_command, encode_key, encode_value
 from schemas.records import (
     ChunkRecord,
+    DeadLetter,
     EndSession,
     IngestCheckpoint,
     IngestState,
@@ -109,33 +123,65 @@ CHECKPOINT_READ_IDLE_POLLS = 20  # empty 0.5 s polls before a checkpoint read se
 
 
 class KafkaRecordPublisher:
-    """Produces records keyed by session_id and waits for the broker's acknowledgement."""
+    """Produces records keyed by session_id and waits for the broker's acknowledgement.
 
-    def __init__(self, producer: AIOKafkaProducer, topics: Topics) -> None:
+    Retriable broker errors (and timeouts) are retried with ``backoff`` for as long as ``watch``
+    allows; past the outage limit ``BrokerOutageError`` stops the service (see ``IngestService``).
+    A retry after a timed-out send may write a record twice: chunk records are de-duplicated
+    downstream by ``chunk_id``, lifecycle reports and checkpoints are idempotent (same state,
+    compacted key), so a duplicate changes nothing.
+    """
+
+    def __init__(
+        self, producer: AIOKafkaProducer, topics: Topics, watch: BrokerWatch, backoff: Backoff
+    ) -> None:
         self.producer = producer
         self.topics = topics
+        self.watch = watch
+        self.backoff = backoff
 
     async def publish_chunk(self, record: ChunkRecord) -> None:
-        await self.producer.send_and_wait(
-            self.topics.chunks, key=encode_key(record.session_id), value=encode_value(record)
-        )
+        await self._send(self.topics.chunks, record.session_id, encode_value(record), "publish a chunk")
 
     async def publish_lifecycle(self, record: SessionLifecycle) -> None:
-        await self.producer.send_and_wait(
-            self.topics.session_lifecycle, key=encode_key(record.session_id), value=encode_value(record)
+        await self._send(
+            self.topics.session_lifecycle, record.session_id, encode_value(record), "report a session's state"
         )
 
     async def save_checkpoint(self, checkpoint: IngestCheckpoint) -> None:
-        await self.producer.send_and_wait(
+        await self._send(
             self.topics.ingest_checkpoints,
-            key=encode_key(checkpoint.session_id),
-            value=encode_value(checkpoint),
+            checkpoint.session_id,
+            encode_value(checkpoint),
+            "save a checkpoint",
         )
 
     async def delete_checkpoint(self, session_id: str) -> None:
-        await self.producer.send_and_wait(
-            self.topics.ingest_checkpoints, key=encode_key(session_id), value=None
-        )
+        await self._send(self.topics.ingest_checkpoints, session_id, None, "delete a checkpoint")
+
+    async def publish_dead_letter(self, letter: DeadLetter, key: bytes | None) -> None:
+        await self._send_raw(self.topics.dead_letter, key, encode_value(letter), "write a dead letter")
+
+    async def _send(self, topic: str, session_id: str, value: bytes | None, doing: str) -> None:
+        await self._send_raw(topic, encode_key(session_id), value, doing)
+
+    async def _send_raw(self, topic: str, key: bytes | None, value: bytes | None, doing: str) -> None:
+        while True:
+            self.watch.check()  # once the service gave up on the broker, nothing waits again
+            try:
+                await self.producer.send_and_wait(topic, key=key, value=value)
+            except KafkaError as exc:
+                if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
+                    raise  # e.g. a record too large: retrying cannot help
+                self.watch.failed(exc, doing)
+                delay = self.backoff.delay(self.watch.failures)
+                log.warning(
+                    "could not %s (%s: %s), retrying in %.1f s", doing, type(exc).__name__, exc, delay
+                )
+                await asyncio.sleep(delay)
+            else:
+                self.watch.succeeded()
+                return
 
 
 class _CommandPartitionsListener(ConsumerRebalanceListener):
@@ -197,6 +243,11 @@ class IngestService:
         self._producer: AIOKafkaProducer | None = None
         self._publisher: KafkaRecordPublisher | None = None
         self._fetcher: HttpFetcher | None = None
+        # One outage clock for every producer and consumer call of this process.
+        self.broker = BrokerWatch(settings.broker_outage_limit_s, BrokerOutageError)
+        self._backoff = Backoff(settings.retry_backoff_s, settings.retry_backoff_max_s)
+        # Set when the broker watch trips in a session task: ``run`` stops and raises it.
+        self._gave_up = asyncio.Event()
 
     async def __aenter__(self) -> IngestService:
         await self.start()
@@ -236,7 +287,7 @@ class IngestService:
             client_id=f"{settings.group_id}-checkpoints",
             enable_auto_commit=False,
         )
-        self._publisher = KafkaRecordPublisher(self._producer, self.topics)
+        self._publisher = KafkaRecordPublisher(self._producer, self.topics, self.broker, self._backoff)
         # Before the first assignment resumes sessions: their stores join the counted total.
         await asyncio.to_thread(self.storage.scan)
         try:
@@ -248,9 +299,9 @@ class IngestService:
             )
         except BaseException:
             # A failed start still owns open connections (and aiokafka warns at exit).
-            await self._consumer.stop()
-            await self._checkpoint_reader.stop()
-            await self._producer.stop()
+            await stop_client("command consumer", self._consumer.stop(), log)
+            await stop_client("checkpoint reader", self._checkpoint_reader.stop(), log)
+            await stop_client("producer", self._producer.stop(), log)
             raise
         log.info(
             "ingest consuming %s as group %s on %s",
@@ -260,10 +311,21 @@ class IngestService:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Handle commands until ``stop`` is set."""
+        """Handle commands until ``stop`` is set; raise ``BrokerOutageError`` past the outage limit.
+
+        Broker errors of the command consumer (a poll or a commit) count towards the same outage
+        limit as the sessions' produce errors and are retried with backoff. An idle ingest sees
+        an outage only as empty polls (aiokafka reconnects quietly) and waits: it has nothing in
+        hand to lose.
+        """
         consumer = self._require(self._consumer)
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=500, max_records=100)
+        while not stop.is_set() and not self._gave_up.is_set():
+            try:
+                batches = await consumer.getmany(timeout_ms=500, max_records=100)
+            except KafkaError as exc:
+                self.broker.failed(exc, "fetch session commands")
+                await self._retry_pause(exc, "fetching session commands")
+                continue
             if batches:
                 # Commands fetched while a new assignment's sessions are being resumed wait for it.
                 await self._assignment_ready.wait()
@@ -271,20 +333,114 @@ class IngestService:
                 if partition not in consumer.assignment():
                     continue  # revoked meanwhile: its new owner handles these (not committed here)
                 for message in messages:
-                    await self.handle(message)
+                    await self.handle_guarded(message)
+                    if self._gave_up.is_set():
+                        break  # the broker is gone: this command is redelivered after the restart
                     # Commit after the command took effect (session task started / stop asked);
                     # a crash before this line redelivers the command (see the module docstring).
-                    position = {TopicPartition(partition.topic, partition.partition): message.offset + 1}
-                    try:
-                        await consumer.commit(position)
-                    except CommitFailedError as exc:  # partition moved away: its new owner redelivers
-                        log.warning("command offset %d not committed: %s", message.offset, exc)
+                    await self._commit(consumer, partition, message.offset + 1)
+        self.broker.check()
+
+    async def _commit(self, consumer: AIOKafkaConsumer, partition: TopicPartition, offset: int) -> None:
+        position = {TopicPartition(partition.topic, partition.partition): offset}
+        while True:
+            try:
+                await consumer.commit(position)
+            except CommitFailedError as exc:  # partition moved away: its new owner redelivers
+                log.warning("command offset %d not committed: %s", offset - 1, exc)
+                return
+            except KafkaError as exc:
+                self.broker.failed(exc, "commit a command offset")
+                await self._retry_pause(exc, "committing a command offset")
+            else:
+                self.broker.succeeded()
+                return
+
+    async def _retry_pause(self, exc: KafkaError, doing: str) -> None:
+        delay = self._backoff.delay(self.broker.failures)
+        log.warning("%s failed (%s: %s), retrying in %.1f s", doing, type(exc).__name__, exc, delay)
+        await asyncio.sleep(delay)
+
+    async def handle_guarded(self, message: ConsumerRecord) -> None:
+        """``handle``, with a command that keeps failing unexpectedly set aside (a poison record).
+
+        An error that is not the broker's is retried ``max_attempts`` times in this process
+        (backoff in between); then the command is written to the dead-letter topic (acked), a
+        StartSession is reported FAILED with the reason (so its session does not sit
+        INITIALIZING), and the caller commits past it. A crash before the commit redelivers the
+        command, which may be dead-lettered twice; its partition never blocks.
+        """
+        for attempt in range(1, self.settings.max_attempts + 1):
+            try:
+                await self.handle(message)
+                return
+            except BrokerOutageError:
+                self._gave_up.set()
+                return
+            except Exception as exc:  # a bug, or a command nobody foresaw
+                log.exception(
+                    "command at %s[%d]@%d failed (attempt %d of %d)",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    attempt,
+                    self.settings.max_attempts,
+                )
+                if attempt < self.settings.max_attempts:
+                    await asyncio.sleep(self._backoff.delay(attempt))
+                    continue
+                try:
+                    await self._dead_letter(message, exc, attempts=attempt)
+                except BrokerOutageError:
+                    self._gave_up.set()
+
+    async def _dead_letter(self, message: ConsumerRecord, exc: Exception, *, attempts: int) -> None:
+        publisher = self._require(self._publisher)
+        command = None
+        with contextlib.suppress(RecordError):
+            command = decode_command(message.value, topic=message.topic, offset=message.offset)
+        session_id = getattr(command, "session_id", None)
+        letter = DeadLetter(
+            service="ingest",
+            instance_id=self.settings.group_id,
+            source_topic=message.topic,
+            source_partition=message.partition,
+            source_offset=message.offset,
+            session_id=session_id,
+            key=_text(message.key),
+            value=message.value,
+            error_type=type(exc).__name__,
+            error=str(exc),
+            attempts=attempts,
+        )
+        await publisher.publish_dead_letter(letter, message.key)
+        if isinstance(command, StartSession) and command.session_id not in self._tasks:
+            await publisher.publish_lifecycle(
+                SessionLifecycle(
+                    session_id=command.session_id,
+                    stream_id=command.stream_id,
+                    state=IngestState.FAILED,
+                    reason=(
+                        f"ingest could not start the session ({type(exc).__name__}); "
+                        "see the dead-letter topic"
+                    ),
+                )
+            )
+        log.error(
+            "command at %s[%d]@%d dead-lettered after %d attempts (session %s)",
+            message.topic,
+            message.partition,
+            message.offset,
+            attempts,
+            session_id,
+        )
 
     async def handle(self, message: ConsumerRecord) -> None:
         try:
             command = decode_command(message.value, topic=message.topic, offset=message.offset)
         except RecordError as exc:
             log.error("skipping undecodable command: %s", exc)
+            await self._dead_letter(message, exc, attempts=1)
             return
         if isinstance(command, StartSession):
             if command.session_id in self._tasks:
@@ -422,6 +578,9 @@ class IngestService:
             await session.run()  # ends FAILED by itself on any error of its own work
         except asyncio.CancelledError:
             raise
+        except BrokerOutageError:
+            # No final report (the broker is gone): the checkpoint resumes it after the restart.
+            self._gave_up.set()
         except Exception as exc:  # its final report failed (Kafka): still try to leave one
             log.exception("session %s crashed", session.session_id)
             if session.final_report is None:
@@ -456,16 +615,17 @@ class IngestService:
 
     async def stop(self) -> None:
         await self._suspend(list(self._tasks))
+        # Each client is closed on its own, bounded (stop_client): after a broker restart or
+        # outage one of them may fail to close, which must not keep the others open.
         if self._consumer is not None:
             # Leaving the group revokes nothing more: every session is suspended already.
-            await self._consumer.stop()
+            await stop_client("command consumer", self._consumer.stop(), log)
             self._consumer = None
         if self._checkpoint_reader is not None:
-            await self._checkpoint_reader.stop()
+            await stop_client("checkpoint reader", self._checkpoint_reader.stop(), log)
             self._checkpoint_reader = None
         if self._producer is not None:
-            await self._producer.flush()
-            await self._producer.stop()
+            await stop_client("producer", self._producer.stop(), log)  # stop() flushes first
             self._producer = None
         if self._fetcher is not None:
             await self._fetcher.aclose()
@@ -476,3 +636,12 @@ class IngestService:
         if value is None:
             raise IngestError("IngestService is not started")
         return value
+
+
+def _text(key: bytes | None) -> str | None:
+    if key is None:
+        return None
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return key.hex()

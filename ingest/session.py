@@ -74,6 +74,7 @@ from ingest.chunker import Chunk, Chunker, SampledFrame, build_chunk_record
 from ingest.decode import decode_segment, frame_budget
 from ingest.encode import encode_chunk
 from ingest.errors import (
+    BrokerOutageError,
     DecodeError,
     DecodeRefusedError,
     FetchError,
@@ -228,6 +229,8 @@ class IngestSession:
             await self._report(IngestState.ACTIVE)  # again on resume: harmless, shows the count
             await self._save_checkpoint()
             ended_by = await self._follow(playlist)
+        except BrokerOutageError:
+            raise  # ingest stops for its supervisor; the session resumes from its checkpoint
         except IngestError as exc:
             log.warning("session %s failed: %s", self.session_id, exc)
             return await self.fail(str(exc))
