@@ -213,3 +213,14 @@ class FeedRemoved(BaseModel):
 
     session_id: str
     stream_id: str | None = None
+
+
+class SignedManifestResponse(BaseModel):
+    """Body of ``POST /api/live/session/{session_id}/signed-manifest`` (the SDK's ``get_signed_manifest``).
+
+    ``url`` plays in any HLS player until ``expires_at``; it needs no API key.
+    """
+
+    url: str
+    expires_at: datetime
+    method: Literal["GET"] = "GET"
