@@ -129,7 +129,9 @@ def score_chunk(
                     stream_time=start,
                     start_time=start,
                     end_time=end,
-                    capture_time=chunk.capture_time + timedelta(seconds=relative),
+                    capture_time=start,
+                    # The chunk's wall clock is that of its first frame (capture_time), not its start.
+                    captured_at=chunk.captured_at + timedelta(seconds=start - chunk.capture_time),
                     chunk_index=chunk.chunk_index,
                     chunk_relative_time=round(relative, 3),
                     hls_cumulative_offset=chunk.hls_cumulative_offset,

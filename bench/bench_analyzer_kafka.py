@@ -134,7 +134,8 @@ def chunk_record(index: int, frames_per_chunk: int, pool: list[JpegFrame]) -> Ch
         start_time=start,
         end_time=start + CHUNK_SECONDS,
         hls_cumulative_offset=start,
-        capture_time=datetime.now(UTC),
+        capture_time=start,
+        captured_at=datetime.now(UTC),
         media_sequences=[index],
         rapid_review_query=QUERY,
         frames=[

@@ -29,7 +29,7 @@ _EPSILON = 1e-6
 @dataclass(frozen=True)
 class SampledFrame:
     stream_time: float
-    capture_time: datetime  # wall clock: PROGRAM-DATE-TIME based when the source has it
+    captured_at: datetime  # wall clock: PROGRAM-DATE-TIME based when the source has it
     image: np.ndarray  # RGB, uint8, shape (height, width, 3)
     media_sequence: int
 
@@ -41,7 +41,8 @@ class Chunk:
     end_time: float
     frames: tuple[SampledFrame, ...]
     media_sequences: tuple[int, ...]
-    capture_time: datetime  # wall clock of the first frame (extrapolated for an empty chunk)
+    capture_time: float  # stream time of the first frame (the chunk's start for an empty chunk)
+    captured_at: datetime  # wall clock at capture_time (extrapolated for an empty chunk)
 
 
 @dataclass
@@ -86,9 +87,9 @@ class Chunker:
             # chunk and the next segment's first frame land "before" it: keep the frame in the
             # open chunk, at its start, rather than drop it.
             self.clamped_frames += 1
-            frame = SampledFrame(self.open_start, frame.capture_time, frame.image, frame.media_sequence)
+            frame = SampledFrame(self.open_start, frame.captured_at, frame.image, frame.media_sequence)
         self._frames.append(frame)
-        self._anchor = (frame.stream_time, frame.capture_time)
+        self._anchor = (frame.stream_time, frame.captured_at)
         return completed
 
     def advance_to(self, stream_time: float) -> list[Chunk]:
@@ -123,12 +124,13 @@ class Chunker:
             )
         )
         if frames:
-            capture = frames[0].capture_time
+            capture_time, captured_at = frames[0].stream_time, frames[0].captured_at
         elif self._anchor is not None:
-            capture = self._anchor[1] + timedelta(seconds=start - self._anchor[0])
+            capture_time = start
+            captured_at = self._anchor[1] + timedelta(seconds=start - self._anchor[0])
         else:
-            capture = utcnow()
-        chunk = Chunk(self.open_index, start, end_time, frames, sequences, capture)
+            capture_time, captured_at = start, utcnow()
+        chunk = Chunk(self.open_index, start, end_time, frames, sequences, capture_time, captured_at)
         self._frames = []
         self._segments = [s for s in self._segments if s.end > end_time + _EPSILON]
         self.open_index += 1
@@ -139,7 +141,7 @@ class Chunker:
 
 def build_chunk_record(chunk: Chunk, command: StartSession, frames: list[Frame]) -> ChunkRecord:
     """The ChunkRecord of ``chunk`` for the session started by ``command`` (frames already encoded)."""
-    capture = chunk.capture_time if chunk.capture_time.tzinfo else chunk.capture_time.replace(tzinfo=UTC)
+    captured_at = chunk.captured_at if chunk.captured_at.tzinfo else chunk.captured_at.replace(tzinfo=UTC)
     return ChunkRecord(
         session_id=command.session_id,
         stream_id=command.stream_id,
@@ -148,7 +150,8 @@ def build_chunk_record(chunk: Chunk, command: StartSession, frames: list[Frame])
         start_time=chunk.start_time,
         end_time=chunk.end_time,
         hls_cumulative_offset=chunk.start_time,
-        capture_time=capture,
+        capture_time=chunk.capture_time,
+        captured_at=captured_at,
         media_sequences=list(chunk.media_sequences),
         rapid_review_query=command.rapid_review_query,
         frames=frames,

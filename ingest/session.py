@@ -463,7 +463,7 @@ class IngestSession:
         for frame in decoded.frames:
             sampled = SampledFrame(
                 stream_time=item.stream_start + frame.offset,
-                capture_time=wall_clock_base + timedelta(seconds=frame.offset),
+                captured_at=wall_clock_base + timedelta(seconds=frame.offset),
                 image=frame.image,
                 media_sequence=segment.media_sequence,
             )

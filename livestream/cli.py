@@ -179,7 +179,8 @@ def follow_session(
                 printed.add(event["event_id"])
                 script_time = ""
                 if source_origin is not None:
-                    captured = datetime.fromisoformat(event["capture_time"])
+                    # captured_at is the wall clock (PROGRAM-DATE-TIME) of the detection frame.
+                    captured = datetime.fromisoformat(event["captured_at"])
                     script_time = f"  (script time {(captured - source_origin).total_seconds():5.1f}s)"
                 print(
                     f"  event  {event['t_start']}-{event['t_end']}  stream_time={event['stream_time']:7.2f}s"

@@ -4,6 +4,8 @@ Compatibility rules: readers ignore unknown fields (so producers may add optiona
 within a ``schema_version``); removing or retyping a field bumps ``SCHEMA_VERSION``.
 Times: ``*_time`` floats are seconds of *stream time*, counted from the first media the
 session ingested (the start of its recorded playback manifest); ``*_at`` are wall-clock UTC.
+``capture_time`` is NomadicML's "capture time in seconds on the stream timeline": the stream
+time of the frame a record was captured from; its wall-clock moment is ``captured_at``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 # 2: the session-state topic carries SessionHeader (lists moved to session-chunks/-events).
-SCHEMA_VERSION = 2
+# 3: ``capture_time`` of chunks and events is stream time (float seconds), as NomadicML
+#    documents it; the wall clock it used to carry moved to ``captured_at``.
+SCHEMA_VERSION = 3
 
 # Stable namespace for deterministic event ids (uuid5), so a re-analysed chunk yields the
 # same ids and every consumer can de-duplicate at-least-once deliveries.
@@ -169,7 +173,10 @@ class ChunkRecord(Record):
     start_time: float
     end_time: float
     hls_cumulative_offset: float
-    capture_time: datetime
+    # Stream time of the chunk's first frame (its start when it has none) and that moment's
+    # wall clock (PROGRAM-DATE-TIME based when the source has it, else when ingest fetched it).
+    capture_time: float
+    captured_at: datetime
     media_sequences: list[int]
     rapid_review_query: str | None = None
     frames: list[Frame]
@@ -241,7 +248,11 @@ class Event(Record):
     stream_time: float
     start_time: float
     end_time: float
-    capture_time: datetime
+    # NomadicML: "capture time in seconds on the stream timeline, often matches stream_time";
+    # here always the stream time of the frame the event was first seen in. Its wall clock
+    # (the source's PROGRAM-DATE-TIME when present) is ``captured_at``.
+    capture_time: float
+    captured_at: datetime
     chunk_index: int
     chunk_relative_time: float
     hls_cumulative_offset: float

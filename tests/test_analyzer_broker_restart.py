@@ -47,7 +47,8 @@ def cat_chunk(session: str, index: int) -> ChunkRecord:
         start_time=start,
         end_time=start + 4.0,
         hls_cumulative_offset=start,
-        capture_time=datetime.now(UTC),
+        capture_time=start,
+        captured_at=datetime.now(UTC),
         media_sequences=[index],
         rapid_review_query="a cat",
         frames=[

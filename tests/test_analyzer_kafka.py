@@ -43,7 +43,8 @@ def chunk(session: str, index: int, images: list[np.ndarray], query: str | None)
         start_time=start,
         end_time=start + 4.0,
         hls_cumulative_offset=start,
-        capture_time=datetime.now(UTC),
+        capture_time=start,
+        captured_at=datetime.now(UTC),
         media_sequences=[index],
         rapid_review_query=query,
         frames=[

@@ -28,7 +28,8 @@ def chunk(index: int = 3, start: float = 12.0, end: float = 16.0) -> ChunkRecord
         start_time=start,
         end_time=end,
         hls_cumulative_offset=start,
-        capture_time=CAPTURED,
+        capture_time=start,
+        captured_at=CAPTURED,
         media_sequences=[6, 7],
         rapid_review_query="a cat",
         frames=[],
@@ -47,7 +48,9 @@ def test_consecutive_hits_make_one_event_with_times_and_fields() -> None:
     assert event.t_start == "00:12" and event.t_end == "00:14"
     assert event.confidence == 0.9 and event.severity is Severity.HIGH
     assert event.chunk_relative_time == 0.5
-    assert event.capture_time == CAPTURED + timedelta(seconds=0.5)
+    # capture_time is the stream time of the event's first frame; captured_at that frame's clock.
+    assert event.capture_time == event.stream_time == 12.5
+    assert event.captured_at == CAPTURED + timedelta(seconds=0.5)
     assert event.chunk_index == 3 and event.chunk_id == "s1-c000003"
     assert event.hls_cumulative_offset == 12.0
     assert "cat visible from 00:12 to 00:14" in event.description

@@ -63,14 +63,15 @@ def overlaps(event: dict, start: float, end: float, slack: float) -> bool:
 
 
 def with_source_times(events: list[dict], source_started_at: datetime) -> list[dict]:
-    """Place events on the script's timeline through their capture time.
+    """Place events on the script's timeline through their capture wall clock.
 
     Ingest joins a live stream at its live edge, so stream time 0 is wherever the session
-    joined; the source's PROGRAM-DATE-TIME tags let capture_time map back to script time.
+    joined; the source's PROGRAM-DATE-TIME tags let the wall clock ``captured_at`` map back to
+    script time (``capture_time`` is stream time, like ``stream_time``).
     """
     placed = []
     for event in events:
-        start = (datetime.fromisoformat(event["capture_time"]) - source_started_at).total_seconds()
+        start = (datetime.fromisoformat(event["captured_at"]) - source_started_at).total_seconds()
         placed.append(
             event | {"source_start": start, "source_end": start + event["end_time"] - event["start_time"]}
         )

@@ -58,7 +58,7 @@ def test_chunks_cover_fixed_intervals_and_are_emitted_when_a_later_frame_arrives
     chunk = emitted[0]
     assert (chunk.index, chunk.start_time, chunk.end_time) == (0, 0.0, 4.0)
     assert [f.stream_time for f in chunk.frames] == [0.0, 1.0, 3.9]
-    assert chunk.capture_time == WALL
+    assert (chunk.capture_time, chunk.captured_at) == (0.0, WALL)
     assert chunk.media_sequences == (0,)
 
 
@@ -72,7 +72,8 @@ def test_advance_to_segment_end_emits_complete_chunks_including_empty_ones() -> 
     assert [len(c.frames) for c in emitted] == [1, 0, 0]
     assert [c.media_sequences for c in emitted] == [(7,), (), ()]
     # An empty chunk is dated from the last known frame's clock.
-    assert emitted[1].capture_time == WALL + timedelta(seconds=2.0)
+    assert emitted[1].capture_time == 2.0
+    assert emitted[1].captured_at == WALL + timedelta(seconds=2.0)
     assert [c.index for c in chunker.advance_to(8.0)] == [3]
 
 
@@ -120,7 +121,8 @@ def test_build_chunk_record_fills_ids_times_and_the_query() -> None:
     assert record.chunk_id == "s-1-c000001"
     assert (record.chunk_index, record.start_time, record.end_time) == (1, 4.0, 6.0)
     assert record.hls_cumulative_offset == 4.0
-    assert record.capture_time == WALL + timedelta(seconds=4.5)
+    assert record.capture_time == 4.5
+    assert record.captured_at == WALL + timedelta(seconds=4.5)
     assert record.media_sequences == [41]
     assert record.rapid_review_query == "cats"
     assert record.frames[0].jpeg == jpeg

@@ -672,7 +672,7 @@ async def test_an_outage_shorter_than_the_tolerance_is_survived_as_a_gap(
     assert sum(e.duration for e in entries) == pytest.approx(chunks[-1].end_time, abs=0.05)
     # Stream time stays on the source's timeline: stream time minus PROGRAM-DATE-TIME is the same
     # before and after the outage (no drift), and it moved on by the missed media.
-    offsets = [(f.stream_time, c.capture_time) for c in chunks for f in c.frames[:1]]
+    offsets = [(f.stream_time, c.captured_at) for c in chunks for f in c.frames[:1]]
     assert len(offsets) >= 4
     first_time, first_capture = offsets[0]
     for stream_time, capture in offsets:

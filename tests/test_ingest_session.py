@@ -119,9 +119,11 @@ async def test_ended_stream_via_master_playlist_is_chunked_on_stream_time(
     assert all(abs(float(img.mean()) - 128) < 6 and float(img.std()) < 6 for img in gray)
     assert all(float(img.std()) > 20 for img in cat)
     assert (chunks[0].frames[0].width, chunks[0].frames[0].height) == (640, 360)
-    # capture_time comes from PROGRAM-DATE-TIME: stream time 0 is the source's start.
+    # captured_at comes from PROGRAM-DATE-TIME: stream time 0 is the source's start;
+    # capture_time is the first frame's stream time.
     assert ended_source.started_at is not None
-    assert abs(chunks[0].capture_time - ended_source.started_at) < timedelta(milliseconds=50)
+    assert abs(chunks[0].captured_at - ended_source.started_at) < timedelta(milliseconds=50)
+    assert chunks[0].capture_time == chunks[0].frames[0].stream_time
 
     assert final.manifest_path is not None
     manifest = Path(final.manifest_path)
