@@ -18,6 +18,8 @@ tenant's sessions, another tenant's answer 404 like unknown ones):
 * ``GET  /api/live/live-sessions/{stream_id}/{session_id}/events/stream`` (SSE, resumable)
 * ``GET  /api/live/events/stream?scope=personal|org|all`` (SSE of every visible session, resumable)
 * ``POST /api/live/feed-token``: a short-lived token for the SSE routes (``?token=``)
+* ``POST /api/live/session/{session_id}/signed-manifest``: a signed playlist URL of the session's
+  recording; ``/playback/...`` serves it without a key (see ``api.playback``)
 * ``GET  /healthz`` (no key): 200 once Kafka clients run and the session topics are caught up
 * ``GET  /`` a small browser page (``api/static/index.html``)
 
@@ -46,6 +48,7 @@ from starlette.types import Receive, Scope, Send
 
 from analyzer.errors import QueryError
 from analyzer.query import parse_query
+from api import playback
 from api.auth import API_KEY_QUERY_PARAM, TOKEN_QUERY_PARAM, Authenticator
 from api.dependencies import HeaderCaller, kafka_runtime
 from api.errors import (
@@ -67,6 +70,8 @@ from api.store import NO_CURSOR, ListsQuery, StoreWorker
 from api.tenants import Audience, Caller, KeyRing
 from api.tokens import FeedTokens
 from api.views import SessionView
+from livestream.blobstore import BlobStore, open_blob_store
+from livestream.blobstore.settings import BlobStoreSettings
 from livestream.egress import EgressError, EgressPolicy, check_source_url
 from schemas.api import (
     EndSessionForm,
@@ -352,8 +357,12 @@ def _error_response(status_code: int, exc: Exception, headers: dict[str, str] | 
     return JSONResponse(status_code=status_code, content={"detail": str(exc)}, headers=headers)
 
 
-def create_app(settings: ApiSettings) -> FastAPI:
-    """The API app; ``ConfigurationError`` without a key, with a short key or a key of two tenants."""
+def create_app(settings: ApiSettings, blob_store: BlobStore | None = None) -> FastAPI:
+    """The API app; ``ConfigurationError`` without a key, with a short key or a key of two tenants.
+
+    ``blob_store`` holds the recordings the playback routes serve; default: the one
+    ``LIVESTREAM_STORAGE_*`` configures (ingest's storage directory unless told otherwise).
+    """
     keys = KeyRing(settings.tenant_keys(), settings.min_key_length)
     authenticator = Authenticator(
         keys,
@@ -457,4 +466,5 @@ def create_app(settings: ApiSettings) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.include_router(live)
+    playback.install(app, settings, blob_store or open_blob_store(BlobStoreSettings()))
     return app

@@ -55,3 +55,27 @@ class TooManyFeeds(LimitExceeded):
 
 class TooManySessions(LimitExceeded):
     """The key or its tenant has as many sessions running as it may."""
+
+
+class PlaybackDenied(ApiError):
+    """A playback URL whose signature does not verify: tampered, foreign or expired (HTTP 403)."""
+
+
+class SignatureInvalid(PlaybackDenied):
+    """The signature does not match the session, path and expiry it came with."""
+
+
+class SignatureExpired(PlaybackDenied):
+    """The signature was valid, but its expiry has passed."""
+
+
+class RecordingNotFound(ApiError):
+    """The session has no recorded segment yet, or the requested part of it does not exist (HTTP 404)."""
+
+
+class RangeNotSatisfiable(ApiError):
+    """A ``Range`` header that selects no byte of the resource (HTTP 416); ``size`` in bytes."""
+
+    def __init__(self, message: str, *, size: int, **context: object) -> None:
+        super().__init__(message, size=size, **context)
+        self.size = size

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from api.tenants import DEFAULT_MIN_KEY_LENGTH, TenantKeys, load_tenants_file, merge_tenants, parse_tenant_map
 from livestream.egress import SourceRuleList
 from livestream.errors import ConfigurationError
 from livestream.settings import ServiceSettings
+
+MIN_PLAYBACK_SECRET_LENGTH = 16
 
 
 class ApiSettings(ServiceSettings):
@@ -137,6 +141,66 @@ class ApiSettings(ServiceSettings):
         ge=1,
         description="Messages of the all-sessions SSE feed kept in memory for resuming with Last-Event-ID.",
     )
+
+    # Signed playback (see api.signing and api.playback).
+    playback_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret (at least 16 characters) that signs playback URLs. Unset: random per process, "
+        "so URLs do not survive a restart and replicas behind one address must be given the same one.",
+    )
+    playback_previous_secret: SecretStr | None = Field(
+        default=None,
+        description="The secret before the last rotation: URLs it signed stay valid until "
+        "PLAYBACK_PREVIOUS_SECRET_VALID_UNTIL.",
+    )
+    playback_previous_secret_valid_until: datetime | None = Field(
+        default=None,
+        description="Instant (ISO 8601, with a time zone) until which the previous secret's signatures "
+        "are accepted; an absolute instant, so restarts never extend it. Required with the previous secret.",
+    )
+    playback_url_ttl_s: float = Field(
+        default=3600.0, gt=0, le=7 * 86400, description="Lifetime of a signed playback URL, in seconds."
+    )
+    public_base_url: str | None = Field(
+        default=None,
+        description="What signed playback URLs start with, e.g. https://video.example.com (behind a proxy). "
+        "Unset: the base URL of the request that asked for the URL.",
+    )
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        url = value.strip().rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("public_base_url must be an http(s) URL without query or fragment")
+        return url
+
+    @field_validator("playback_previous_secret_valid_until")
+    @classmethod
+    def _aware_instant(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give the instant with a time zone, e.g. 2026-01-31T12:00:00Z")
+        return value
+
+    @model_validator(mode="after")
+    def _rotation_complete(self) -> ApiSettings:
+        if self.playback_previous_secret is not None and self.playback_previous_secret_valid_until is None:
+            raise ValueError(
+                "LIVESTREAM_API_PLAYBACK_PREVIOUS_SECRET needs "
+                "LIVESTREAM_API_PLAYBACK_PREVIOUS_SECRET_VALID_UNTIL"
+            )
+        for name, secret in (
+            ("PLAYBACK_SECRET", self.playback_secret),
+            ("PLAYBACK_PREVIOUS_SECRET", self.playback_previous_secret),
+        ):
+            if secret is not None and len(secret.get_secret_value()) < MIN_PLAYBACK_SECRET_LENGTH:
+                raise ValueError(
+                    f"LIVESTREAM_API_{name} must have at least {MIN_PLAYBACK_SECRET_LENGTH} characters"
+                )
+        return self
 
     @field_validator("keys", mode="before")
     @classmethod
