@@ -48,6 +48,7 @@ from aggregator.errors import AggregatorError, BrokerOutageError, TopicLayoutErr
 from aggregator.reducer import FoldResult, InputRecord, fold, record_keys
 from aggregator.settings import AggregatorSettings
 from livestream.errors import RecordError
+from livestream.kafka.resilience import Backoff, BrokerWatch
 from livestream.kafka.serde import decode_command, decode_value
 from schemas.records import (
     ChunkResult,
@@ -296,6 +297,8 @@ def build_app(settings: AggregatorSettings) -> faust.App:
         # producer while the batch's offsets are committed.
         await send_acked(headers)
 
+    backoff = Backoff(settings.retry_backoff_s, settings.retry_backoff_max_s)
+
     async def send_acked(outputs: list[_Output]) -> None:
         """Produce ``outputs`` and wait for every acknowledgement, retrying broker errors.
 
@@ -303,8 +306,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
         keys and values, which the compacted topics and their readers absorb. Past
         ``broker_outage_limit_s`` of failures the app crashes (see the module docstring).
         """
-        failing_since: float | None = None
-        retries = 0
+        watch = BrokerWatch(settings.broker_outage_limit_s, BrokerOutageError)
         while True:
             try:
                 futures = [
@@ -314,14 +316,9 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 await asyncio.gather(*futures)
                 return
             except (KafkaError, ProducerSendError) as exc:
-                now = time.monotonic()
-                failing_since = now if failing_since is None else failing_since
-                if now - failing_since >= settings.broker_outage_limit_s:
-                    error = BrokerOutageError(
-                        f"batch write failing for {now - failing_since:.0f} s, stopping: "
-                        f"{type(exc).__name__}: {exc}",
-                        limit_s=settings.broker_outage_limit_s,
-                    )
+                try:
+                    watch.failed(exc, "write a batch")
+                except BrokerOutageError as error:
                     # Logged by faust (app.crash): the worker stops and exits non-zero. Raising
                     # leaves the batch unacked, so its offsets are not committed. Faust's
                     # graceful stop waits for every fetched record to be acked, which this batch
@@ -329,11 +326,14 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                     # exits on its own.
                     await app.crash(error)
                     asyncio.get_running_loop().call_later(CRASH_EXIT_GRACE_S, _exit_after_crash)
-                    raise error from exc
-                retries += 1
-                delay = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** (retries - 1))
+                    raise
+                delay = backoff.delay(watch.failures)
                 log.warning(
-                    "batch write failed (%s: %s), retry %d in %.1f s", type(exc).__name__, exc, retries, delay
+                    "batch write failed (%s: %s), retry %d in %.1f s",
+                    type(exc).__name__,
+                    exc,
+                    watch.failures,
+                    delay,
                 )
                 await asyncio.sleep(delay)
 

@@ -58,7 +58,6 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -74,6 +73,7 @@ from analyzer.query import parse_query
 from analyzer.scoring import FrameDetections, ScoringPolicy, score_chunk
 from analyzer.settings import AnalyzerSettings
 from livestream.errors import LivestreamError, RecordError
+from livestream.kafka.resilience import Backoff, BrokerWatch, stop_client
 from livestream.kafka.serde import decode_value, encode_key, encode_value
 from schemas.records import ChunkRecord, ChunkResult, DeadLetter, chunk_id_for
 from schemas.topics import CHUNK_TOPIC_MAX_MESSAGE_BYTES, Topics
@@ -91,7 +91,6 @@ IDLE_PROBE_INTERVAL_S = 10.0
 # A poll (asked to return within 0.5 s) or probe that takes longer than this is given up.
 POLL_GUARD_S = 2.0
 COMMIT_GUARD_S = 10.0
-CLOSE_GUARD_S = 10.0
 
 
 class ChunkAnalyzer:
@@ -225,44 +224,6 @@ def _decode_jpeg(data: bytes) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff: ``first_s`` before the first retry, doubling, at most ``max_s``."""
-
-    first_s: float
-    max_s: float
-
-    def delay(self, retry: int) -> float:
-        """The wait before retry number ``retry`` (1, 2, ...)."""
-        return min(self.max_s, self.first_s * 2 ** max(0, retry - 1))
-
-
-class BrokerWatch:
-    """Measures how long broker errors have lasted with no success in between."""
-
-    def __init__(self, limit_s: float) -> None:
-        self._limit_s = limit_s
-        self._failing_since: float | None = None
-        self.failures = 0
-
-    def succeeded(self) -> None:
-        self._failing_since = None
-        self.failures = 0
-
-    def failed(self, exc: KafkaError, doing: str) -> None:
-        """Count one failure; raise ``BrokerOutageError`` once failures outlast the limit."""
-        now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since = now
-        self.failures += 1
-        if now - self._failing_since >= self._limit_s:
-            raise BrokerOutageError(
-                f"broker errors for {now - self._failing_since:.0f} s while trying to {doing}: "
-                f"{type(exc).__name__}: {exc}",
-                limit_s=self._limit_s,
-            ) from exc
-
-
-@dataclass(frozen=True)
 class Outgoing:
     topic: str
     value: bytes
@@ -281,7 +242,7 @@ class AnalyzerService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._stopping = asyncio.Event()
         self._backoff = Backoff(settings.retry_backoff_s, settings.retry_backoff_max_s)
-        self._broker = BrokerWatch(settings.broker_outage_limit_s)
+        self._broker = BrokerWatch(settings.broker_outage_limit_s, BrokerOutageError)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -315,8 +276,8 @@ class AnalyzerService:
         finally:
             # Stopping a client that never started is a no-op; one that half-started still
             # holds connections.
-            await _stop_client("consumer", consumer.stop())
-            await _stop_client("producer", producer.stop())
+            await stop_client("consumer", consumer.stop(), log)
+            await stop_client("producer", producer.stop(), log)
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
@@ -557,20 +518,6 @@ class AnalyzerService:
         return False
 
 
-async def _stop_client(name: str, stopping: Awaitable[None]) -> None:
-    """Stop a Kafka client, bounded: with the broker gone, aiokafka's stop can hang or leak a
-    cancellation from its background tasks; neither may hide why the service stops."""
-    try:
-        await asyncio.wait_for(stopping, CLOSE_GUARD_S)
-    except (KafkaError, TimeoutError) as exc:
-        log.warning("the Kafka %s did not stop cleanly: %s: %s", name, type(exc).__name__, exc)
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # this task is being cancelled: let it
-        log.warning("the Kafka %s did not stop cleanly (its tasks were cancelled)", name)
-
-
 def _text(key: bytes | None) -> str | None:
     if key is None:
         return None
@@ -580,4 +527,4 @@ def _text(key: bytes | None) -> str | None:
         return key.hex()
 
 
-__all__ = ["AnalyzerService", "Backoff", "BrokerWatch", "ChunkAnalyzer", "ChunkIdentity", "chunk_identity"]
+__all__ = ["AnalyzerService", "ChunkAnalyzer", "ChunkIdentity", "chunk_identity"]
