@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -56,6 +57,9 @@ class Stack:
     # by its owner, after the services.
     broker: LocalKafkaBroker | None = None
     supervisor_settings: SupervisorSettings = field(default_factory=SupervisorSettings)
+    # Signs playback URLs unless the environment sets LIVESTREAM_API_PLAYBACK_SECRET: one secret
+    # per stack, so the URLs survive the supervisor restarting the API process.
+    playback_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     supervisor: Supervisor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +128,7 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        env.setdefault("LIVESTREAM_API_PLAYBACK_SECRET", self.playback_secret)
         env.update(self.extra_env)
         return env
 
