@@ -52,6 +52,8 @@ class Stack:
     run_dir: Path
     topic_prefix: str = "livestream"
     analyzer_replicas: int = 1
+    # Which of SERVICES run (tests play one of them themselves, e.g. ingest, to write exact records).
+    services: tuple[str, ...] = SERVICES
     extra_env: dict[str, str] = field(default_factory=dict)
     # The local broker the caller started, if any: supervised (restarted in place) but stopped
     # by its owner, after the services.
@@ -140,7 +142,7 @@ class Stack:
     def instances(self) -> list[tuple[str, str]]:
         """(instance name, module) of every process, in start order."""
         named: list[tuple[str, str]] = []
-        for service in SERVICES:
+        for service in (name for name in SERVICES if name in self.services):
             if service == "analyzer" and self.analyzer_replicas > 1:
                 named += [(f"analyzer-{n}", service) for n in range(1, self.analyzer_replicas + 1)]
             else:
@@ -210,6 +212,7 @@ def stack_for_tests(
     run_dir: Path,
     *,
     analyzer_replicas: int = 1,
+    services: tuple[str, ...] = SERVICES,
     extra_env: dict[str, str] | None = None,
     ready_timeout: float = 120.0,
     broker: LocalKafkaBroker | None = None,
@@ -225,6 +228,7 @@ def stack_for_tests(
         run_dir=run_dir,
         topic_prefix=topic_prefix,
         analyzer_replicas=analyzer_replicas,
+        services=services,
         # The tests' sources are on loopback, which the egress policy refuses unless told otherwise.
         extra_env={"LIVESTREAM_INGEST_ALLOW_PRIVATE_SOURCES": "true", **(extra_env or {})},
         broker=broker,
