@@ -97,7 +97,7 @@ from ingest.errors import BrokerOutageError, IngestError, StorageError
 from ingest.fetch import FetchPolicy, HttpFetcher
 from ingest.session import IngestSession
 from ingest.settings import IngestSettings
-from ingest.storage import RecordingLimits, RecordingStorage
+from ingest.storage import RecordingStorage
 from livestream.errors import RecordError
 from livestream.kafka.resilience import Backoff, BrokerWatch, stop_client
 from livestream.kafka.serde import decode_command, encode_key, encode_value
@@ -232,7 +232,7 @@ class IngestService:
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
         self.topics = Topics(prefix=settings.topic_prefix)
-        self.storage = RecordingStorage(settings.storage_dir, RecordingLimits.of(settings))
+        self.storage = RecordingStorage.of(settings)  # mirrored to the S3 blob store when configured
         self.sessions: dict[str, IngestSession] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._partition_of: dict[str, int] = {}  # session_id -> its partition number

@@ -431,8 +431,13 @@ class IngestSession:
         if fetched is None:
             return False  # stopped mid-download: the segment is not part of the session
         arrival = utcnow()
-        await asyncio.to_thread(
-            self.store.add_segment, fetched.content, segment.duration, segment.uri, item.discontinuity
+        await asyncio.to_thread(  # its wall clock: the same base as its frames' (below)
+            self.store.add_segment,
+            fetched.content,
+            segment.duration,
+            segment.uri,
+            item.discontinuity,
+            segment.program_date_time or arrival,
         )
         self.chunker.add_segment(segment.media_sequence, item.stream_start, item.stream_end)
 

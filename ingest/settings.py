@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from livestream.blobstore.settings import DEFAULT_LOCAL_DIR
 from livestream.egress import SourceRuleList
 from livestream.settings import ServiceSettings
 
@@ -16,7 +17,9 @@ DAY_SECONDS = 24 * 60 * 60
 
 
 class IngestSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="LIVESTREAM_INGEST_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIVESTREAM_INGEST_", frozen=True, extra="ignore", populate_by_name=True
+    )
 
     group_id: str = Field(default="livestream-ingest", description="Consumer group on the command topic.")
     command_offset_reset: Literal["earliest", "latest"] = Field(
@@ -29,8 +32,14 @@ class IngestSettings(ServiceSettings):
         description="StartSession commands older than this are skipped (stale replays after a reset).",
     )
     storage_dir: Path = Field(
-        default=Path("./var/segments"),
-        description="Fetched segments and each session's playback manifest live under <dir>/<session_id>/.",
+        default=DEFAULT_LOCAL_DIR,
+        # One directory with the local blob store's (livestream.blobstore.settings), whichever
+        # variable names it: the API serves recordings from there.
+        validation_alias=AliasChoices("LIVESTREAM_INGEST_STORAGE_DIR", "LIVESTREAM_STORAGE_LOCAL_DIR"),
+        description=(
+            "Fetched segments and each session's playback manifest live under <dir>/<session_id>/; "
+            "the local blob store's root, or the working copy mirrored to the S3 backend."
+        ),
     )
     recording_max_bytes_per_session: int = Field(
         default=2 * GIB,

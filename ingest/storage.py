@@ -31,6 +31,28 @@ The total is a running count kept by ``RecordingStorage`` (one per ingest servic
 the only writer of its storage directory): one scan of the directory at start-up, then every
 write and deletion adjusts it. Only segment files count; manifests are small.
 
+Wall clock: ``#EXT-X-PROGRAM-DATE-TIME`` precedes a segment's entry when the session knows when
+the segment started (the source's own PROGRAM-DATE-TIME, else ingest's wall clock at fetch: the
+same base the chunks' wall-clock times use) and the player needs it: at the start of a recording
+(and of a resumed one), after a gap and at a discontinuity. Between those, players extrapolate
+from the durations, which is what stream time does too.
+
+Blob store (``livestream.blobstore``, ``LIVESTREAM_STORAGE_*``): the directory above is ingest's
+working copy. With the local backend it *is* the blob store (its root is this directory), so
+nothing is copied. With the S3 backend every change is mirrored to the bucket, under the same
+keys (``<session_dir>/segNNNNNN.ts``, ``<session_dir>/index.m3u8``): a segment is uploaded when
+added, the manifest is uploaded whole after each change (objects cannot be appended to), pruned
+segments are deleted and a purge deletes the recording's prefix. The bucket never lists a segment
+before it holds it: the manifest is uploaded only once every segment it lists is. An upload that
+fails (after boto3's retries) does not fail the session: the change stays pending, is retried
+with the next change (not sooner than ``MIRROR_RETRY_S``), and ``open`` reconciles the bucket
+with the kept entries when a session (re)starts.
+
+Known limit of the S3 backend: the manifest upload costs O(entries) bytes per segment, so a
+session's upload traffic for manifests grows quadratically with its length (a 24 h session of 2 s
+segments lists 43,200 entries, about 2 MB per upload at the end). Fine for the sessions this
+system runs (hours); days-long sessions would want a sliding or chunked manifest.
+
 Blocking file I/O: the async code calls every method that touches files through
 ``asyncio.to_thread``. Sessions run concurrently, so a store guards its state with a lock, and the
 total-cap pruning (which may touch any store) takes one store lock at a time and is never called
@@ -52,11 +74,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlparse
 
 from ingest.errors import StorageError
+from livestream.blobstore import BlobStore, BlobStoreError, content_type_for, open_blob_store
+from livestream.blobstore.settings import BlobStoreSettings
 
 if TYPE_CHECKING:
     from ingest.settings import IngestSettings
@@ -65,6 +90,10 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "index.m3u8"
 ENDLIST = "#EXT-X-ENDLIST"
+PROGRAM_DATE_TIME = "#EXT-X-PROGRAM-DATE-TIME:"
+# After a failed upload to the blob store, pending changes wait at least this long (monotonic
+# seconds) before the next try, so an unreachable bucket does not slow every segment down.
+MIRROR_RETRY_S = 10.0
 # Pruning past a cap goes down to this fraction of it, so pruning (and the manifest rewrite it
 # needs) happens once per tenth of the cap rather than once per segment.
 PRUNE_TO_FRACTION = 0.9
@@ -77,9 +106,10 @@ Clock = Callable[[], float]
 
 
 def directory_name(session_id: str) -> str:
-    """The session's directory name: its id, with anything path-like replaced by ``_``."""
+    """The session's directory name: its id, with anything path-like replaced by ``_``, and never
+    hidden (a leading ``.`` gets a ``_`` in front), so it is also a valid blob key segment."""
     name = _UNSAFE_CHARACTERS.sub("_", session_id)[:200]
-    return name if name.strip(".") else f"_{name}"
+    return name if name and not name.startswith(".") else f"_{name}"
 
 
 @dataclass(frozen=True)
@@ -108,6 +138,7 @@ class _Entry:
     duration: float
     discontinuity: bool
     gap: bool
+    program_date_time: datetime | None = None  # wall clock of the entry's start, when written
 
 
 @dataclass(frozen=True)
@@ -124,18 +155,28 @@ def manifest_entries(text: str) -> list[_Entry]:
     entries: list[_Entry] = []
     discontinuity = gap = False
     duration: float | None = None
+    date: datetime | None = None
     for line in (raw.strip() for raw in text.splitlines()):
         if line == "#EXT-X-DISCONTINUITY":
             discontinuity = True
         elif line == "#EXT-X-GAP":
             gap = True
+        elif line.startswith(PROGRAM_DATE_TIME):
+            date = datetime.fromisoformat(line[len(PROGRAM_DATE_TIME) :])
         elif line.startswith("#EXTINF:"):
             duration = float(line[len("#EXTINF:") :].split(",", 1)[0])
         elif line and not line.startswith("#") and duration is not None:
-            entries.append(_Entry(line, duration, discontinuity, gap))
+            entries.append(_Entry(line, duration, discontinuity, gap, date))
             discontinuity = gap = False
-            duration = None
+            duration = date = None
     return entries
+
+
+def format_program_date_time(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds (``2026-01-02T03:04:05.678Z``), as players expect."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _target_duration(durations: Iterable[float]) -> int:
@@ -156,6 +197,8 @@ def _render_entry(entry: _Entry) -> str:
     lines = []
     if entry.discontinuity:
         lines.append("#EXT-X-DISCONTINUITY\n")
+    if entry.program_date_time is not None:
+        lines.append(f"{PROGRAM_DATE_TIME}{format_program_date_time(entry.program_date_time)}\n")
     if entry.gap:
         lines.append("#EXT-X-GAP\n")
     lines.append(f"#EXTINF:{entry.duration:.6f},\n{entry.uri}\n")
@@ -167,12 +210,111 @@ def render_manifest(entries: Sequence[_Entry], ended: bool) -> str:
     return header + "".join(_render_entry(e) for e in entries) + (f"{ENDLIST}\n" if ended else "")
 
 
+class _RecordingMirror:
+    """Copies one recording's changes to the blob store (S3 backend; see the module docstring).
+
+    Changes are queued, then ``sync`` applies them: segment uploads first, deletions, and the
+    manifest last and only when no upload is pending, so the bucket's manifest never lists a
+    segment the bucket lacks. A failure leaves the rest queued for the next ``sync``. Its owner's
+    lock guards it.
+    """
+
+    def __init__(self, blobs: BlobStore, directory: Path, session_id: str) -> None:
+        self.blobs = blobs
+        self.directory = directory
+        self.session_id = session_id
+        self._prefix = f"{directory.name}/"
+        self._uploads: dict[str, bytes | None] = {}  # name -> bytes (None: read them from disk)
+        self._deletions: set[str] = set()
+        self._manifest_stale = False
+        self._retry_at = 0.0  # time.monotonic() before which sync does not try again
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._uploads or self._deletions or self._manifest_stale)
+
+    def segment_added(self, name: str, data: bytes) -> None:
+        self._deletions.discard(name)
+        self._uploads[name] = data
+
+    def segments_deleted(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._uploads.pop(name, None)
+            self._deletions.add(name)
+
+    def manifest_changed(self) -> None:
+        self._manifest_stale = True
+
+    def forget(self) -> None:
+        """The recording is being purged: nothing of it is uploaded any more."""
+        self._uploads.clear()
+        self._deletions.clear()
+        self._manifest_stale = False
+
+    def reconcile(self, kept: set[str]) -> None:
+        """Make the bucket's segment objects the ``kept`` files (``open``): upload the missing
+        ones, delete the others (media ingested again after a resume point, an older recording)."""
+        try:
+            stored = {
+                key[len(self._prefix) :]
+                for key in self.blobs.list(self._prefix)
+                if _SEGMENT_FILE.match(key[len(self._prefix) :])
+            }
+        except BlobStoreError as exc:
+            log.warning("recording %s: cannot list it in the blob store: %s", self.session_id, exc)
+            return
+        for name in sorted(kept - stored):
+            self._uploads.setdefault(name, None)
+        self._deletions |= stored - kept
+        self._manifest_stale = True
+
+    def sync(self) -> None:
+        """Apply the queued changes; on a failure log it and keep the rest for later."""
+        if not self.pending or time.monotonic() < self._retry_at:
+            return
+        try:
+            for name, data in list(self._uploads.items()):
+                if data is None:
+                    try:
+                        data = (self.directory / name).read_bytes()
+                    except FileNotFoundError:  # pruned meanwhile: nothing to upload
+                        self._uploads.pop(name, None)
+                        continue
+                self.blobs.put(self._prefix + name, data, content_type_for(name))
+                self._uploads.pop(name, None)
+            for name in sorted(self._deletions):
+                self.blobs.delete(self._prefix + name)
+                self._deletions.discard(name)
+            if self._manifest_stale:
+                manifest = self.directory / MANIFEST_NAME
+                try:
+                    text = manifest.read_bytes()
+                except FileNotFoundError:
+                    text = None
+                if text is not None:
+                    self.blobs.put(self._prefix + MANIFEST_NAME, text, content_type_for(MANIFEST_NAME))
+                self._manifest_stale = False
+        except (BlobStoreError, OSError) as exc:
+            self._retry_at = time.monotonic() + MIRROR_RETRY_S
+            # Bytes of a failed upload are read from disk on the retry, not held in memory.
+            self._uploads = dict.fromkeys(self._uploads)
+            log.warning(
+                "recording %s: blob store not updated (%d upload(s), %d deletion(s) pending, retried "
+                "with the next change): %s",
+                self.session_id,
+                len(self._uploads),
+                len(self._deletions),
+                exc,
+            )
+
+
 class SegmentStore:
     """One session's recording directory (segment files and manifest).
 
     Every method does blocking file I/O: call it in a worker thread. ``on_change`` is told how
     many bytes of segment files a call added (negative: removed), after the store's lock is
-    released; ``RecordingStorage`` keeps its running total with it.
+    released; ``RecordingStorage`` keeps its running total with it. ``mirror``: a blob store the
+    recording is copied to (S3 backend), None when this directory is the blob store.
     """
 
     def __init__(
@@ -183,6 +325,7 @@ class SegmentStore:
         *,
         on_change: Callable[[int], None] | None = None,
         clock: Clock = time.time,
+        mirror: BlobStore | None = None,
     ) -> None:
         self.directory = Path(storage_dir) / directory_name(session_id)
         self.session_id = session_id
@@ -199,6 +342,8 @@ class SegmentStore:
         self._purged = False
         self._files: deque[_StoredFile] = deque()  # segment files on disk, oldest first
         self._bytes = 0  # sum of their sizes
+        self._date_due = True  # the next segment gets #EXT-X-PROGRAM-DATE-TIME when known
+        self._mirror = None if mirror is None else _RecordingMirror(mirror, self.directory, session_id)
 
     @property
     def manifest_path(self) -> Path:
@@ -237,11 +382,23 @@ class SegmentStore:
             entries = self._adopt_files_locked(entries)
             self._ended = self._purged = False
             self._writing = True
+            self._date_due = True
             self._rewrite_locked(entries, ended=False)
+            if self._mirror is not None:
+                self._mirror.reconcile({stored.name for stored in self._files})
+            self._sync_locked()
 
-    def add_segment(self, data: bytes, duration: float, source_uri: str, discontinuity: bool = False) -> Path:
+    def add_segment(
+        self,
+        data: bytes,
+        duration: float,
+        source_uri: str,
+        discontinuity: bool = False,
+        program_date_time: datetime | None = None,
+    ) -> Path:
         """Store one segment's bytes and list it in the manifest (then enforce the session's
-        caps); return its path."""
+        caps); return its path. ``program_date_time``: the wall clock of the segment's start,
+        when known; written where a player needs it (see the module docstring)."""
         suffix = Path(urlparse(source_uri).path).suffix.lower()
         if suffix not in _SEGMENT_SUFFIXES:
             suffix = ".ts"
@@ -255,8 +412,14 @@ class SegmentStore:
                 raise self._failure("write", path, exc) from exc
             self._files.append(_StoredFile(path.name, len(data), self._clock()))
             self._bytes += len(data)
-            self._append_locked(_Entry(path.name, duration, discontinuity, gap=False))
+            if self._mirror is not None:
+                self._mirror.segment_added(path.name, data)
+            date = program_date_time if self._date_due or discontinuity else None
+            self._append_locked(_Entry(path.name, duration, discontinuity, gap=False, program_date_time=date))
+            if program_date_time is not None:
+                self._date_due = False
             self._prune_session_locked()
+            self._sync_locked()
         return path
 
     def add_gap(self, duration: float, discontinuity: bool = True) -> None:
@@ -265,6 +428,8 @@ class SegmentStore:
             return
         with self._lock:
             self._append_locked(_Entry(f"gap{self._entry_count:06d}.ts", duration, discontinuity, gap=True))
+            self._date_due = True
+            self._sync_locked()
 
     def finish(self) -> None:
         """Append ``#EXT-X-ENDLIST``: the recording is complete."""
@@ -274,12 +439,14 @@ class SegmentStore:
             self._ended = True
             self._writing = False
             self._close_locked()
+            self._sync_locked()
 
     def close(self) -> None:
         """Stop writing without ending the recording (the session was suspended or crashed)."""
         with self._lock:
             self._writing = False
             self._close_locked()
+            self._sync_locked()
 
     # ------------------------------------------------------------------ pruning and retention
 
@@ -314,7 +481,9 @@ class SegmentStore:
             if self._purged:
                 return 0
             victims = [f for f in self._prunable_locked() if f.name in names]
-            return self._delete_locked(victims, why="total cap") if victims else 0
+            freed = self._delete_locked(victims, why="total cap") if victims else 0
+            self._sync_locked()
+            return freed
 
     def _prunable_locked(self) -> list[_StoredFile]:
         # A recording being written keeps its newest segment (see the module docstring).
@@ -330,6 +499,8 @@ class SegmentStore:
             self._writing = False
             freed, self._bytes = self._bytes, 0
             self._files.clear()
+            if self._mirror is not None:
+                self._mirror.forget()
             return freed
 
     def _prune_session_locked(self) -> int:
@@ -374,6 +545,8 @@ class SegmentStore:
             freed += stored.size
         if not deleted:
             return 0
+        if self._mirror is not None:
+            self._mirror.segments_deleted(deleted)
         self._files = deque(f for f in self._files if f.name not in deleted)
         self._bytes -= freed
         text = self._read_manifest_locked()
@@ -445,12 +618,15 @@ class SegmentStore:
             self._manifest.flush()
         except OSError as exc:
             raise self._failure("write", self.manifest_path, exc) from exc
+        if self._mirror is not None:
+            self._mirror.manifest_changed()
 
     def _rewrite_locked(self, entries: list[_Entry], *, ended: bool) -> None:
         # Write-then-rename, so a player never reads a half-written manifest; the append handle
         # is reopened on the new file.
         self._close_locked()
-        temporary = self.manifest_path.with_suffix(".m3u8.tmp")
+        # Hidden: the local blob store never lists it as a blob.
+        temporary = self.directory / f".{MANIFEST_NAME}.tmp"
         try:
             temporary.write_text(render_manifest(entries, ended))
             os.replace(temporary, self.manifest_path)
@@ -459,6 +635,13 @@ class SegmentStore:
         self._entry_count = len(entries)
         self._target_duration = _target_duration(e.duration for e in entries)
         self._has_gap = any(e.gap for e in entries)
+        if self._mirror is not None:
+            self._mirror.manifest_changed()
+
+    def _sync_locked(self) -> None:
+        """Copy what changed to the blob store (S3 backend); never raises (see the mirror)."""
+        if self._mirror is not None and not self._purged:
+            self._mirror.sync()
 
     def _close_locked(self) -> None:
         manifest, self._manifest = self._manifest, None
@@ -493,17 +676,38 @@ class RecordingStorage:
 
     ``store(session_id)`` hands out the session's ``SegmentStore``. With a total cap, every store
     is registered (finished ones too, until purged) and reports its growth here; the running
-    total starts from ``scan()``. Without one, nothing is registered or counted.
+    total starts from ``scan()``. Without one, nothing is registered or counted. ``mirror``: the
+    blob store every recording is copied to (S3 backend; see ``recording_mirror``).
     """
 
-    def __init__(self, storage_dir: Path, limits: RecordingLimits, *, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        storage_dir: Path,
+        limits: RecordingLimits,
+        *,
+        clock: Clock = time.time,
+        mirror: BlobStore | None = None,
+    ) -> None:
         self.storage_dir = Path(storage_dir)
         self.limits = limits
+        self.mirror = mirror
         self._clock = clock
         self._lock = threading.Lock()  # guards _stores and _total; never held while a store's is taken
         self._pruning = threading.Lock()  # one total-cap pruning at a time
         self._stores: dict[str, SegmentStore] = {}
         self._total = 0
+
+    @classmethod
+    def of(cls, settings: IngestSettings, blob_settings: BlobStoreSettings | None = None) -> RecordingStorage:
+        """The service's storage: ``settings.storage_dir`` with its caps, mirrored to the blob
+        store ``blob_settings`` (default: from the environment) configure when that is not this
+        directory."""
+        blobs = blob_settings if blob_settings is not None else BlobStoreSettings()
+        return cls(
+            settings.storage_dir,
+            RecordingLimits.of(settings),
+            mirror=recording_mirror(settings.storage_dir, blobs),
+        )
 
     @property
     def total_bytes(self) -> int:
@@ -513,7 +717,9 @@ class RecordingStorage:
     def store(self, session_id: str) -> SegmentStore:
         """The session's store (no I/O: safe on the event loop)."""
         if self.limits.max_bytes_total <= 0:
-            return SegmentStore(self.storage_dir, session_id, self.limits, clock=self._clock)
+            return SegmentStore(
+                self.storage_dir, session_id, self.limits, clock=self._clock, mirror=self.mirror
+            )
         name = directory_name(session_id)
         with self._lock:
             store = self._stores.get(name)
@@ -552,7 +758,8 @@ class RecordingStorage:
         )
 
     def purge(self, session_id: str) -> bool:
-        """Delete the session's recording directory (blocking); False if there was none."""
+        """Delete the session's recording directory, and its copy in the blob store (blocking);
+        False if there was none."""
         name = directory_name(session_id)
         with self._lock:
             store = self._stores.pop(name, None)
@@ -561,17 +768,30 @@ class RecordingStorage:
             with self._lock:
                 self._total -= freed
         directory = self.storage_dir / name
+        removed = True
         try:
             shutil.rmtree(directory)
         except FileNotFoundError:
-            return False
+            removed = False  # the bucket may still hold it (written on another machine)
         except OSError as exc:
             raise StorageError(f"cannot delete {directory}: {exc}", session_id=session_id) from exc
-        return True
+        if self.mirror is not None:
+            try:
+                removed = self.mirror.delete_prefix(f"{name}/") > 0 or removed
+            except BlobStoreError as exc:
+                raise StorageError(
+                    f"cannot delete the recording from the blob store: {exc}", session_id=session_id
+                ) from exc
+        return removed
 
     def _new_store(self, session_id: str) -> SegmentStore:
         return SegmentStore(
-            self.storage_dir, session_id, self.limits, on_change=self._account, clock=self._clock
+            self.storage_dir,
+            session_id,
+            self.limits,
+            on_change=self._account,
+            clock=self._clock,
+            mirror=self.mirror,
         )
 
     def _account(self, delta: int) -> None:
@@ -616,3 +836,27 @@ class RecordingStorage:
                 self._total -= freed
         finally:
             self._pruning.release()
+
+
+def recording_mirror(storage_dir: Path, settings: BlobStoreSettings) -> BlobStore | None:
+    """The blob store recordings are copied to, or None when ``storage_dir`` is the store.
+
+    Local backend: the blob store's root is ingest's storage directory (both default to one
+    path, and ``LIVESTREAM_INGEST_STORAGE_DIR`` sets both), so nothing is copied; a
+    ``LIVESTREAM_STORAGE_LOCAL_DIR`` naming another directory is a misconfiguration (the API would
+    read recordings ingest never writes there), reported once here. S3 backend: the bucket.
+    """
+    if settings.backend == "local":
+        if "local_dir" in settings.model_fields_set and not _same_directory(settings.local_dir, storage_dir):
+            log.warning(
+                "LIVESTREAM_STORAGE_LOCAL_DIR (%s) is not ingest's storage directory (%s): recordings "
+                "are written to the latter; point both at one directory",
+                settings.local_dir,
+                storage_dir,
+            )
+        return None
+    return open_blob_store(settings)
+
+
+def _same_directory(first: Path, second: Path) -> bool:
+    return Path(first).resolve() == Path(second).resolve()
