@@ -11,9 +11,10 @@ import asyncio
 import secrets
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
+import av
 import pytest
 from nomadic import NomadicAI
 from nomadic.exceptions import APIError
@@ -131,6 +132,14 @@ def test_scripted_stream_yields_events_at_the_right_times(
     assert {e.event_id for e in on_topic if e.session_id == session_id} >= {e["event_id"] for e in seen}
     assert SessionState.model_validate(final).status == "FINISHED"
     assert Path(final["manifest_path"]).exists()
+
+    # The SDK's signed manifest plays in a real player (FFmpeg's HLS demuxer, through PyAV).
+    signed = sdk.livestream.get_signed_manifest(session_id)
+    assert signed["method"] == "GET" and signed["url"].startswith(f"{stack.api_url}/playback/{session_id}/")
+    assert datetime.fromisoformat(signed["expires_at"]) > datetime.now(UTC)
+    with av.open(signed["url"], timeout=30) as container:
+        frame = next(container.decode(video=0))
+    assert (frame.width, frame.height) == (source.width, source.height)
 
 
 def test_user_ends_a_running_session(sdk: NomadicAI) -> None:
