@@ -67,6 +67,8 @@ from api.limits import FeedLease, FeedSlots, RateLimiter, SessionQuota
 from api.sessions import Sessions
 from api.settings import ApiSettings
 from api.store import NO_CURSOR, ListsQuery, StoreWorker
+from api.streams import router as streams_router
+from api.streams import session_stream_id
 from api.tenants import Audience, Caller, KeyRing
 from api.tokens import FeedTokens
 from api.views import SessionView
@@ -177,9 +179,11 @@ async def start_session(
     runtime = kafka_runtime(request, need_view=quota.enabled)
     of_key, of_tenant = runtime.sessions.running_counts(caller.tenant, caller.key_id)
     with quota.admit(caller, of_key, of_tenant):
+        # An attached stream of the caller's tenant, or a new one when omitted (api.streams).
+        stream_id = await session_stream_id(runtime, caller, form)
         command = StartSession(
             session_id=uuid.uuid4().hex,
-            stream_id=form.stream_id or uuid.uuid4().hex,
+            stream_id=stream_id,
             name=form.name,
             source_url=form.source_url,
             rapid_review_query=form.rapid_review_query,
@@ -466,5 +470,6 @@ def create_app(settings: ApiSettings, blob_store: BlobStore | None = None) -> Fa
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.include_router(live)
+    app.include_router(streams_router)
     playback.install(app, settings, blob_store or open_blob_store(BlobStoreSettings()))
     return app

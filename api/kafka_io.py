@@ -1,11 +1,13 @@
 """The API's Kafka edge: the command publisher and the session-topics reader.
 
-* ``CommandPublisher`` produces ``StartSession``/``EndSession`` keyed by session_id and
-  waits for the broker's acknowledgement from all in-sync replicas.
+* ``CommandPublisher`` produces ``StartSession``/``EndSession`` keyed by session_id, and
+  ``AttachedStream`` records keyed ``<tenant>/<stream_id>``, and waits for the broker's
+  acknowledgement from all in-sync replicas.
 * ``SessionTopicsReader`` replays the three compacted session topics (headers, chunks,
-  events) from the beginning, hands each fetch to the store's thread (decoded and written in
-  one transaction there), then to ``Sessions.apply`` (memory and feeds), and reports when it
-  has reached the end offsets seen at start-up on every partition of the three topics.
+  events) and the compacted streams topic from the beginning, hands each fetch to the store's
+  thread (decoded and written in one transaction there), then to ``Sessions.apply`` (memory
+  and feeds), and reports when it has reached the end offsets seen at start-up on every
+  partition of those topics.
 
 The reader uses no consumer group: every API replica reads every partition itself.
 """
@@ -28,7 +30,7 @@ from api.settings import ApiSettings
 from api.store import RawRecord, TopicKind
 from livestream.errors import KafkaSetupError
 from livestream.kafka.serde import encode_key, encode_value
-from schemas.records import EndSession, StartSession
+from schemas.records import AttachedStream, EndSession, StartSession, stream_record_key
 from schemas.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -83,11 +85,12 @@ async def wait_for_topic_partitions(
 
 
 class CommandPublisher:
-    """Produces session commands to the session-commands topic, acks from all replicas."""
+    """Produces session commands (and stream records) to their topics, acks from all replicas."""
 
-    def __init__(self, settings: ApiSettings, topic: str) -> None:
+    def __init__(self, settings: ApiSettings, topic: str, streams_topic: str) -> None:
         self._settings = settings
         self._topic = topic
+        self._streams_topic = streams_topic
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
@@ -113,25 +116,40 @@ class CommandPublisher:
 
     async def publish(self, command: StartSession | EndSession) -> None:
         """Produce ``command`` and wait for the broker's ack; ``CommandPublishError`` if it fails."""
+        await self._send(
+            self._topic,
+            command.session_id,
+            encode_value(command),
+            f"the {command.kind} command",
+            session_id=command.session_id,
+        )
+
+    async def publish_stream(self, stream: AttachedStream) -> None:
+        """Produce a named stream's record and wait for the ack; ``CommandPublishError`` if it fails."""
+        await self._send(
+            self._streams_topic,
+            stream_record_key(stream.tenant, stream.stream_id),
+            encode_value(stream),
+            "the stream record",
+            stream_id=stream.stream_id,
+        )
+
+    async def _send(self, topic: str, key: str, value: bytes, what: str, **context: object) -> None:
         if self._producer is None:
-            raise CommandPublishError("command producer is not started", topic=self._topic)
+            raise CommandPublishError("command producer is not started", topic=topic)
         try:
             await asyncio.wait_for(
-                self._producer.send_and_wait(
-                    self._topic, key=encode_key(command.session_id), value=encode_value(command)
-                ),
+                self._producer.send_and_wait(topic, key=encode_key(key), value=value),
                 timeout=self._settings.produce_timeout_seconds,
             )
         except (KafkaError, TimeoutError) as exc:
             raise CommandPublishError(
-                f"the broker did not acknowledge the {command.kind} command: {exc!r}",
-                topic=self._topic,
-                session_id=command.session_id,
+                f"the broker did not acknowledge {what}: {exc!r}", topic=topic, **context
             ) from exc
 
 
 class SessionTopicsReader:
-    """A group-less consumer of every partition of the three session topics, run as a task."""
+    """A group-less consumer of every partition of the session and stream topics, run as a task."""
 
     def __init__(
         self,
@@ -226,7 +244,7 @@ class KafkaRuntime:
         self.settings = settings
         self.topics = Topics(prefix=settings.topic_prefix)
         self.sessions = sessions
-        self.publisher = CommandPublisher(settings, self.topics.session_commands)
+        self.publisher = CommandPublisher(settings, self.topics.session_commands, self.topics.streams)
         self.reader: SessionTopicsReader | None = None
         self.started = False
 
@@ -235,6 +253,7 @@ class KafkaRuntime:
             TopicKind.HEADERS: self.topics.session_state,
             TopicKind.CHUNKS: self.topics.session_chunks,
             TopicKind.EVENTS: self.topics.session_events,
+            TopicKind.STREAMS: self.topics.streams,
         }
         partitions = await wait_for_topic_partitions(
             self.settings, [self.topics.session_commands, *session_topics.values()]

@@ -28,12 +28,13 @@ from api.store import (
     SessionLists,
     SessionPurged,
     StoreWorker,
+    StreamWritten,
     created_at_us,
 )
 from api.tenants import Audience, Owner, owner_of
 from api.views import SessionView
 from livestream.redact import redact_url
-from schemas.records import EndSession, SessionEvent, SessionHeader, StartSession
+from schemas.records import AttachedStream, EndSession, SessionEvent, SessionHeader, StartSession
 
 SessionKey = tuple[int, str]
 
@@ -130,6 +131,10 @@ class Sessions:
         self.all_feed = all_feed
         self._clock = clock
         self.stored_sessions = 0
+        # Streams this process wrote whose record has not come back from the topic yet, so a
+        # start-session right after attach-stream finds the stream (other replicas see it once
+        # they read the record).
+        self._pending_streams: dict[tuple[str, str], AttachedStream] = {}
 
     # ------------------------------------------------------------------ writes from the topics
 
@@ -163,6 +168,8 @@ class Sessions:
                 self.hub.close_session(change.session_id, FeedSignal.PURGED)
                 if live:
                     self.all_feed.on_purged(change.session_id, change.stream_id, owner)
+            elif isinstance(change, StreamWritten):
+                self._stream_stored(change.stream)
         self.view.expire(now)
         self.stored_sessions = batch.stored_sessions
 
@@ -184,6 +191,16 @@ class Sessions:
     def mark_end_requested(self, command: EndSession, current: SessionHeader) -> None:
         self.view.mark_end_requested(command, current)
 
+    def add_pending_stream(self, stream: AttachedStream) -> None:
+        """A stream record this process produced (acknowledged), until the store has it."""
+        self._pending_streams[(stream.tenant, stream.stream_id)] = stream
+
+    def _stream_stored(self, stored: AttachedStream) -> None:
+        key = (stored.tenant, stored.stream_id)
+        pending = self._pending_streams.get(key)
+        if pending is not None and stored.attached_at >= pending.attached_at:
+            del self._pending_streams[key]
+
     # ------------------------------------------------------------------ reads
 
     async def header(self, session_id: str) -> SessionHeader | None:
@@ -192,6 +209,13 @@ class Sessions:
         if cached is not None:
             return cached
         return self.view.overlay(session_id, await self.store.header(session_id))
+
+    async def find_stream(self, tenant: str, stream_id: str) -> AttachedStream | None:
+        """The tenant's named stream: what this process just wrote, else the store."""
+        pending = self._pending_streams.get((tenant, stream_id))
+        if pending is not None:
+            return pending
+        return await self.store.stream(tenant, stream_id)
 
     async def find(self, stream_id: str, session_id: str, tenant: str) -> SessionHeader:
         """The session's header; ``SessionNotFound`` when unknown, of another stream or another tenant.

@@ -1,4 +1,4 @@
-"""The API's embedded SQLite store: the three compacted session topics, materialized.
+"""The API's embedded SQLite store: the compacted session and stream topics, materialized.
 
 ``SessionStore`` is the synchronous store (one ``sqlite3`` connection, used by one thread);
 ``StoreWorker`` owns that thread and gives the event loop awaitable calls, so no SQLite work
@@ -13,7 +13,9 @@ Tables, each mirroring what compaction keeps of one topic:
 * ``events``: the latest ``SessionEvent`` per (session, number) (``<p>.session-events``), with
   its cursor, start time and lifecycle as columns for paging, the record's JSON and, apart,
   its ``Event``'s JSON (so ``get_session`` serves thousands of events by joining stored text
-  instead of decoding and re-encoding every one).
+  instead of decoding and re-encoding every one);
+* ``streams``: the latest ``AttachedStream`` per (tenant, stream_id) (``<p>.streams``): the
+  named streams ``start-session`` accepts as ``stream_id``.
 
 A header tombstone purges the session at once (header, chunks, events) and records its id in
 ``purged``, so chunk and event records of that session still on their way (the topics are
@@ -46,7 +48,7 @@ from api.errors import StoreError
 from api.tenants import Audience, Owner, session_tenant
 from livestream.errors import RecordError
 from livestream.kafka.serde import decode_value
-from schemas.records import SessionChunk, SessionEvent, SessionHeader, SessionStatus
+from schemas.records import AttachedStream, SessionChunk, SessionEvent, SessionHeader, SessionStatus
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,12 @@ CREATE TABLE events (
 CREATE INDEX events_by_cursor ON events (session_id, cursor);
 CREATE INDEX events_by_start ON events (session_id, start_time, number);
 CREATE TABLE purged (session_id TEXT PRIMARY KEY);
+CREATE TABLE streams (
+    tenant TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (tenant, stream_id)
+);
 """
 
 
@@ -104,6 +112,7 @@ class TopicKind(StrEnum):
     HEADERS = "session-state"
     CHUNKS = "session-chunks"
     EVENTS = "session-events"
+    STREAMS = "streams"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +156,14 @@ class SessionPurged:
     owner: Owner | None
 
 
-Change = HeaderWritten | EventWritten | SessionPurged
+@dataclass(frozen=True, slots=True)
+class StreamWritten:
+    """A named stream was stored (attached, re-attached or created by a session start)."""
+
+    stream: AttachedStream
+
+
+Change = HeaderWritten | EventWritten | SessionPurged | StreamWritten
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +252,7 @@ class SessionStore:
     def apply(self, records: Sequence[RawRecord]) -> AppliedBatch:
         """Decode and store ``records`` in one transaction; poison records are logged and skipped."""
         events: list[Change] = []
+        streams: list[Change] = []
         others: list[tuple[SessionHeader, SessionStatus | None] | SessionPurged] = []
         self._db.execute("BEGIN")
         try:
@@ -247,11 +264,15 @@ class SessionStore:
                         written = self._apply_event(record)
                         if written is not None:
                             events.append(written)
+                    elif record.kind is TopicKind.STREAMS:
+                        stored = self._apply_stream(record)
+                        if stored is not None:
+                            streams.append(stored)
                     else:
                         self._apply_chunk(record)
                 except RecordError as exc:
                     logger.warning("skipping a poison record: %s", exc)
-            changes = events + [self._finish(entry) for entry in others]
+            changes = events + [self._finish(entry) for entry in others] + streams
             stored = self._db.execute("SELECT count(*) FROM headers").fetchone()[0]
             self._db.execute("COMMIT")
         except BaseException:
@@ -351,7 +372,35 @@ class SessionStore:
             (chunk.session_id, chunk.chunk.chunk_index, chunk.chunk.model_dump_json()),
         )
 
+    def _apply_stream(self, record: RawRecord) -> StreamWritten | None:
+        if record.value is None:
+            # Nothing deletes streams today; a tombstone (written by an operator) removes one.
+            text = record.key.decode(errors="replace") if record.key is not None else ""
+            tenant, found, stream_id = text.rpartition("/")
+            if not found or not tenant or not stream_id:
+                raise RecordError(
+                    "tombstone key is not <tenant>/<stream_id>",
+                    key=text,
+                    topic=record.topic,
+                    offset=record.offset,
+                )
+            self._db.execute("DELETE FROM streams WHERE tenant = ? AND stream_id = ?", (tenant, stream_id))
+            return None
+        stream = decode_value(AttachedStream, record.value, topic=record.topic, offset=record.offset)
+        self._db.execute(
+            "INSERT OR REPLACE INTO streams (tenant, stream_id, json) VALUES (?, ?, ?)",
+            (stream.tenant, stream.stream_id, stream.model_dump_json()),
+        )
+        return StreamWritten(stream)
+
     # ------------------------------------------------------------------ reads
+
+    def stream(self, tenant: str, stream_id: str) -> AttachedStream | None:
+        """The tenant's stream of that id (another tenant's streams are never returned)."""
+        row = self._db.execute(
+            "SELECT json FROM streams WHERE tenant = ? AND stream_id = ?", (tenant, stream_id)
+        ).fetchone()
+        return AttachedStream.model_validate_json(row[0]) if row else None
 
     def header(self, session_id: str) -> SessionHeader | None:
         row = self._db.execute("SELECT json FROM headers WHERE session_id = ?", (session_id,)).fetchone()
@@ -553,6 +602,9 @@ class StoreWorker:
 
     async def header(self, session_id: str) -> SessionHeader | None:
         return await self._call(self._store.header, session_id)
+
+    async def stream(self, tenant: str, stream_id: str) -> AttachedStream | None:
+        return await self._call(self._store.stream, tenant, stream_id)
 
     async def max_event_cursor(self, session_id: str) -> int:
         return await self._call(self._store.max_event_cursor, session_id)

@@ -88,6 +88,39 @@ class EndSessionForm(BaseModel):
     session_id: str = Field(min_length=1)
 
 
+class AttachStreamForm(BaseModel):
+    """Form fields of ``POST /api/live/attach-stream`` (the SDK's ``attach_stream``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    stream_id: str
+    stream_name: str = Field(max_length=200)
+    source_url: str
+
+    @field_validator("stream_id")
+    @classmethod
+    def _stream_id(cls, value: str) -> str:
+        return check_stream_id(value)
+
+    @field_validator("stream_name")
+    @classmethod
+    def _stream_name(cls, value: str) -> str:
+        if not value.strip():
+            raise PydanticCustomError("invalid_field", "stream_name must not be empty")
+        return value.strip()
+
+    @field_validator("source_url")
+    @classmethod
+    def _source_url(cls, value: str) -> str:
+        return check_source_url(value)
+
+
+class AttachStreamResponse(BaseModel):
+    """Body of ``POST /api/live/attach-stream``: what the SDK documents, ``{"ok": true}``."""
+
+    ok: Literal[True] = True
+
+
 class SessionScope(StrEnum):
     """``personal``: sessions started with the caller's key; ``org``/``all``: every session of the
     caller's tenant (no scope shows another tenant's sessions)."""

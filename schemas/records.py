@@ -446,6 +446,36 @@ def event_record_key(session_id: str, number: int) -> str:
     return f"{session_id}/event/{number}"
 
 
+# --------------------------------------------------------------------------- streams
+
+
+StreamOrigin = Literal["attach-stream", "start-session"]
+
+
+class AttachedStream(Record):
+    """API -> compacted ``streams`` topic (key ``<tenant>/<stream_id>``): a tenant's named stream.
+
+    Written by ``POST /api/live/attach-stream`` (``origin="attach-stream"``; attaching the same
+    id again replaces the name and source) and by ``start-session`` when it creates the stream
+    id itself (``origin="start-session"``), so later sessions may name that stream. Stream ids
+    are per tenant: two tenants may use the same id for streams of their own. Every API replica
+    materializes the topic, so all of them accept the same ``stream_id`` values.
+    """
+
+    stream_id: str
+    tenant: str
+    stream_name: str
+    source_url: str
+    origin: StreamOrigin = "attach-stream"
+    attached_by: str | None = None  # fingerprint of the API key that wrote it
+    attached_at: datetime = Field(default_factory=utcnow)
+
+
+def stream_record_key(tenant: str, stream_id: str) -> str:
+    """Key of an ``AttachedStream`` on the compacted streams topic."""
+    return f"{tenant}/{stream_id}"
+
+
 class DeadLetter(Record):
     """Any service -> ``dead-letter``: an input record it gave up on, so its partition moves on.
 
@@ -482,6 +512,7 @@ TOPIC_RECORDS: dict[str, type[BaseModel] | TypeAdapter] = {
     "session-events": SessionEvent,
     "ingest-checkpoints": IngestCheckpoint,
     "dead-letter": DeadLetter,
+    "streams": AttachedStream,
 }
 
 

@@ -76,6 +76,10 @@ class Topics:
     def ingest_checkpoints(self) -> str:
         return f"{self.prefix}.ingest-checkpoints"
 
+    @property
+    def streams(self) -> str:
+        return f"{self.prefix}.streams"
+
     def specs(self) -> list[TopicSpec]:
         week = str(7 * DAY_MS)
         return [
@@ -158,5 +162,14 @@ class Topics:
                 {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
                 "progress of each running ingest session (IngestCheckpoint), so another ingest "
                 "instance resumes it after a restart or rebalance; compacted by session_id",
+            ),
+            TopicSpec(
+                self.streams,
+                self.partitions,
+                # The API's durable list of named streams: the latest record per stream is the
+                # stream; every API replica replays it, so they all know the same streams.
+                {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)},
+                "named streams of each tenant (AttachedStream), from attach-stream and from "
+                "start-session when it creates the stream id; compacted by <tenant>/<stream_id>",
             ),
         ]

@@ -347,6 +347,13 @@ async def commands(kafka_bootstrap: str, api_topics: Topics) -> AsyncIterator[Co
 
 async def start_session(http: httpx.AsyncClient, **form: str) -> dict[str, str]:
     data = {"source_url": "https://example.com/live.m3u8", "name": "cam", **form}
+    if "stream_id" in form:
+        # start-session accepts only a stream of the caller's tenant: attach it first.
+        attached = await http.post(
+            "/api/live/attach-stream",
+            data={"stream_id": form["stream_id"], "stream_name": "cam", "source_url": data["source_url"]},
+        )
+        assert attached.json() == {"ok": True}, attached.text
     response = await http.post("/api/live/start-session", data=data)
     assert response.status_code == 200, response.text
     return response.json()
