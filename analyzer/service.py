@@ -375,7 +375,8 @@ class AnalyzerService:
             identity.session_id,
             exc,
         )
-        return await self._publish(self._analyzer.failed_result(identity, str(exc)), producer)
+        error = f"undecodable chunk record (dead-lettered): {exc}"
+        return await self._publish(self._analyzer.failed_result(identity, error), producer)
 
     async def _analyze(
         self, chunk: ChunkRecord, record: ConsumerRecord, producer: AIOKafkaProducer
