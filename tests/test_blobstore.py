@@ -112,6 +112,16 @@ def test_unsatisfiable_ranges_are_refused(store: BlobStore, byte_range: tuple[in
     assert "s1/seg000002.ts" in str(raised.value)
 
 
+def test_an_empty_blob_reads_whole_but_has_no_byte_to_range(store: BlobStore) -> None:
+    store.put("s1/empty.ts", b"", "video/mp2t")
+
+    blob = store.get("s1/empty.ts")
+
+    assert (blob.data, blob.total_size) == (b"", 0)
+    with pytest.raises(BlobRangeError):
+        store.get("s1/empty.ts", (0, None))
+
+
 def test_a_missing_blob_is_not_found_and_stat_says_none(store: BlobStore) -> None:
     with pytest.raises(BlobNotFound) as raised:
         store.get("s1/missing.ts")

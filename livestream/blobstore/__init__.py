@@ -191,7 +191,8 @@ def open_blob_store(settings: BlobStoreSettings) -> BlobStore:
     if settings.backend == "s3":
         from livestream.blobstore.s3 import S3BlobStore
 
-        assert settings.s3_bucket is not None  # the settings validator guarantees it
+        if not settings.s3_bucket:  # the settings validator refuses this already
+            raise BlobStoreError("the s3 backend needs a bucket", backend="s3")
         return S3BlobStore(
             bucket=settings.s3_bucket,
             prefix=settings.s3_prefix,
