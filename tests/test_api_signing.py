@@ -12,7 +12,7 @@ from api.errors import RangeNotSatisfiable, SignatureExpired, SignatureInvalid
 from api.playback import complete_lines, has_segment, parse_range, recording_key, signed_playlist
 from api.settings import ApiSettings
 from api.signing import PlaybackSigner
-from livestream.blobstore import BlobKeyError, validate_key
+from ingest.storage import directory_name
 
 SECRET = b"s" * 32
 OTHER = b"o" * 32
@@ -220,11 +220,12 @@ def test_a_recording_has_a_segment_only_once_a_non_gap_entry_is_listed() -> None
 
 def test_recording_keys_stay_in_the_session_directory() -> None:
     assert recording_key(SESSION, "seg000001.ts") == f"{SESSION}/seg000001.ts"
-    # A path-like id is flattened into one directory name (ingest's), which the blob store then
-    # refuses because it starts with '.'.
-    assert recording_key("../etc", "seg000001.ts") == ".._etc/seg000001.ts"
-    with pytest.raises(BlobKeyError):
-        validate_key(recording_key("../etc", "seg000001.ts"))
+    # A path-like id is flattened into one directory name (ingest's layout), never a path.
+    for hostile in ("../etc", "a/b", "..", "/abs", "a\\b"):
+        key = recording_key(hostile, "seg000001.ts")
+        assert key == f"{directory_name(hostile)}/seg000001.ts"
+        directory = key.split("/")[0]
+        assert key.count("/") == 1 and directory not in ("", ".", ".."), key
 
 
 # --------------------------------------------------------------------------- ranges

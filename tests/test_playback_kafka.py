@@ -224,6 +224,8 @@ def test_a_recorded_session_plays_through_signed_urls(
                 "other session": f"{base}/{'f' * 32}/index.m3u8?expires={expires}&sig={sig}",
                 "playlist signature on a segment": f"{mine}/seg000000.ts?expires={expires}&sig={sig}",
                 "unsigned": f"{mine}/index.m3u8",
+                "overlong signature": f"{mine}/index.m3u8?expires={expires}&sig={sig * 3}",
+                "garbage expiry": f"{mine}/index.m3u8?expires=soon{'9' * 40}&sig={sig}",
             }
             expired = signer.sign(session_id, "index.m3u8", int(time.time()) - 1)
             refused["expired"] = f"{base}/{session_id}/index.m3u8?{expired.query()}"
