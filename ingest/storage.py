@@ -46,7 +46,9 @@ segments are deleted and a purge deletes the recording's prefix. The bucket neve
 before it holds it: the manifest is uploaded only once every segment it lists is. An upload that
 fails (after boto3's retries) does not fail the session: the change stays pending, is retried
 with the next change (not sooner than ``MIRROR_RETRY_S``), and ``open`` reconciles the bucket
-with the kept entries when a session (re)starts.
+with the kept entries when a session (re)starts. Changes still pending when the process stops
+are lost for a recording that is not resumed (a finished one): its bucket copy may then lack its
+last segments or ``#EXT-X-ENDLIST`` (the API ends the playlist of an ended session itself).
 
 Known limit of the S3 backend: the manifest upload costs O(entries) bytes per segment, so a
 session's upload traffic for manifests grows quadratically with its length (a 24 h session of 2 s

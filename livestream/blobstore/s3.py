@@ -15,6 +15,7 @@ What each call costs: one request per ``put``/``get``/``stat``/``delete``, one p
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from datetime import UTC
@@ -111,7 +112,8 @@ class S3BlobStore:
             arguments["Range"] = f"bytes={start}-{'' if end is None else end}"
         try:
             response = self._client.get_object(**arguments)
-            data = response["Body"].read()
+            with contextlib.closing(response["Body"]) as body:
+                data = body.read()
         except (BotoCoreError, ClientError) as exc:
             raise self._error("read", key, exc, byte_range=byte_range) from exc
         content_type = response.get("ContentType") or DEFAULT_CONTENT_TYPE
