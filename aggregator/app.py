@@ -25,6 +25,9 @@ Failures (the rules; settings in ``AggregatorSettings``):
     (``retry_backoff_s`` doubling up to ``retry_backoff_max_s``). Once a write has failed for
     ``broker_outage_limit_s`` the worker crashes on purpose (``app.crash``): it stops and exits
     non-zero for its supervisor; the batch, never acked, is redelivered to the next worker.
+  * An idle worker notices an outage through a metadata probe of its own (``probe_the_broker``);
+    past the same limit it crashes the same way. Faust's own writes (changelog, the timer's
+    commands) are retried by faust and aiokafka, not counted.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
@@ -48,7 +52,7 @@ from aggregator.errors import AggregatorError, BrokerOutageError, TopicLayoutErr
 from aggregator.reducer import FoldResult, InputRecord, fold, record_keys
 from aggregator.settings import AggregatorSettings
 from livestream.errors import RecordError
-from livestream.kafka.resilience import Backoff, BrokerWatch
+from livestream.kafka.resilience import Backoff, BrokerWatch, stop_client
 from livestream.kafka.serde import decode_command, decode_value
 from schemas.records import (
     ChunkResult,
@@ -69,6 +73,10 @@ TABLE_NAME = "sessions"
 TOPIC_POLL_INTERVAL_S = 0.25
 # After a deliberate crash, how long faust's graceful stop may take before the process exits.
 CRASH_EXIT_GRACE_S = 5.0
+# The idle broker probe runs this often (at most; a quarter of the outage limit if shorter); each
+# of its steps (connect, metadata) that takes longer than PROBE_GUARD_S counts as a failure.
+IDLE_PROBE_INTERVAL_S = 10.0
+PROBE_GUARD_S = 5.0
 CRASH_EXIT_STATUS = 1
 
 
@@ -324,8 +332,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                     # graceful stop waits for every fetched record to be acked, which this batch
                     # never will be: past a short grace (time to leave the group) the process
                     # exits on its own.
-                    await app.crash(error)
-                    asyncio.get_running_loop().call_later(CRASH_EXIT_GRACE_S, _exit_after_crash)
+                    await crash_for_supervisor(error)
                     raise
                 delay = backoff.delay(watch.failures)
                 log.warning(
@@ -336,6 +343,38 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                     delay,
                 )
                 await asyncio.sleep(delay)
+
+    async def crash_for_supervisor(error: BrokerOutageError) -> None:
+        """Stop the worker (faust logs ``error``) and make sure the process exits non-zero."""
+        await app.crash(error)
+        asyncio.get_running_loop().call_later(CRASH_EXIT_GRACE_S, _exit_after_crash)
+
+    idle_watch = BrokerWatch(settings.broker_outage_limit_s, BrokerOutageError)
+
+    @app.timer(interval=min(IDLE_PROBE_INTERVAL_S, settings.broker_outage_limit_s / 4))
+    async def probe_the_broker() -> None:
+        """Ask the cluster for metadata with a short-lived client of our own.
+
+        Faust's clients retry quietly while the broker is away, so a worker with nothing to
+        write would never notice an outage: this probe makes the outage limit hold for an idle
+        worker too. A new client per probe (every few seconds) keeps no state to repair.
+        """
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers, client_id=f"{settings.effective_app_id}-probe"
+        )
+        try:
+            await asyncio.wait_for(probe.start(), PROBE_GUARD_S)
+            await asyncio.wait_for(probe.topics(), PROBE_GUARD_S)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("broker unreachable (%s: %s)", type(exc).__name__, exc)
+            try:
+                idle_watch.failed(exc, "reach the broker")
+            except BrokerOutageError as error:
+                await crash_for_supervisor(error)
+        else:
+            idle_watch.succeeded()
+        finally:
+            await stop_client("probe", probe.stop(), log)
 
     requested: dict[tuple[str, str], float] = {}
 

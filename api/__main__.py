@@ -31,8 +31,18 @@ def main() -> int:
     except ConfigurationError as exc:
         print(f"livestream API: {exc}", file=sys.stderr)
         return 2
-    uvicorn.Server(server_config(app, settings)).run()
-    return 0
+    server = uvicorn.Server(server_config(app, settings))
+    fatal: list[Exception] = []
+
+    def stop_process(error: Exception) -> None:
+        # The runtime gave up on the broker (logged there): stop serving, exit 2 for the supervisor.
+        fatal.append(error)
+        server.should_exit = True
+
+    app.state.stop_process = stop_process
+    server.run()
+    # A failed start-up (e.g. no broker before the startup timeout) is logged by uvicorn.
+    return 2 if fatal or not server.started else 0
 
 
 if __name__ == "__main__":

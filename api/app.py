@@ -361,6 +361,13 @@ def _error_response(status_code: int, exc: Exception, headers: dict[str, str] | 
     return JSONResponse(status_code=status_code, content={"detail": str(exc)}, headers=headers)
 
 
+def _stop_process(app: FastAPI, error: Exception) -> None:
+    """Ask the serving process to stop with ``error`` (logged already), if it said how."""
+    stop_process = app.state.stop_process
+    if stop_process is not None:
+        stop_process(error)
+
+
 def create_app(settings: ApiSettings, blob_store: BlobStore | None = None) -> FastAPI:
     """The API app; ``ConfigurationError`` without a key, with a short key or a key of two tenants.
 
@@ -388,7 +395,7 @@ def create_app(settings: ApiSettings, blob_store: BlobStore | None = None) -> Fa
                 ring_size=settings.global_feed_ring_size, queue_size=settings.subscriber_queue_size
             ),
         )
-        runtime = KafkaRuntime(settings, sessions)
+        runtime = KafkaRuntime(settings, sessions, on_outage=lambda error: _stop_process(app, error))
         try:
             await runtime.start()
             app.state.runtime = runtime
@@ -418,6 +425,8 @@ def create_app(settings: ApiSettings, blob_store: BlobStore | None = None) -> Fa
         settings.max_active_sessions_per_key, settings.max_active_sessions_per_tenant
     )
     app.state.runtime = None
+    # Set by ``python -m api``: how the process stops itself (a broker outage past the limit).
+    app.state.stop_process = None
 
     async def on_auth_failed(_request: Request, exc: Exception) -> JSONResponse:
         return _error_response(401, exc, {"WWW-Authenticate": "Bearer"})

@@ -29,6 +29,10 @@ class CommandPublishError(ApiError):
     """The broker did not acknowledge a session command in time (HTTP 503)."""
 
 
+class BrokerOutageError(ApiError):
+    """Broker errors outlasted ``broker_outage_limit_s``: the API process stops (exit status 2)."""
+
+
 class InvalidCursor(ApiError):
     """A paging cursor the API did not issue or cannot read (HTTP 422)."""
 

@@ -10,6 +10,14 @@
   partition of those topics.
 
 The reader uses no consumer group: every API replica reads every partition itself.
+
+Broker outages: the reader's polls (and, while idle, a metadata probe every
+``IDLE_PROBE_INTERVAL_S``) and the publisher's sends feed one outage clock
+(``livestream.kafka.resilience.BrokerWatch``). Within ``broker_outage_limit_s`` the API keeps
+serving what it has (reads from its store, SSE feeds that wait for news) and answers commands
+with 503 and ``Retry-After``; past it the runtime reports ``BrokerOutageError`` to its
+``on_outage`` callback: ``python -m api`` then shuts uvicorn down and exits with status 2 for its
+supervisor, and ``/healthz`` answers 503 until then.
 """
 
 from __future__ import annotations
@@ -18,17 +26,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from api.errors import CommandPublishError
+from api.errors import BrokerOutageError, CommandPublishError
 from api.sessions import Sessions
 from api.settings import ApiSettings
 from api.store import RawRecord, TopicKind
 from livestream.errors import KafkaSetupError
+from livestream.kafka.resilience import BrokerWatch, stop_client
 from livestream.kafka.serde import encode_key, encode_value
 from schemas.records import AttachedStream, EndSession, StartSession, stream_record_key
 from schemas.topics import Topics
@@ -39,6 +48,14 @@ RETRY_PAUSE_SECONDS = 0.5
 FETCH_TIMEOUT_MS = 500
 # Records per fetch, so one store transaction (and its in-memory journal) stays bounded.
 FETCH_MAX_RECORDS = 5000
+# A poll (asked to return within FETCH_TIMEOUT_MS) or a metadata probe that takes longer than this
+# counts as a broker failure.
+POLL_GUARD_S = 5.0
+# While the reader has nothing to read it asks for metadata this often (at most; a quarter of the
+# outage limit if shorter): aiokafka retries quietly, so an idle reader sees an outage only so.
+IDLE_PROBE_INTERVAL_S = 10.0
+
+OutageCallback = Callable[[BrokerOutageError], None]
 
 
 async def wait_for_topic_partitions(
@@ -84,13 +101,41 @@ async def wait_for_topic_partitions(
         await asyncio.sleep(RETRY_PAUSE_SECONDS)
 
 
+class BrokerOutages:
+    """The API's outage clock: a ``BrokerWatch`` whose tripping is reported once, to ``on_outage``."""
+
+    def __init__(self, limit_s: float, on_outage: OutageCallback | None) -> None:
+        self.watch = BrokerWatch(limit_s, BrokerOutageError)
+        self._on_outage = on_outage
+
+    @property
+    def tripped(self) -> BrokerOutageError | None:
+        error = self.watch.tripped
+        return error if isinstance(error, BrokerOutageError) else None
+
+    def succeeded(self) -> None:
+        self.watch.succeeded()
+
+    def failed(self, exc: BaseException, doing: str) -> None:
+        """Count a broker failure; past the limit, report the outage (once) without raising."""
+        if self.watch.tripped is not None:
+            return
+        try:
+            self.watch.failed(exc, doing)
+        except BrokerOutageError as outage:
+            logger.error("API stops: %s", outage)
+            if self._on_outage is not None:
+                self._on_outage(outage)
+
+
 class CommandPublisher:
     """Produces session commands (and stream records) to their topics, acks from all replicas."""
 
-    def __init__(self, settings: ApiSettings, topic: str, streams_topic: str) -> None:
+    def __init__(self, settings: ApiSettings, topic: str, streams_topic: str, outages: BrokerOutages) -> None:
         self._settings = settings
         self._topic = topic
         self._streams_topic = streams_topic
+        self._outages = outages
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
@@ -111,7 +156,7 @@ class CommandPublisher:
 
     async def stop(self) -> None:
         if self._producer is not None:
-            await self._producer.stop()
+            await stop_client("command producer", self._producer.stop(), logger)
             self._producer = None
 
     async def publish(self, command: StartSession | EndSession) -> None:
@@ -143,9 +188,11 @@ class CommandPublisher:
                 timeout=self._settings.produce_timeout_seconds,
             )
         except (KafkaError, TimeoutError) as exc:
+            self._outages.failed(exc, f"publish {what}")
             raise CommandPublishError(
                 f"the broker did not acknowledge {what}: {exc!r}", topic=topic, **context
             ) from exc
+        self._outages.succeeded()
 
 
 class SessionTopicsReader:
@@ -156,9 +203,11 @@ class SessionTopicsReader:
         settings: ApiSettings,
         partitions: dict[TopicKind, tuple[str, Sequence[int]]],
         sessions: Sessions,
+        outages: BrokerOutages,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
+        self._outages = outages
         self._kinds = {topic: kind for kind, (topic, _) in partitions.items()}
         self._partitions = [
             TopicPartition(topic, partition) for topic, ids in partitions.values() for partition in ids
@@ -198,13 +247,28 @@ class SessionTopicsReader:
                 await self._task
             self._task = None
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_client("session topics reader", self._consumer.stop(), logger)
             self._consumer = None
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        probe_every = min(IDLE_PROBE_INTERVAL_S, self._settings.broker_outage_limit_s / 4)
+        last_probe = time.monotonic()
         try:
-            while True:
-                batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS)
+            while self._outages.tripped is None:
+                try:
+                    batches = await asyncio.wait_for(
+                        consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS),
+                        POLL_GUARD_S,
+                    )
+                except (KafkaError, TimeoutError) as exc:
+                    # aiokafka reconnects by itself; what surfaces here counts towards the limit.
+                    logger.warning("reading the session topics failed (%s: %s)", type(exc).__name__, exc)
+                    self._outages.failed(exc, "read the session topics")
+                    await asyncio.sleep(RETRY_PAUSE_SECONDS)
+                    continue
+                if not batches and time.monotonic() - last_probe >= probe_every:
+                    last_probe = time.monotonic()
+                    await self._probe(consumer)
                 records = [
                     RawRecord(
                         self._kinds[partition.topic], record.key, record.value, record.topic, record.offset
@@ -217,12 +281,24 @@ class SessionTopicsReader:
                     self._sessions.apply(applied, live=self.caught_up.is_set())
                 if not self.caught_up.is_set():
                     await self._check_caught_up(consumer)
+            self.failure = self._outages.tripped
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.failure = exc
             logger.exception("session topics reader stopped")
             raise
+
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        """Ask the cluster for metadata; a failure (or no answer) counts towards the outage limit."""
+        try:
+            await asyncio.wait_for(consumer.topics(), POLL_GUARD_S)
+        except (KafkaError, TimeoutError) as exc:
+            error = exc if isinstance(exc, KafkaError) else KafkaTimeoutError("no metadata answer")
+            logger.warning("broker unreachable (%s: %s)", type(error).__name__, error)
+            self._outages.failed(error, "reach the broker")
+        else:
+            self._outages.succeeded()
 
     async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
         for partition, end_offset in self._catch_up_targets.items():
@@ -240,11 +316,16 @@ class SessionTopicsReader:
 class KafkaRuntime:
     """The API's Kafka clients, started and stopped together by the app's lifespan."""
 
-    def __init__(self, settings: ApiSettings, sessions: Sessions) -> None:
+    def __init__(
+        self, settings: ApiSettings, sessions: Sessions, *, on_outage: OutageCallback | None = None
+    ) -> None:
         self.settings = settings
         self.topics = Topics(prefix=settings.topic_prefix)
         self.sessions = sessions
-        self.publisher = CommandPublisher(settings, self.topics.session_commands, self.topics.streams)
+        self.outages = BrokerOutages(settings.broker_outage_limit_s, on_outage)
+        self.publisher = CommandPublisher(
+            settings, self.topics.session_commands, self.topics.streams, self.outages
+        )
         self.reader: SessionTopicsReader | None = None
         self.started = False
 
@@ -264,6 +345,7 @@ class KafkaRuntime:
                 self.settings,
                 {kind: (topic, partitions[topic]) for kind, topic in session_topics.items()},
                 self.sessions,
+                self.outages,
             )
             await self.reader.start()
         except BaseException:
@@ -289,6 +371,8 @@ class KafkaRuntime:
 
     @property
     def failure(self) -> BaseException | None:
+        if self.outages.tripped is not None:
+            return self.outages.tripped
         return self.reader.failure if self.reader is not None else None
 
     @property

@@ -118,6 +118,12 @@ class ApiSettings(ServiceSettings):
     produce_timeout_seconds: float = Field(
         default=15.0, gt=0, description="How long a command waits for the broker's acknowledgement."
     )
+    broker_outage_limit_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Broker errors (reading the session topics, producing commands) lasting this long "
+        "with no success in between stop the API (exit status 2) for its supervisor to restart it.",
+    )
     store_dir: Path | None = Field(
         default=None,
         description="Directory of the SQLite file the session topics are materialized into; the file "

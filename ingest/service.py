@@ -79,6 +79,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC
 from types import TracebackType
 from typing import TypeVar
@@ -119,6 +120,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# While idle, the broker is probed this often (at most; a quarter of the outage limit if shorter).
+IDLE_PROBE_INTERVAL_S = 10.0
+# A poll (asked to return within 0.5 s) or probe that takes longer than this is given up.
+POLL_GUARD_S = 2.0
 CHECKPOINT_READ_IDLE_POLLS = 20  # empty 0.5 s polls before a checkpoint read settles for less
 
 
@@ -243,8 +248,11 @@ class IngestService:
         self._producer: AIOKafkaProducer | None = None
         self._publisher: KafkaRecordPublisher | None = None
         self._fetcher: HttpFetcher | None = None
-        # One outage clock for every producer and consumer call of this process.
-        self.broker = BrokerWatch(settings.broker_outage_limit_s, BrokerOutageError)
+        # Two outage clocks, either of which stops the service: one for the sessions' produce
+        # calls, one for the command consumer (polls, commits, idle probes). Separate, because a
+        # metadata answer says nothing about whether records can be written.
+        self.producing = BrokerWatch(settings.broker_outage_limit_s, BrokerOutageError)
+        self.consuming = BrokerWatch(settings.broker_outage_limit_s, BrokerOutageError)
         self._backoff = Backoff(settings.retry_backoff_s, settings.retry_backoff_max_s)
         # Set when the broker watch trips in a session task: ``run`` stops and raises it.
         self._gave_up = asyncio.Event()
@@ -287,7 +295,7 @@ class IngestService:
             client_id=f"{settings.group_id}-checkpoints",
             enable_auto_commit=False,
         )
-        self._publisher = KafkaRecordPublisher(self._producer, self.topics, self.broker, self._backoff)
+        self._publisher = KafkaRecordPublisher(self._producer, self.topics, self.producing, self._backoff)
         # Before the first assignment resumes sessions: their stores join the counted total.
         await asyncio.to_thread(self.storage.scan)
         try:
@@ -314,18 +322,28 @@ class IngestService:
         """Handle commands until ``stop`` is set; raise ``BrokerOutageError`` past the outage limit.
 
         Broker errors of the command consumer (a poll or a commit) count towards the same outage
-        limit as the sessions' produce errors and are retried with backoff. An idle ingest sees
-        an outage only as empty polls (aiokafka reconnects quietly) and waits: it has nothing in
-        hand to lose.
+        limit as the sessions' produce errors and are retried with backoff. An idle consumer sees
+        an outage only as empty polls (aiokafka reconnects quietly), so while there are none it
+        asks for metadata every ``IDLE_PROBE_INTERVAL_S``: an idle ingest stops past the limit
+        too, and its supervisor shows the outage.
         """
         consumer = self._require(self._consumer)
+        probe_every = min(IDLE_PROBE_INTERVAL_S, self.settings.broker_outage_limit_s / 4)
+        last_probe = time.monotonic()
         while not stop.is_set() and not self._gave_up.is_set():
             try:
-                batches = await consumer.getmany(timeout_ms=500, max_records=100)
+                batches = await asyncio.wait_for(
+                    consumer.getmany(timeout_ms=500, max_records=100), POLL_GUARD_S
+                )
+            except TimeoutError:
+                batches = {}  # the group coordinator is away: the probe below tells
             except KafkaError as exc:
-                self.broker.failed(exc, "fetch session commands")
+                self.consuming.failed(exc, "fetch session commands")
                 await self._retry_pause(exc, "fetching session commands")
                 continue
+            if not batches and time.monotonic() - last_probe >= probe_every:
+                last_probe = time.monotonic()
+                await self._probe(consumer)
             if batches:
                 # Commands fetched while a new assignment's sessions are being resumed wait for it.
                 await self._assignment_ready.wait()
@@ -339,7 +357,8 @@ class IngestService:
                     # Commit after the command took effect (session task started / stop asked);
                     # a crash before this line redelivers the command (see the module docstring).
                     await self._commit(consumer, partition, message.offset + 1)
-        self.broker.check()
+        self.producing.check()
+        self.consuming.check()
 
     async def _commit(self, consumer: AIOKafkaConsumer, partition: TopicPartition, offset: int) -> None:
         position = {TopicPartition(partition.topic, partition.partition): offset}
@@ -350,14 +369,28 @@ class IngestService:
                 log.warning("command offset %d not committed: %s", offset - 1, exc)
                 return
             except KafkaError as exc:
-                self.broker.failed(exc, "commit a command offset")
+                self.consuming.failed(exc, "commit a command offset")
                 await self._retry_pause(exc, "committing a command offset")
             else:
-                self.broker.succeeded()
+                self.consuming.succeeded()
                 return
 
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        """Ask the cluster for metadata; a failure (or no answer) counts towards the outage limit."""
+        try:
+            await asyncio.wait_for(consumer.topics(), POLL_GUARD_S)
+        except (KafkaError, TimeoutError) as exc:
+            error = exc if isinstance(exc, KafkaError) else KafkaTimeoutError("no metadata answer")
+            log.warning("broker unreachable (%s: %s)", type(error).__name__, error)
+            try:
+                self.consuming.failed(error, "reach the broker")
+            except BrokerOutageError:
+                self._gave_up.set()
+        else:
+            self.consuming.succeeded()
+
     async def _retry_pause(self, exc: KafkaError, doing: str) -> None:
-        delay = self._backoff.delay(self.broker.failures)
+        delay = self._backoff.delay(self.consuming.failures)
         log.warning("%s failed (%s: %s), retrying in %.1f s", doing, type(exc).__name__, exc, delay)
         await asyncio.sleep(delay)
 
