@@ -1,8 +1,9 @@
 """Logging of the API process: access-log lines never carry credentials.
 
 uvicorn's access log prints each request's path with its query string, where a browser's
-``?api_key=`` or ``?token=`` would land. ``RedactCredentials`` replaces those values by
-``REDACTED`` in every record it sees (installed on uvicorn's loggers by ``api.__main__``).
+``?api_key=``, ``?token=`` or a playback URL's ``?sig=`` would land. ``RedactCredentials``
+replaces those values by ``REDACTED`` in every record it sees (installed on uvicorn's loggers by
+``api.__main__``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import logging
 import re
 
-CREDENTIAL_PARAMS = ("api_key", "token")
+# ``sig``: a signed playback URL is a credential until it expires.
+CREDENTIAL_PARAMS = ("api_key", "token", "sig")
 REDACTED = "REDACTED"
 _CREDENTIAL_VALUE = re.compile(r"(?i)(?P<name>(?:^|[?&;])(?:" + "|".join(CREDENTIAL_PARAMS) + r")=)[^&;#\s]*")
 

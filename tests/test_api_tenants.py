@@ -266,6 +266,10 @@ def test_credentials_are_redacted_from_paths_and_access_log_records() -> None:
     )
     assert redact_credentials("/x?TOKEN=abc") == "/x?TOKEN=REDACTED"
     assert redact_credentials("/x?my_token=abc") == "/x?my_token=abc"
+    # A signed playback URL is a credential until it expires.
+    assert redact_credentials("/playback/s1/seg000001.ts?expires=9&sig=abc_-") == (
+        "/playback/s1/seg000001.ts?expires=9&sig=REDACTED"
+    )
     # The shape of uvicorn's access records: the path is one of the arguments.
     record = logging.LogRecord(
         "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
