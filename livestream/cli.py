@@ -232,6 +232,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             session = started.json()
             stream_id, session_id = session["stream_id"], session["session_id"]
             print(f"session {session_id} on {redact_url(url)}\nquery: {args.query!r}", flush=True)
+            # The session's web page, at the path NomadicML's docs print after start_session.
+            print(f"web page: {stack.api_url}/events/{stream_id}/{session_id}", flush=True)
             t0, printed = time.monotonic(), set[str]()
             try:
                 follow_session(client, stream_id, session_id, origin, printed)
