@@ -6,7 +6,7 @@ CACHE ?= $(HOME)/.cache/livestream-analytics
 URL ?=
 QUERY ?= detect a person, a cat or a cup
 
-.PHONY: install models broker run up test lint schemas clean
+.PHONY: install webapp models broker run up test lint schemas clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,27 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed webapp
+
+# The web app's player library: hls.js from npm at the version webapp/package-lock.json pins,
+# copied into the API's static folder. The copy is committed as well, so `pip install` alone
+# ships a working page; without npm the committed copy is kept as it is.
+WEBAPP_VENDOR := api/static/vendor
+ifneq ($(shell command -v npm 2>/dev/null),)
+webapp: webapp/node_modules/.package-lock.json
+	mkdir -p $(WEBAPP_VENDOR)
+	cp webapp/node_modules/hls.js/dist/hls.min.js $(WEBAPP_VENDOR)/hls.min.js
+	cp webapp/node_modules/hls.js/LICENSE $(WEBAPP_VENDOR)/hls.js.LICENSE
+	node -p 'JSON.stringify({"hls.js": require("./webapp/node_modules/hls.js/package.json").version})' \
+	  > $(WEBAPP_VENDOR)/versions.json
+else
+webapp:
+	@echo "npm not found: the web app keeps the committed $(WEBAPP_VENDOR)/hls.min.js"
+endif
+
+webapp/node_modules/.package-lock.json: webapp/package.json webapp/package-lock.json
+	cd webapp && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
 
 # The ONNX detector is built once from a PyPI-shipped TF graph, in a throwaway venv, and
 # cached outside the repo (never committed).

@@ -21,7 +21,7 @@ tenant's sessions, another tenant's answer 404 like unknown ones):
 * ``POST /api/live/session/{session_id}/signed-manifest``: a signed playlist URL of the session's
   recording; ``/playback/...`` serves it without a key (see ``api.playback``)
 * ``GET  /healthz`` (no key): 200 once Kafka clients run and the session topics are caught up
-* ``GET  /`` a small browser page (``api/static/index.html``)
+* ``GET  /`` the web app (``api/static/index.html``; its assets under ``/static/``)
 
 The SSE messages are described in ``api.feeds``. Browsers' ``EventSource`` cannot send
 headers, so the SSE routes also accept ``?token=`` (and ``?api_key=`` unless disabled) and
@@ -43,6 +43,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
@@ -480,5 +481,7 @@ def create_app(settings: ApiSettings, blob_store: BlobStore | None = None) -> Fa
 
     app.include_router(live)
     app.include_router(streams_router)
+    # The web app's modules, styles and vendored hls.js (no key: they hold nothing private).
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     playback.install(app, settings, blob_store or open_blob_store(BlobStoreSettings()))
     return app
