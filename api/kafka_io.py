@@ -7,7 +7,8 @@
   events) and the compacted streams topic from the beginning, hands each fetch to the store's
   thread (decoded and written in one transaction there), then to ``Sessions.apply`` (memory
   and feeds), and reports when it has reached the end offsets seen at start-up on every
-  partition of those topics.
+  partition of those topics. Once caught up, it retires (tombstones) a stream the API created
+  for a session start when the purge of a session leaves no stored session on it.
 
 The reader uses no consumer group: every API replica reads every partition itself.
 
@@ -35,7 +36,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 from api.errors import BrokerOutageError, CommandPublishError
 from api.sessions import Sessions
 from api.settings import ApiSettings
-from api.store import RawRecord, TopicKind
+from api.store import AppliedBatch, RawRecord, SessionPurged, TopicKind
 from livestream.errors import KafkaSetupError
 from livestream.kafka.resilience import BrokerWatch, stop_client
 from livestream.kafka.serde import encode_key, encode_value
@@ -179,7 +180,17 @@ class CommandPublisher:
             stream_id=stream.stream_id,
         )
 
-    async def _send(self, topic: str, key: str, value: bytes, what: str, **context: object) -> None:
+    async def retire_stream(self, tenant: str, stream_id: str) -> None:
+        """Produce the tombstone of a named stream; ``CommandPublishError`` if it is not acknowledged."""
+        await self._send(
+            self._streams_topic,
+            stream_record_key(tenant, stream_id),
+            None,
+            "the stream tombstone",
+            stream_id=stream_id,
+        )
+
+    async def _send(self, topic: str, key: str, value: bytes | None, what: str, **context: object) -> None:
         if self._producer is None:
             raise CommandPublishError("command producer is not started", topic=topic)
         try:
@@ -204,10 +215,12 @@ class SessionTopicsReader:
         partitions: dict[TopicKind, tuple[str, Sequence[int]]],
         sessions: Sessions,
         outages: BrokerOutages,
+        publisher: CommandPublisher,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._outages = outages
+        self._publisher = publisher
         self._kinds = {topic: kind for kind, (topic, _) in partitions.items()}
         self._partitions = [
             TopicPartition(topic, partition) for topic, ids in partitions.values() for partition in ids
@@ -279,6 +292,8 @@ class SessionTopicsReader:
                 if records:
                     applied = await self._sessions.store.apply(records)
                     self._sessions.apply(applied, live=self.caught_up.is_set())
+                    if self.caught_up.is_set():
+                        await self._retire_streams(applied)
                 if not self.caught_up.is_set():
                     await self._check_caught_up(consumer)
             self.failure = self._outages.tripped
@@ -299,6 +314,27 @@ class SessionTopicsReader:
             self._outages.failed(error, "reach the broker")
         else:
             self._outages.succeeded()
+
+    async def _retire_streams(self, applied: AppliedBatch) -> None:
+        """Tombstone the streams created for session starts whose last stored session was purged.
+
+        Only once caught up: while replaying, sessions of other partitions may not be stored
+        yet (the replica that was live at the purge retired the stream then). Every replica
+        does it, which produces the same tombstone more than once (harmless). A tombstone the
+        broker refuses is logged and left: the stream then stays (a leftover, never a loss).
+        """
+        for change in applied.changes:
+            if not isinstance(change, SessionPurged) or change.stream_id is None or change.owner is None:
+                continue
+            tenant = change.owner.tenant
+            if tenant is None or not await self._sessions.store.retirable_stream(tenant, change.stream_id):
+                continue
+            try:
+                await self._publisher.retire_stream(tenant, change.stream_id)
+            except CommandPublishError as exc:
+                logger.warning("stream %s of tenant %s not retired: %s", change.stream_id, tenant, exc)
+                continue
+            logger.info("stream %s of tenant %s retired with its last session", change.stream_id, tenant)
 
     async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
         for partition, end_offset in self._catch_up_targets.items():
@@ -346,6 +382,7 @@ class KafkaRuntime:
                 {kind: (topic, partitions[topic]) for kind, topic in session_topics.items()},
                 self.sessions,
                 self.outages,
+                self.publisher,
             )
             await self.reader.start()
         except BaseException:

@@ -71,6 +71,7 @@ CREATE TABLE headers (
 CREATE INDEX headers_newest ON headers (created_at_us DESC, session_id DESC);
 CREATE INDEX headers_by_tenant ON headers (tenant, created_at_us DESC, session_id DESC);
 CREATE INDEX headers_by_creator ON headers (created_by, created_at_us DESC, session_id DESC);
+CREATE INDEX headers_by_stream ON headers (tenant, stream_id);
 CREATE TABLE chunks (
     session_id TEXT NOT NULL,
     chunk_index INTEGER NOT NULL,
@@ -402,6 +403,20 @@ class SessionStore:
         ).fetchone()
         return AttachedStream.model_validate_json(row[0]) if row else None
 
+    def retirable_stream(self, tenant: str, stream_id: str) -> bool:
+        """Whether the tenant's stream was created by a session start and no stored session uses it.
+
+        Such a stream goes when its last session is purged, so streams created for sessions are
+        bounded by session retention; attached streams stay until they are deleted.
+        """
+        stream = self.stream(tenant, stream_id)
+        if stream is None or stream.origin != "start-session":
+            return False
+        used = self._db.execute(
+            "SELECT 1 FROM headers WHERE tenant = ? AND stream_id = ? LIMIT 1", (tenant, stream_id)
+        ).fetchone()
+        return used is None
+
     def header(self, session_id: str) -> SessionHeader | None:
         row = self._db.execute("SELECT json FROM headers WHERE session_id = ?", (session_id,)).fetchone()
         return SessionHeader.model_validate_json(row[0]) if row else None
@@ -605,6 +620,9 @@ class StoreWorker:
 
     async def stream(self, tenant: str, stream_id: str) -> AttachedStream | None:
         return await self._call(self._store.stream, tenant, stream_id)
+
+    async def retirable_stream(self, tenant: str, stream_id: str) -> bool:
+        return await self._call(self._store.retirable_stream, tenant, stream_id)
 
     async def max_event_cursor(self, session_id: str) -> int:
         return await self._call(self._store.max_event_cursor, session_id)

@@ -13,7 +13,9 @@
 Omit it to let the backend create one"; the SDK: "must already exist"):
 
 * ``stream_id`` omitted: the API creates an id and records it as a stream of the caller's
-  tenant (named after the session, with its source), so later sessions may pass it.
+  tenant (named after the session, with its source), so later sessions may pass it. Such a
+  stream is retired (tombstoned) once retention purged the last session on it
+  (``api.kafka_io``), so these records stay bounded like sessions; attached streams stay.
 * ``stream_id`` of a stream the caller's tenant has (attached, or created by an earlier start):
   the session belongs to it. ``source_url`` and ``name`` stay required (the docs list both as
   required) and are the session's own; the stream's name and source are not substituted.

@@ -23,7 +23,7 @@ from api.store import RawRecord, SessionStore, StoreWorker, StreamWritten, Topic
 from api.views import SessionView
 from livestream.kafka.serde import encode_value
 from schemas.api import AttachStreamForm
-from schemas.records import AttachedStream, stream_record_key
+from schemas.records import AttachedStream, SessionHeader, SessionStatus, stream_record_key
 from schemas.topics import Topics
 
 KEY = "streams-unit-key-0123456789"
@@ -36,6 +36,19 @@ def stream(
 ) -> AttachedStream:
     return AttachedStream(
         stream_id=stream_id, tenant=tenant, stream_name=name, source_url=SOURCE, attached_at=at
+    )
+
+
+def make_header(session_id: str, stream_id: str) -> SessionHeader:
+    return SessionHeader(
+        stream_id=stream_id,
+        session_id=session_id,
+        name="door",
+        source_url=SOURCE,
+        status=SessionStatus.FINISHED,
+        tenant="default",
+        created_at=T0,
+        updated_at=T0,
     )
 
 
@@ -187,6 +200,20 @@ def test_a_stream_tombstone_removes_it_and_poison_records_are_skipped(store: Ses
     assert store.stream("default", "cam-1") is None
     assert store.stream("default", "cam-2") is not None
     assert store.stream("default", "cam-3") is None
+
+
+def test_only_streams_created_for_sessions_and_left_unused_are_retirable(store: SessionStore) -> None:
+    created = stream("auto-1").model_copy(update={"origin": "start-session"})
+    attached = stream("door-cam")
+    store.apply([stream_record(created), stream_record(attached)])
+    used = make_header("s1", "auto-1")
+    store.apply([RawRecord(TopicKind.HEADERS, b"s1", encode_value(used), "p.session-state", 0)])
+    assert not store.retirable_stream("default", "auto-1")  # a stored session still uses it
+    assert not store.retirable_stream("globex", "auto-1")  # not that tenant's stream
+    store.apply([RawRecord(TopicKind.HEADERS, b"s1", None, "p.session-state", 1)])  # purged
+    assert store.retirable_stream("default", "auto-1")
+    assert not store.retirable_stream("default", "door-cam")  # attached: stays
+    assert not store.retirable_stream("default", "never")
 
 
 # --------------------------------------------------------------------------- own writes

@@ -14,12 +14,13 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import httpx
 import pytest
 import uvicorn
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from nomadic import NomadicAI
 
 from api.app import create_app
@@ -27,7 +28,7 @@ from api.auth import key_fingerprint
 from api.settings import ApiSettings
 from livestream.kafka.serde import decode_command
 from livestream.kafka.testing import create_test_topics
-from schemas.records import AttachedStream, StartSession
+from schemas.records import AttachedStream, SessionHeader, SessionStatus, StartSession
 from schemas.topics import Topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
@@ -228,6 +229,57 @@ async def test_replicas_agree_on_a_stream_attached_through_one_of_them(
             return response.status_code == 200
 
         await eventually(accepted_by_the_other, "the other replica to read the stream record")
+
+
+async def test_a_stream_created_for_a_session_goes_with_its_last_session_an_attached_one_stays(
+    replicas: Callable[[], Awaitable[ApiReplica]], kafka_bootstrap: str, streams_topics: Topics
+) -> None:
+    replica = await replicas()
+    async with client(replica) as http:
+        created = await start(http)
+        assert created.status_code == 200, created.text
+        created_id, session_id = created.json()["stream_id"], created.json()["session_id"]
+        attached = await http.post(
+            "/api/live/attach-stream",
+            data={"stream_id": "gate-cam", "stream_name": "Gate", "source_url": SOURCE},
+        )
+        assert attached.json() == {"ok": True}
+        gate = await start(http, stream_id="gate-cam")
+        assert gate.status_code == 200, gate.text
+
+        # Play the aggregator: both sessions' headers, then retention's tombstones for them.
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for stream_id, started in ((created_id, session_id), ("gate-cam", gate.json()["session_id"])):
+                header = SessionHeader(
+                    stream_id=stream_id,
+                    session_id=started,
+                    name="door",
+                    source_url=SOURCE,
+                    status=SessionStatus.FINISHED,
+                    tenant="default",
+                    created_by=key_fingerprint(API_KEY),
+                    created_at=datetime.now(UTC),
+                    updated_at=datetime.now(UTC),
+                )
+                topic = streams_topics.session_state
+                await producer.send_and_wait(topic, key=started.encode(), value=header.to_bytes())
+                await producer.send_and_wait(topic, key=started.encode(), value=None)
+        finally:
+            await producer.stop()
+
+        async def retired() -> bool:
+            records = await read_topic(kafka_bootstrap, streams_topics.streams, streams_topics.partitions)
+            return (f"default/{created_id}".encode(), None) in records
+
+        await eventually(retired, "the created stream's tombstone")
+        after = await start(http, stream_id=created_id)
+        assert after.status_code == 404, after.text
+        # The attached stream outlives its sessions.
+        assert (await start(http, stream_id="gate-cam")).status_code == 200
+    records = await read_topic(kafka_bootstrap, streams_topics.streams, streams_topics.partitions)
+    assert (b"default/gate-cam", None) not in records
 
 
 async def test_attach_stream_validates_before_writing(replicas: Callable[[], Awaitable[ApiReplica]]) -> None:
