@@ -15,6 +15,9 @@ from pydantic import ValidationError
 from aggregator.app import build_app, discover_topic_layout
 from aggregator.errors import AggregatorError
 from aggregator.settings import AggregatorSettings
+from aggregator.thumbnails import ThumbnailJanitor
+from livestream.blobstore import open_blob_store
+from livestream.blobstore.settings import BlobStoreSettings
 
 
 def main() -> int:
@@ -48,7 +51,13 @@ def main() -> int:
             "replication_factor": settings.replication_factor or layout.replication_factor,
         }
     )
-    app = build_app(resolved)
+    # Thumbnails live beside the recordings (same LIVESTREAM_STORAGE_* settings as ingest and API).
+    thumbnails = (
+        ThumbnailJanitor(open_blob_store(BlobStoreSettings()), settings.thumbnail_delete_delay_s)
+        if settings.delete_thumbnails
+        else None
+    )
+    app = build_app(resolved, thumbnails)
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, redirect_stdouts=False)
     # Installs SIGTERM/SIGINT handlers that stop the app gracefully, then raises SystemExit(0).
     worker.execute_from_commandline()

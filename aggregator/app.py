@@ -51,6 +51,7 @@ from pydantic import ValidationError
 from aggregator.errors import AggregatorError, BrokerOutageError, TopicLayoutError
 from aggregator.reducer import FoldResult, InputRecord, fold, record_keys
 from aggregator.settings import AggregatorSettings
+from aggregator.thumbnails import ThumbnailJanitor
 from livestream.errors import RecordError
 from livestream.kafka.resilience import Backoff, BrokerWatch, stop_client
 from livestream.kafka.serde import decode_command, decode_value
@@ -139,8 +140,11 @@ def _broker_urls(bootstrap_servers: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
 
 
-def build_app(settings: AggregatorSettings) -> faust.App:
-    """The faust app with its table and agent; ``settings.partitions`` must match the input topics."""
+def build_app(settings: AggregatorSettings, thumbnails: ThumbnailJanitor | None = None) -> faust.App:
+    """The faust app with its table and agent; ``settings.partitions`` must match the input topics.
+
+    ``thumbnails`` deletes the thumbnails of detections merged away (None: they are left to the
+    session's purge)."""
     partitions = settings.partitions or DEFAULT_PARTITIONS
     topics = Topics(prefix=settings.topic_prefix, partitions=partitions)
     app = faust.App(
@@ -274,6 +278,10 @@ def build_app(settings: AggregatorSettings) -> faust.App:
          1. chunk and event records (and a purged session's tombstones, and the batch's dead
             letters): produced and *acknowledged* before anything else, since a replayed input
             record that the table already folded writes nothing again;
+         1b. the thumbnails the folds merged away are handed to ``thumbnails``, which deletes
+            them a grace delay later (``aggregator.thumbnails``): only once the records that
+            stopped showing them are on the broker. A crash before the deletion leaves orphan
+            JPEGs that nothing names, removed by the session's purge; a replay discards them again;
          2. table writes: update the in-memory store and queue changelog records;
          3. headers: each session's latest header (a tombstone once purged) is produced on the
             session-state topic and acknowledged;
@@ -290,6 +298,9 @@ def build_app(settings: AggregatorSettings) -> faust.App:
         which is a crash before 4.
         """
         await send_acked(batch.outputs)
+        if thumbnails is not None:
+            for session_id, event_ids in batch.discarded_thumbnails:
+                thumbnails.discard(session_id, event_ids)
         headers: list[_Output] = []
         for session_id, (partition, header, changed) in batch.sessions.items():
             key = session_id.encode()
@@ -415,6 +426,8 @@ class _Batch:
         self.outputs: list[_Output] = []
         # session_id -> (partition, header after the batch or None once purged, changed in it)
         self.sessions: dict[str, tuple[int, SessionHeader | None, bool]] = {}
+        # (session_id, raw event ids) whose thumbnails the folds merged away
+        self.discarded_thumbnails: list[tuple[str, tuple[str, ...]]] = []
 
     def header(self, session_id: str, table: Any) -> SessionHeader | None:
         """The session's header as the batch left it so far, else as the table holds it."""
@@ -457,6 +470,8 @@ class _Batch:
             _Output("event", event_record_key(e.session_id, e.number).encode(), e.to_bytes(), partition)
             for e in folded.events
         ]
+        if folded.discarded_thumbnails:
+            self.discarded_thumbnails.append((session_id, folded.discarded_thumbnails))
         _, _, changed_before = self.sessions.get(session_id, (partition, None, False))
         if folded.header is None and not folded.purged and session_id not in self.sessions:
             return  # nothing known, nothing to write (a deadline of a session purged since)

@@ -15,7 +15,12 @@ early wait in the session's reorder window), which is what keeps this cheap *and
   would have grown it opens a new event: a parked car seen for a week is a series of events,
   each at most that long, not one event that never closes);
 * each change is one ``SessionEvent`` record: ``opened``, ``updated`` (its window or confidence
-  grew), ``closed``; each record takes the next value of the session's feed cursor.
+  grew), ``closed``; each record takes the next value of the session's feed cursor;
+* thumbnails: a merged event shows the thumbnail of its most confident detection
+  (``thumbnail_event_id`` follows ``confidence``; on a tie the earlier detection keeps it). Every
+  merge leaves one of the two thumbnails unreferenced, the detection's own or the one it took
+  over; ``EventLog.discarded_thumbnails`` collects those, for the aggregator to delete
+  (``aggregator.thumbnails``).
 
 So the cost of a chunk depends on the chunk's own detections and the number of open labels,
 never on how long the session has run.
@@ -39,12 +44,20 @@ class MergePolicy:
 
 
 def grown(event: Event, detection: Event) -> Event:
-    """``event`` widened by ``detection`` (same label): identity and start stay, end and confidence grow."""
+    """``event`` widened by ``detection`` (same label): identity and start stay, end and confidence
+    grow, and the thumbnail moves to ``detection``'s when it is more confident and has one (a
+    detection stored without a thumbnail never takes the event's away)."""
     end_time = max(event.end_time, detection.end_time)
     t_end = event.t_end if event.end_time >= detection.end_time else detection.t_end
     confidence = max(event.confidence, detection.confidence)
     severity = max(event.severity, detection.severity, key=lambda s: _SEVERITY_RANK.get(s.value, 0))
-    if (end_time, confidence, severity) == (event.end_time, event.confidence, event.severity):
+    update: dict[str, object] = {}
+    if detection.confidence > event.confidence and detection.thumbnail_event_id is not None:
+        update = {
+            "thumbnail_event_id": detection.thumbnail_event_id,
+            "thumbnail_time": detection.thumbnail_time,
+        }
+    if (end_time, confidence, severity) == (event.end_time, event.confidence, event.severity) and not update:
         return event
     return event.model_copy(
         update={
@@ -53,8 +66,15 @@ def grown(event: Event, detection: Event) -> Event:
             "confidence": confidence,
             "severity": severity,
             "description": describe_event(event.label, event.start_time, end_time, confidence),
+            **update,
         }
     )
+
+
+def unreferenced_thumbnails(event: Event, detection: Event, merged: Event) -> list[str]:
+    """Thumbnails of ``event`` and ``detection`` that ``merged`` (their merge) no longer shows."""
+    candidates = [event.thumbnail_event_id, detection.thumbnail_event_id]
+    return [t for t in dict.fromkeys(candidates) if t is not None and t != merged.thumbnail_event_id]
 
 
 @dataclass
@@ -73,6 +93,8 @@ class EventLog:
     event_count: int
     open_by_label: dict[str, SessionEvent]
     written: list[SessionEvent] = field(default_factory=list)
+    # Raw event ids whose thumbnails no merged event shows any more (merged away by this fold).
+    discarded_thumbnails: list[str] = field(default_factory=list)
 
     @classmethod
     def resume(
@@ -107,6 +129,7 @@ class EventLog:
             longest = max(current.event.end_time, detection.end_time) - current.event.start_time
             if reaches and longest <= policy.max_event_duration_s:
                 widened = grown(current.event, detection)
+                self.discarded_thumbnails += unreferenced_thumbnails(current.event, detection, widened)
                 if widened is not current.event:
                     self.open_by_label[detection.label] = self._write(current.number, "updated", widened)
                 continue

@@ -94,6 +94,8 @@ class FoldResult:
     ``header`` is the session's header after the record (None: the session is unknown and stays
     so, or was purged); ``changed`` says whether it differs from the one before. ``chunks`` and
     ``events`` are the records to write, in order; ``purged`` asks for the session's removal.
+    ``discarded_thumbnails``: raw event ids whose thumbnails the fold merged away (no merged event
+    shows them), to delete once ``events`` are written.
     """
 
     header: SessionHeader | None
@@ -101,6 +103,7 @@ class FoldResult:
     chunks: tuple[SessionChunk, ...] = ()
     events: tuple[SessionEvent, ...] = ()
     purged: bool = False
+    discarded_thumbnails: tuple[str, ...] = ()
 
 
 def fold(
@@ -144,6 +147,7 @@ def fold(
         changed=True,
         chunks=tuple(folding.chunks),
         events=tuple(folding.log.written),
+        discarded_thumbnails=tuple(folding.log.discarded_thumbnails),
     )
 
 

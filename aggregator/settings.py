@@ -16,6 +16,7 @@ from aggregator.reducer import (
     DEFAULT_REORDER_WINDOW_EVENTS,
     FoldPolicy,
 )
+from aggregator.thumbnails import DEFAULT_DELETE_DELAY_S
 from livestream.settings import ServiceSettings
 
 DEFAULT_RETENTION_S = 30 * 24 * 3600.0
@@ -125,6 +126,17 @@ class AggregatorSettings(ServiceSettings):
         gt=0,
         description="How long a batch write is retried on broker errors before the worker stops with "
         "a non-zero exit (for its supervisor to restart it).",
+    )
+    delete_thumbnails: bool = Field(
+        default=True,
+        description="Delete the thumbnails of detections merged away, from the blob store "
+        "LIVESTREAM_STORAGE_* configure (see aggregator/thumbnails.py).",
+    )
+    thumbnail_delete_delay_s: float = Field(
+        default=DEFAULT_DELETE_DELAY_S,
+        ge=0.0,
+        description="How long after a merge the thumbnail it made unreferenced is deleted (a grace for "
+        "readers a moment behind).",
     )
 
     @field_validator("log_level", mode="before")

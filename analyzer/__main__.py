@@ -11,13 +11,22 @@ from analyzer.models import default_model_path
 from analyzer.scoring import ScoringPolicy
 from analyzer.service import AnalyzerService, ChunkAnalyzer
 from analyzer.settings import AnalyzerSettings
+from analyzer.thumbnails import ThumbnailWriter
+from livestream.blobstore import open_blob_store
+from livestream.blobstore.settings import BlobStoreSettings
 from livestream.service import run_service
 
 
 async def _main(settings: AnalyzerSettings) -> None:
     detector = ObjectDetector.load(settings.model_path or default_model_path(), settings.providers)
     policy = ScoringPolicy(threshold=settings.threshold, max_gap_frames=settings.max_gap_frames)
-    service = AnalyzerService(settings, ChunkAnalyzer(detector, policy, settings.instance_id))
+    # Thumbnails go where the recordings are (same LIVESTREAM_STORAGE_* settings as ingest and API).
+    thumbnails = (
+        ThumbnailWriter(open_blob_store(BlobStoreSettings()), quality=settings.thumbnail_jpeg_quality)
+        if settings.thumbnails
+        else None
+    )
+    service = AnalyzerService(settings, ChunkAnalyzer(detector, policy, settings.instance_id), thumbnails)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)

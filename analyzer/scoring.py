@@ -63,6 +63,7 @@ class _Run:
     first: int  # index of the first frame with a hit
     last: int  # index of the last frame with a hit
     best: DetectionLike
+    best_index: int  # the frame of ``best``: the event's thumbnail shows it
 
 
 def _best_per_frame(
@@ -82,12 +83,15 @@ def _runs(best: list[DetectionLike | None], max_gap_frames: int) -> list[_Run]:
         if detection is None:
             continue
         if current is not None and index - current.last - 1 <= max_gap_frames:
-            top = detection if detection.score > current.best.score else current.best
-            current = _Run(current.first, index, top)
+            # Strictly greater: on a tie the earlier frame stays the best (deterministic).
+            if detection.score > current.best.score:
+                current = _Run(current.first, index, detection, index)
+            else:
+                current = _Run(current.first, index, current.best, current.best_index)
         else:
             if current is not None:
                 runs.append(current)
-            current = _Run(index, index, detection)
+            current = _Run(index, index, detection, index)
     if current is not None:
         runs.append(current)
     return runs
@@ -141,6 +145,8 @@ def score_chunk(
                     chunk_id=chunk.chunk_id,
                     query=chunk.rapid_review_query,
                     box=tuple(round(float(v), 4) for v in run.best.box),
+                    # The thumbnail's frame; ``thumbnail_event_id`` is set once it is stored.
+                    thumbnail_time=ordered[run.best_index].stream_time,
                 )
             )
     events.sort(key=lambda e: (e.start_time, e.label))

@@ -2,14 +2,16 @@
 
 Per chunk record, in this order:
   1. decode + inference in a worker thread (the event loop keeps heartbeating Kafka);
+  1b. the events' thumbnails rendered and stored in the blob store, in the same worker thread
+     (``analyzer.thumbnails``), so no produced event names a thumbnail that is not stored;
   2. produce the chunk's events to the events topic, then its ChunkResult (which repeats the
      events) to the chunk-results topic, and await the broker's acks for all of them;
   3. commit the chunk's offset.
 A crash before 3 redelivers the chunk to some analyzer of the group, which re-produces the
-same records: event ids are deterministic (``schemas.records.event_id_for``) and the
-aggregator folds chunk results idempotently by chunk index, so the guarantee is
-at-least-once delivery with idempotent consumers; consumers of the events topic de-duplicate
-by ``event_id``. A crash after 3 loses nothing.
+same records (and rewrites the same thumbnails, keyed by event id): event ids are deterministic
+(``schemas.records.event_id_for``) and the aggregator folds chunk results idempotently by chunk
+index, so the guarantee is at-least-once delivery with idempotent consumers; consumers of the
+events topic de-duplicate by ``event_id``. A crash after 3 loses nothing.
 
 A chunk that cannot be analysed (bad JPEG, unsupported query) still gets a ``failed`` ChunkResult
 so its session can finish (the aggregator waits for a result per published chunk). So does a
@@ -72,6 +74,7 @@ from analyzer.models import MODEL_INPUT_SIZE
 from analyzer.query import parse_query
 from analyzer.scoring import FrameDetections, ScoringPolicy, score_chunk
 from analyzer.settings import AnalyzerSettings
+from analyzer.thumbnails import ThumbnailWriter
 from livestream.errors import LivestreamError, RecordError
 from livestream.kafka.resilience import Backoff, BrokerWatch, stop_client
 from livestream.kafka.serde import decode_value, encode_key, encode_value
@@ -233,9 +236,12 @@ class Outgoing:
 class AnalyzerService:
     """Kafka edge around ``ChunkAnalyzer``; see the module docstring for the guarantees."""
 
-    def __init__(self, settings: AnalyzerSettings, analyzer: ChunkAnalyzer) -> None:
+    def __init__(
+        self, settings: AnalyzerSettings, analyzer: ChunkAnalyzer, thumbnails: ThumbnailWriter | None = None
+    ) -> None:
         self._settings = settings
         self._analyzer = analyzer
+        self._thumbnails = thumbnails
         self._topics = Topics(prefix=settings.topic_prefix)
         # One inference at a time per process: onnxruntime already uses the cores; scale
         # out with more replicas in the consumer group.
@@ -354,6 +360,10 @@ class AnalyzerService:
         result = await self._analyze(chunk, record, producer)
         if result is None:
             return False
+        if self._thumbnails is not None and result.events:
+            # Stored before the events that name them are produced (step 1b of the docstring).
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, self._thumbnails.attach, chunk, result)
         return await self._publish(result, producer)
 
     async def _handle_undecodable(

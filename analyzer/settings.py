@@ -55,4 +55,10 @@ class AnalyzerSettings(ServiceSettings):
         description="How long produce, commit and fetch errors are retried without one success before "
         "the analyzer exits non-zero (for its supervisor to restart it).",
     )
+    thumbnails: bool = Field(
+        default=True,
+        description="Store an annotated JPEG of each event's best frame beside the recording, in the "
+        "blob store LIVESTREAM_STORAGE_* configure (see analyzer/thumbnails.py).",
+    )
+    thumbnail_jpeg_quality: int = Field(default=85, ge=20, le=95, description="JPEG quality of thumbnails.")
     log_level: str = "INFO"

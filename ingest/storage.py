@@ -114,6 +114,22 @@ def directory_name(session_id: str) -> str:
     return name if name and not name.startswith(".") else f"_{name}"
 
 
+# Event thumbnails (annotated JPEGs the analyzer stores beside the recording, one per raw event;
+# see ``analyzer.thumbnails``): ``<session_dir>/thumbs/<event_id>.jpg``. Inside the session's
+# directory, so purging the recording (``RecordingStorage.purge``) removes them too.
+THUMBNAILS_DIR = "thumbs"
+
+
+def thumbnail_name(event_id: str) -> str:
+    """The thumbnail's name within the recording (what playback URLs sign)."""
+    return f"{THUMBNAILS_DIR}/{event_id}.jpg"
+
+
+def thumbnail_key(session_id: str, event_id: str) -> str:
+    """The blob key of the thumbnail of raw event ``event_id`` of the session."""
+    return f"{directory_name(session_id)}/{thumbnail_name(event_id)}"
+
+
 @dataclass(frozen=True)
 class RecordingLimits:
     """Caps on recorded segment files; 0 means unlimited (see the module docstring)."""

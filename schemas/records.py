@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 # 2: the session-state topic carries SessionHeader (lists moved to session-chunks/-events).
 # 3: ``capture_time`` of chunks and events is stream time (float seconds), as NomadicML
 #    documents it; the wall clock it used to carry moved to ``captured_at``.
-SCHEMA_VERSION = 3
+# 4: events name their thumbnail (``thumbnail_event_id``, ``thumbnail_time``).
+SCHEMA_VERSION = 4
 
 # Stable namespace for deterministic event ids (uuid5), so a re-analysed chunk yields the
 # same ids and every consumer can de-duplicate at-least-once deliveries.
@@ -263,6 +264,14 @@ class Event(Record):
     chunk_id: str
     query: str | None = None
     box: tuple[float, float, float, float] | None = None
+    # The event's thumbnail: an annotated JPEG of its best frame (highest-confidence detection),
+    # stored by the analyzer beside the recording as ``<session_dir>/thumbs/<thumbnail_event_id>.jpg``
+    # (``ingest.storage.thumbnail_key``) before the event is produced. A raw event names its own id;
+    # a merged event (session-events) the raw event whose detection is its most confident one, so
+    # it moves as ``confidence`` grows (``aggregator.merge``). ``thumbnail_time`` is the stream
+    # time of that frame. None: no thumbnail was stored (disabled, or the store failed).
+    thumbnail_event_id: str | None = None
+    thumbnail_time: float | None = None
 
 
 def event_id_for(session_id: str, chunk_index: int, label: str, start_time: float) -> str:
