@@ -43,7 +43,7 @@ def make_ts_segment(seconds: float, fps: int, width: int, height: int, first_pts
 
 def empty_chunk() -> Chunk:
     """The chunk whose record is built; its own frames do not matter to the encoder."""
-    return Chunk(0, 0.0, 4.0, (), (0,), utcnow())
+    return Chunk(0, 0.0, 4.0, (), (0,), 0.0, utcnow())
 
 
 def test_encode_chunk_keeps_small_chunks_at_full_quality() -> None:
