@@ -20,7 +20,12 @@ tenant's sessions, another tenant's answer 404 like unknown ones):
 * ``POST /api/live/feed-token``: a short-lived token for the SSE routes (``?token=``)
 * ``POST /api/live/session/{session_id}/signed-manifest``: a signed playlist URL of the session's
   recording; ``/playback/...`` serves it without a key (see ``api.playback``)
-* ``GET  /healthz`` (no key): 200 once Kafka clients run and the session topics are caught up
+* ``POST /api/live/attach-stream`` (form: stream_id, stream_name, source_url): a named stream
+  of the caller's tenant that later sessions pass as ``stream_id`` (see ``api.streams``)
+* ``GET  /healthz`` (no key): 200 once Kafka clients run and the session topics are caught up;
+  503 once a broker outage outlasted ``broker_outage_limit_s`` (the process then exits 2)
+* ``GET  /events/{stream_id}/{session_id}`` (no key): the web app, opened on that session (the
+  link the SDK's docs print after start-session)
 * ``GET  /`` the web app (``api/static/index.html``; its assets under ``/static/``)
 
 The SSE messages are described in ``api.feeds``. Browsers' ``EventSource`` cannot send
@@ -71,6 +76,8 @@ from api.store import NO_CURSOR, ListsQuery, StoreWorker
 from api.streams import router as streams_router
 from api.streams import session_stream_id
 from api.tenants import Audience, Caller, KeyRing
+from api.thumbnails import router as thumbnails_router
+from api.thumbnails import thumbnail_links, with_thumbnail_urls
 from api.tokens import FeedTokens
 from api.views import SessionView
 from livestream.blobstore import BlobStore, open_blob_store
@@ -249,7 +256,9 @@ async def list_sessions(
 ) -> Response:
     """A page of sessions, newest first; items are headers unless ``include_events``."""
     runtime = kafka_runtime(request)
-    body = await runtime.sessions.list_body(audience(scope, caller), cursor, limit, include_events)
+    body = await runtime.sessions.list_body(
+        audience(scope, caller), cursor, limit, include_events, thumbnail_links(request)
+    )
     return json_response(body)
 
 
@@ -282,7 +291,7 @@ async def get_session(
         chunks_after=chunks_after,
         chunks_limit=chunks_limit,
     )
-    return json_response(await runtime.sessions.session_body(header, query))
+    return json_response(await runtime.sessions.session_body(header, query, thumbnail_links(request)))
 
 
 @live.get("/live-sessions/{stream_id}/{session_id}/events", response_model=SessionEventsPage)
@@ -297,7 +306,8 @@ async def list_session_events(
     """The latest version (``SessionEvent``) of each merged event whose cursor is above ``after``."""
     runtime = kafka_runtime(request)
     await runtime.sessions.find(stream_id, session_id, caller.tenant)
-    return json_response(await runtime.sessions.events_page_body(session_id, after, limit))
+    links = thumbnail_links(request)
+    return json_response(await runtime.sessions.events_page_body(session_id, after, limit, links))
 
 
 @live.get("/live-sessions/{stream_id}/{session_id}/events/stream", response_class=EventSourceResponse)
@@ -315,8 +325,9 @@ async def stream_session_events(
     settings: ApiSettings = request.app.state.settings
     lease = request.app.state.feed_slots.acquire(caller.key_id)
     sessions = runtime.sessions
+    feed = session_feed(sessions.hub, sessions, session_id, last_event_id_header or last_event_id)
     return FeedResponse(
-        session_feed(sessions.hub, sessions, session_id, last_event_id_header or last_event_id),
+        with_thumbnail_urls(feed, thumbnail_links(request)),
         lease,
         ping=settings.sse_ping_seconds,
     )
@@ -334,10 +345,11 @@ async def stream_all_events(
     runtime = kafka_runtime(request)
     settings: ApiSettings = request.app.state.settings
     lease = request.app.state.feed_slots.acquire(caller.key_id)
+    feed = all_sessions_feed(
+        runtime.sessions.all_feed, audience(scope, caller), last_event_id_header or last_event_id
+    )
     return FeedResponse(
-        all_sessions_feed(
-            runtime.sessions.all_feed, audience(scope, caller), last_event_id_header or last_event_id
-        ),
+        with_thumbnail_urls(feed, thumbnail_links(request)),
         lease,
         ping=settings.sse_ping_seconds,
     )
@@ -484,4 +496,5 @@ def create_app(settings: ApiSettings, blob_store: BlobStore | None = None) -> Fa
     # The web app's modules, styles and vendored hls.js (no key: they hold nothing private).
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     playback.install(app, settings, blob_store or open_blob_store(BlobStoreSettings()))
+    app.include_router(thumbnails_router)  # signed event thumbnails, beside the recordings
     return app
