@@ -17,6 +17,7 @@ import binascii
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from api.errors import InvalidCursor, SessionNotFound
 from api.feeds import AllSessionsFeed, FeedSignal, SessionFeedHub
@@ -35,6 +36,9 @@ from api.tenants import Audience, Owner, owner_of
 from api.views import SessionView
 from livestream.redact import redact_url
 from schemas.records import AttachedStream, EndSession, SessionEvent, SessionHeader, StartSession
+
+if TYPE_CHECKING:  # a type only: api.thumbnails imports the routes' modules, which import this one
+    from api.thumbnails import ThumbnailLinks
 
 SessionKey = tuple[int, str]
 
@@ -245,16 +249,26 @@ class Sessions:
     async def events_after(self, session_id: str, after: int, limit: int) -> list[SessionEvent]:
         return await self.store.events_after(session_id, after, limit)
 
-    async def session_body(self, header: SessionHeader, query: ListsQuery) -> str:
-        lists = await self.store.session_lists(header.session_id, query)
+    async def session_body(
+        self, header: SessionHeader, query: ListsQuery, links: ThumbnailLinks | None = None
+    ) -> str:
+        """The session's JSON; with ``links`` each event carries its signed ``thumbnail_url``."""
+        lists = await self.store.session_lists(header.session_id, query, links)
         return session_json(header, lists)
 
-    async def events_page_body(self, session_id: str, after: int, limit: int) -> str:
-        page = await self.store.events_page(session_id, after, limit)
+    async def events_page_body(
+        self, session_id: str, after: int, limit: int, links: ThumbnailLinks | None = None
+    ) -> str:
+        page = await self.store.events_page(session_id, after, limit, links)
         return f'{{"events":{page.events_json},"next_cursor":{json.dumps(page.last_cursor)}}}'
 
     async def list_body(
-        self, audience: Audience, cursor: str | None, limit: int, include_events: bool
+        self,
+        audience: Audience,
+        cursor: str | None,
+        limit: int,
+        include_events: bool,
+        links: ThumbnailLinks | None = None,
     ) -> str:
         """A page of ``audience``'s sessions newest first, as JSON."""
         before = decode_list_cursor(cursor) if cursor else None
@@ -264,7 +278,7 @@ class Sessions:
         for listed in page:
             header = self.view.overlay(listed.session_id, listed) or listed
             if include_events:
-                items.append(await self.session_body(header, ListsQuery()))
+                items.append(await self.session_body(header, ListsQuery(), links))
             else:
                 items.append(header_json(header))
         next_cursor = encode_list_cursor(session_key(page[-1])) if more and page else None

@@ -13,7 +13,8 @@ Tables, each mirroring what compaction keeps of one topic:
 * ``events``: the latest ``SessionEvent`` per (session, number) (``<p>.session-events``), with
   its cursor, start time and lifecycle as columns for paging, the record's JSON and, apart,
   its ``Event``'s JSON (so ``get_session`` serves thousands of events by joining stored text
-  instead of decoding and re-encoding every one);
+  instead of decoding and re-encoding every one), and its ``thumbnail_event_id`` (so reads can
+  splice a signed ``thumbnail_url`` into that text, see ``api.thumbnails``);
 * ``streams``: the latest ``AttachedStream`` per (tenant, stream_id) (``<p>.streams``): the
   named streams ``start-session`` accepts as ``stream_id``.
 
@@ -42,13 +43,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from api.errors import StoreError
 from api.tenants import Audience, Owner, session_tenant
 from livestream.errors import RecordError
 from livestream.kafka.serde import decode_value
 from schemas.records import AttachedStream, SessionChunk, SessionEvent, SessionHeader, SessionStatus
+
+if TYPE_CHECKING:  # a type only: api.thumbnails imports the routes' modules, which import this one
+    from api.thumbnails import ThumbnailLinks
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,7 @@ CREATE TABLE events (
     lifecycle TEXT NOT NULL,
     record_json TEXT NOT NULL,
     event_json TEXT NOT NULL,
+    thumbnail TEXT,
     PRIMARY KEY (session_id, number)
 );
 CREATE INDEX events_by_cursor ON events (session_id, cursor);
@@ -216,6 +221,10 @@ def _json_array(texts: Sequence[str]) -> str:
     return "[" + ",".join(texts) + "]"
 
 
+def _event_text(session_id: str, event_json: str, thumbnail: str | None, links: ThumbnailLinks | None) -> str:
+    return event_json if links is None else links.event_json(session_id, event_json, thumbnail)
+
+
 def _parse_child_key(record: RawRecord, kind: str) -> tuple[str, int]:
     """A tombstone's ``<session_id>/<kind>/<n>`` key -> (session_id, n); ``RecordError`` otherwise."""
     text = record.key.decode(errors="replace") if record.key is not None else ""
@@ -341,8 +350,8 @@ class SessionStore:
             return None
         self._db.execute(
             "INSERT OR REPLACE INTO events "
-            "(session_id, number, cursor, start_time, lifecycle, record_json, event_json) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "(session_id, number, cursor, start_time, lifecycle, record_json, event_json, thumbnail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 version.session_id,
                 version.number,
@@ -351,6 +360,7 @@ class SessionStore:
                 version.lifecycle,
                 version.model_dump_json(),
                 version.event.model_dump_json(),
+                version.event.thumbnail_event_id,
             ),
         )
         row = self._db.execute(
@@ -441,14 +451,17 @@ class SessionStore:
         ]
         return counts[0], counts[1], counts[2]
 
-    def session_lists(self, session_id: str, query: ListsQuery) -> SessionLists:
+    def session_lists(
+        self, session_id: str, query: ListsQuery, links: ThumbnailLinks | None = None
+    ) -> SessionLists:
         """The chunk and event pages ``get_session`` returns.
 
         Events: without ``events_after``/``events_limit`` every merged event ordered by start
         time; with either, the events whose cursor is above ``events_after`` in cursor order,
         at most ``events_limit``. Chunks: without ``chunks_after`` the most recent
         ``chunks_limit`` by index; with it, the ``chunks_limit`` chunks after that index.
-        ``*_next_*`` is where the next page starts, None when nothing follows.
+        ``*_next_*`` is where the next page starts, None when nothing follows. With ``links``,
+        every event carries its signed ``thumbnail_url``.
         """
         db = self._db
         events_total = db.execute(
@@ -460,9 +473,10 @@ class SessionStore:
         events_next: int | None = None
         if query.events_after is None and query.events_limit is None:
             event_texts = [
-                row[0]
+                _event_text(session_id, row[0], row[1], links)
                 for row in db.execute(
-                    "SELECT event_json FROM events WHERE session_id = ? ORDER BY start_time, number",
+                    "SELECT event_json, thumbnail FROM events WHERE session_id = ? "
+                    "ORDER BY start_time, number",
                     (session_id,),
                 )
             ]
@@ -470,14 +484,14 @@ class SessionStore:
             after = NO_CURSOR if query.events_after is None else query.events_after
             limit = -1 if query.events_limit is None else query.events_limit + 1  # -1: no limit
             rows = db.execute(
-                "SELECT event_json, cursor FROM events WHERE session_id = ? AND cursor > ? "
+                "SELECT event_json, cursor, thumbnail FROM events WHERE session_id = ? AND cursor > ? "
                 "ORDER BY cursor LIMIT ?",
                 (session_id, after, limit),
             ).fetchall()
             if query.events_limit is not None and len(rows) > query.events_limit:
                 rows = rows[: query.events_limit]
                 events_next = rows[-1][1] if rows else after
-            event_texts = [row[0] for row in rows]
+            event_texts = [_event_text(session_id, row[0], row[2], links) for row in rows]
         chunks_next: int | None = None
         if query.chunks_after is None:
             rows = db.execute(
@@ -504,9 +518,9 @@ class SessionStore:
             events_next,
         )
 
-    def _event_rows_after(self, session_id: str, after: int, limit: int) -> list[tuple[str, int]]:
+    def _event_rows_after(self, session_id: str, after: int, limit: int) -> list[tuple[str, int, str | None]]:
         return self._db.execute(
-            "SELECT record_json, cursor FROM events WHERE session_id = ? AND cursor > ? "
+            "SELECT record_json, cursor, thumbnail FROM events WHERE session_id = ? AND cursor > ? "
             "ORDER BY cursor LIMIT ?",
             (session_id, after, limit),
         ).fetchall()
@@ -515,13 +529,19 @@ class SessionStore:
         """The latest version of each event whose cursor is above ``after``, in cursor order."""
         return [
             SessionEvent.model_validate_json(text)
-            for text, _ in self._event_rows_after(session_id, after, limit)
+            for text, _, _ in self._event_rows_after(session_id, after, limit)
         ]
 
-    def events_page(self, session_id: str, after: int, limit: int) -> EventsPage:
-        """``events_after`` as stored JSON text (the ``/events`` route never re-encodes)."""
+    def events_page(
+        self, session_id: str, after: int, limit: int, links: ThumbnailLinks | None = None
+    ) -> EventsPage:
+        """``events_after`` as stored JSON text (re-encoded only to add ``links``' thumbnail URLs)."""
         rows = self._event_rows_after(session_id, after, limit)
-        return EventsPage(_json_array([text for text, _ in rows]), rows[-1][1] if rows else None)
+        texts = [
+            text if links is None else links.record_json(session_id, text, thumbnail)
+            for text, _, thumbnail in rows
+        ]
+        return EventsPage(_json_array(texts), rows[-1][1] if rows else None)
 
     def list_headers(
         self, audience: Audience, before: tuple[int, str] | None, limit: int
@@ -627,14 +647,18 @@ class StoreWorker:
     async def max_event_cursor(self, session_id: str) -> int:
         return await self._call(self._store.max_event_cursor, session_id)
 
-    async def session_lists(self, session_id: str, query: ListsQuery) -> SessionLists:
-        return await self._call(self._store.session_lists, session_id, query)
+    async def session_lists(
+        self, session_id: str, query: ListsQuery, links: ThumbnailLinks | None = None
+    ) -> SessionLists:
+        return await self._call(self._store.session_lists, session_id, query, links)
 
     async def events_after(self, session_id: str, after: int, limit: int) -> list[SessionEvent]:
         return await self._call(self._store.events_after, session_id, after, limit)
 
-    async def events_page(self, session_id: str, after: int, limit: int) -> EventsPage:
-        return await self._call(self._store.events_page, session_id, after, limit)
+    async def events_page(
+        self, session_id: str, after: int, limit: int, links: ThumbnailLinks | None = None
+    ) -> EventsPage:
+        return await self._call(self._store.events_page, session_id, after, limit, links)
 
     async def list_headers(
         self, audience: Audience, before: tuple[int, str] | None, limit: int
