@@ -1,0 +1,73 @@
+// The timeline strip: the event windows over the recording's duration, with a playhead.
+// A click on a window seeks to its event's stream_time, a click elsewhere on the strip seeks to
+// that point. The windows are not tab stops: the event list (buttons) is the keyboard route to
+// the same seeks, and the video's own controls seek freely.
+"use strict";
+
+import { clock, el, labelHue } from "/static/js/dom.js";
+
+export class Timeline {
+  constructor(onSeek) {
+    this.onSeek = onSeek;
+    this.duration = 0;
+    this.events = [];
+    this.track = el("div", { class: "track" });
+    this.playhead = el("div", { class: "playhead", "aria-hidden": "true" });
+    this.endLabel = el("span", { class: "timeline-end", text: "0:00" });
+    this.element = el(
+      "div",
+      { class: "timeline", id: "timeline" },
+      this.track,
+      el("div", { class: "timeline-scale muted", "aria-hidden": "true" }, el("span", { text: "0:00" }), this.endLabel),
+    );
+    this.track.append(this.playhead);
+    this.track.addEventListener("click", (click) => {
+      if (click.target.closest(".window") || this.duration <= 0) return;
+      const box = this.track.getBoundingClientRect();
+      this.onSeek(((click.clientX - box.left) / box.width) * this.duration);
+    });
+  }
+
+  /** The recording's length so far: it only grows while the session runs. */
+  extend(seconds) {
+    if (!(seconds > this.duration)) return;
+    this.duration = seconds;
+    this.endLabel.textContent = clock(seconds);
+    this.render();
+  }
+
+  setEvents(events) {
+    this.events = events;
+    this.extend(Math.max(0, ...events.map((event) => event.end_time)));
+    this.render();
+  }
+
+  position(seconds) {
+    this.playhead.style.left = `${this.percent(seconds)}%`;
+  }
+
+  percent(seconds) {
+    return this.duration > 0 ? Math.min(100, Math.max(0, (seconds / this.duration) * 100)) : 0;
+  }
+
+  render() {
+    const windows = this.events.map((event) => {
+      const left = this.percent(event.start_time);
+      const width = Math.max(0.8, this.percent(event.end_time) - left);
+      const window = el("button", {
+        type: "button",
+        class: "window",
+        tabindex: "-1",
+        title: `${event.label} ${clock(event.start_time)}–${clock(event.end_time)}`,
+        "aria-label": `${event.label} from ${clock(event.start_time)} to ${clock(event.end_time)}`,
+        dataset: { eventId: event.event_id },
+      });
+      window.style.left = `${left}%`;
+      window.style.width = `${width}%`;
+      window.style.setProperty("--hue", labelHue(event.label));
+      window.addEventListener("click", () => this.onSeek(event.stream_time, event.event_id));
+      return window;
+    });
+    this.track.replaceChildren(...windows, this.playhead);
+  }
+}
