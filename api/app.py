@@ -20,6 +20,8 @@ tenant's sessions, another tenant's answer 404 like unknown ones):
 * ``POST /api/live/feed-token``: a short-lived token for the SSE routes (``?token=``)
 * ``POST /api/live/session/{session_id}/signed-manifest``: a signed playlist URL of the session's
   recording; ``/playback/...`` serves it without a key (see ``api.playback``)
+* every event returned carries ``thumbnail_url``, signed like the playlist and served by
+  ``/playback/{session_id}/thumbs/<id>.jpg`` (see ``api.thumbnails``)
 * ``POST /api/live/attach-stream`` (form: stream_id, stream_name, source_url): a named stream
   of the caller's tenant that later sessions pass as ``stream_id`` (see ``api.streams``)
 * ``GET  /healthz`` (no key): 200 once Kafka clients run and the session topics are caught up;
