@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -95,8 +95,14 @@ async def with_thumbnail_urls(
     messages: AsyncIterator[SseMessage], links: ThumbnailLinks
 ) -> AsyncIterator[SseMessage]:
     """The feed's messages, events signed as each one is sent."""
-    async for message in messages:
-        yield links.sse_message(message)
+    try:
+        async for message in messages:
+            yield links.sse_message(message)
+    finally:
+        # A client that goes away closes this generator: close the feed now too, so its
+        # subscription is released at once rather than whenever the feed is collected.
+        if isinstance(messages, AsyncGenerator):
+            await messages.aclose()
 
 
 def thumbnail_links(request: Request) -> ThumbnailLinks:

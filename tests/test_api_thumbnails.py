@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -17,7 +19,7 @@ from api import playback
 from api.settings import ApiSettings
 from api.signing import PlaybackSigner
 from api.store import ListsQuery, RawRecord, SessionStore, TopicKind
-from api.thumbnails import ThumbnailLinks, thumbnail_links, with_thumbnail_url
+from api.thumbnails import ThumbnailLinks, thumbnail_links, with_thumbnail_url, with_thumbnail_urls
 from api.thumbnails import router as thumbnails_router
 from ingest.storage import thumbnail_key
 from livestream.blobstore.local import LocalBlobStore
@@ -228,3 +230,25 @@ def test_links_start_with_the_public_base_url_when_set(tmp_path: Path) -> None:
 
     made = thumbnail_links(Request())  # type: ignore[arg-type]
     assert made.base_url == BASE
+
+
+def test_the_feed_wrapper_signs_events_and_closes_the_feed_with_it() -> None:
+    closed: list[bool] = []
+
+    async def feed() -> AsyncIterator[dict[str, str]]:
+        try:
+            data = event(0).model_dump(mode="json") | {"number": 0, "lifecycle": "opened", "cursor": 1}
+            yield {"event": "detection", "id": "1", "data": json.dumps(data)}
+            yield {"event": "end", "id": "2", "data": "{}"}
+        finally:
+            closed.append(True)
+
+    async def first_then_leave() -> tuple[dict[str, str], bool]:
+        wrapped = with_thumbnail_urls(feed(), links())
+        message = await anext(wrapped)
+        await wrapped.aclose()  # what the SSE response does when the client goes away
+        return message, bool(closed)  # closed by now, not later by the garbage collector
+
+    message, closed_with_it = asyncio.run(first_then_leave())
+    assert json.loads(message["data"])["thumbnail_url"].startswith(BASE)
+    assert closed_with_it
