@@ -275,7 +275,17 @@ def test_the_web_app_runs_a_session_in_chromium(stack: Stack, browser: Browser, 
         seek_lands(page, first_time)
         expect(buttons.nth(0)).to_have_attribute("aria-current", "true")
         second_time = float(buttons.nth(1).get_attribute("data-stream-time") or "nan")
-        buttons.nth(1).focus()
+        # The next event is one Tab away, and the keyboard focus on it is visible.
+        page.keyboard.press("Tab")
+        focused = page.evaluate(
+            """() => {
+                const active = document.activeElement;
+                return [active.dataset.eventId, active.matches(":focus-visible"),
+                        getComputedStyle(active).outlineStyle];
+            }"""
+        )
+        assert focused[0] == buttons.nth(1).get_attribute("data-event-id"), focused
+        assert focused[1] is True and focused[2] != "none", focused
         page.keyboard.press("Enter")
         seek_lands(page, second_time)
         wait_until(page, "t => document.getElementById('player').currentTime > t + 0.5", second_time)

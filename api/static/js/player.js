@@ -14,26 +14,37 @@ export class Player {
     this.onStatus = onStatus;
     this.hls = null;
     this.url = null;
-    this.requested = false;
+    this.state = "idle";
     this.pendingSeek = null;
     video.addEventListener("loadedmetadata", () => this.applyPendingSeek());
   }
 
-  /** Load the recording once it has a segment (the caller knows: the session has chunks). */
-  async load() {
-    if (this.requested) return;
-    this.requested = true;
+  /**
+   * Load the recording once it has a segment (the caller knows: the session has chunks).
+   * `final`: the session ended, so a missing recording will not appear any more.
+   */
+  async load(final = false) {
+    if (this.state !== "idle") return; // loading, waiting for a retry, loaded or given up
+    this.state = "loading";
     this.onStatus("Loading the recording…");
     try {
-      await this.attach(this.video.currentTime || null);
+      await this.attach(null);
+      this.state = "loaded";
     } catch (error) {
-      this.requested = false; // a later call (the next chunk) tries again
-      if (error instanceof ApiError && error.status === 404) {
+      if (error instanceof ApiError && error.status === 404 && !final) {
         // No recorded segment yet (the recording can trail the first chunk): ask again soon.
+        this.state = "waiting";
         this.onStatus("Waiting for the recording…");
-        setTimeout(() => this.load(), MANIFEST_RETRY_MS);
+        setTimeout(() => {
+          this.state = "idle";
+          this.load(final);
+        }, MANIFEST_RETRY_MS);
       } else {
-        this.onStatus(`The recording cannot be played: ${error.message}`);
+        this.state = "failed";
+        this.onStatus(
+          error.status === 404 ? "This session has no recording (never recorded, or purged)."
+            : `The recording cannot be played: ${error.message}`,
+        );
       }
     }
   }
@@ -97,8 +108,7 @@ export class Player {
     if (this.video.readyState >= HTMLMediaElement.HAVE_METADATA) {
       this.video.currentTime = seconds;
     } else {
-      this.pendingSeek = seconds;
-      this.load();
+      this.pendingSeek = seconds; // where hls.js starts once the recording is loaded
     }
     if (this.video.paused) this.play();
   }

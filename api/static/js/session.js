@@ -105,7 +105,8 @@ class SessionPage {
     const lastChunk = (header.chunks || []).at(-1);
     if (lastChunk) this.timeline.extend(lastChunk.end_time);
     // Every analysed chunk was recorded first: from the first chunk on there is something to play.
-    if ((s.chunk_count ?? 0) > 0) this.player.load();
+    if ((s.chunk_count ?? 0) > 0) this.player.load(TERMINAL.has(s.status));
+    else this.playerStatus.textContent = TERMINAL.has(s.status) ? "Nothing was recorded." : "Waiting for the first chunk…";
     if (TERMINAL.has(s.status)) clearInterval(this.poll);
   }
 
@@ -157,21 +158,29 @@ class SessionPage {
     }
   }
 
-  /** Add or rewrite one merged event (a replay may show its latest version first). */
+  /**
+   * Add or update one merged event (a replay may show its latest version first). A known
+   * event's button is updated in place: it may have the keyboard focus, or be under the pointer.
+   */
   upsert(event) {
     const known = this.events.get(event.event_id);
-    const item = renderEvent(event, () => this.seek(event.stream_time, event.event_id));
-    if (known) known.item.replaceWith(item);
-    this.events.set(event.event_id, { event, item });
-    if (!known) {
+    if (known) {
+      known.event = event;
+      fillEvent(known.item.querySelector("button"), event);
+    } else {
+      const button = el("button", { type: "button", class: "event", dataset: { eventId: event.event_id } });
+      button.addEventListener("click", () => {
+        const current = this.events.get(event.event_id).event;
+        this.seek(current.stream_time, current.event_id);
+      });
+      fillEvent(button, event);
+      const item = el("li", {}, button);
       // Keep the list in stream order: events arrive in the order they were written.
-      const after = [...this.events.values()].find(
-        (other) => other.item.isConnected && other.event.start_time > event.start_time,
-      );
+      const after = [...this.events.values()].find((other) => other.event.start_time > event.start_time);
       if (after) after.item.before(item);
       else this.list.append(item);
+      this.events.set(event.event_id, { event, item });
     }
-    if (event.event_id === this.activeEventId) item.querySelector("button").setAttribute("aria-current", "true");
     this.eventCount.textContent = String(Math.max(this.session.event_count ?? 0, this.events.size));
     this.timeline.setEvents([...this.events.values()].map((entry) => entry.event));
   }
@@ -204,23 +213,27 @@ class SessionPage {
   }
 }
 
-function renderEvent(event, onSelect) {
-  const thumbnail = event.thumbnail_url
-    ? el("img", { class: "thumb", src: event.thumbnail_url, alt: `${event.label} at ${clock(event.stream_time)}`,
-      loading: "lazy", width: "160", height: "90" })
-    : el("span", { class: "thumb thumb-none", "aria-hidden": "true", text: event.label.slice(0, 1).toUpperCase() });
-  const button = el(
-    "button",
-    { type: "button", class: "event", dataset: { eventId: event.event_id, streamTime: event.stream_time } },
-    thumbnail,
-    el("span", { class: "event-text" },
-      el("span", { class: "event-title" },
-        el("span", { class: "event-label", text: event.label }),
-        el("span", { class: "event-time", text: `${clock(event.start_time)}–${clock(event.end_time)}` }),
-        el("span", { class: "confidence", text: `${Math.round(event.confidence * 100)}%` })),
-      el("span", { class: "event-description muted", text: event.description })),
-  );
+/** Write `event` into its list button: thumbnail, label, times, confidence, description. */
+function fillEvent(button, event) {
+  button.dataset.streamTime = String(event.stream_time);
   button.style.setProperty("--hue", labelHue(event.label));
-  button.addEventListener("click", onSelect);
-  return el("li", {}, button);
+  // Each answer signs its thumbnail URLs afresh: only another picture replaces the image.
+  const picture = event.thumbnail_url ? event.thumbnail_event_id || event.thumbnail_url : "";
+  if (button.dataset.picture !== picture || !button.firstChild) {
+    button.dataset.picture = picture;
+    const thumbnail = picture
+      ? el("img", { class: "thumb", src: event.thumbnail_url, alt: `${event.label} at ${clock(event.stream_time)}`,
+        loading: "lazy", width: "160", height: "90" })
+      : el("span", { class: "thumb thumb-none", "aria-hidden": "true", text: event.label.slice(0, 1).toUpperCase() });
+    if (button.firstChild) button.firstChild.replaceWith(thumbnail);
+    else button.append(thumbnail);
+  }
+  const text = el("span", { class: "event-text" },
+    el("span", { class: "event-title" },
+      el("span", { class: "event-label", text: event.label }),
+      el("span", { class: "event-time", text: `${clock(event.start_time)}–${clock(event.end_time)}` }),
+      el("span", { class: "confidence", text: `${Math.round(event.confidence * 100)}%` })),
+    el("span", { class: "event-description muted", text: event.description }));
+  if (button.children.length > 1) button.lastChild.replaceWith(text);
+  else button.append(text);
 }

@@ -11,6 +11,7 @@ export class Timeline {
     this.onSeek = onSeek;
     this.duration = 0;
     this.events = [];
+    this.windows = new Map(); // event_id -> its window
     this.track = el("div", { class: "track" });
     this.playhead = el("div", { class: "playhead", "aria-hidden": "true" });
     this.endLabel = el("span", { class: "timeline-end", text: "0:00" });
@@ -50,24 +51,32 @@ export class Timeline {
     return this.duration > 0 ? Math.min(100, Math.max(0, (seconds / this.duration) * 100)) : 0;
   }
 
+  /** Place every window; they are updated in place, so one under the pointer stays clickable. */
   render() {
-    const windows = this.events.map((event) => {
+    const seen = new Set();
+    for (const event of this.events) {
+      seen.add(event.event_id);
+      let window = this.windows.get(event.event_id);
+      if (!window) {
+        window = el("button", { type: "button", class: "window", tabindex: "-1", dataset: { eventId: event.event_id } });
+        window.addEventListener("click", () => this.onSeek(window.streamTime, window.dataset.eventId));
+        this.windows.set(event.event_id, window);
+        this.track.insertBefore(window, this.playhead);
+      }
       const left = this.percent(event.start_time);
-      const width = Math.max(0.8, this.percent(event.end_time) - left);
-      const window = el("button", {
-        type: "button",
-        class: "window",
-        tabindex: "-1",
-        title: `${event.label} ${clock(event.start_time)}–${clock(event.end_time)}`,
-        "aria-label": `${event.label} from ${clock(event.start_time)} to ${clock(event.end_time)}`,
-        dataset: { eventId: event.event_id },
-      });
+      const span = `${event.label} ${clock(event.start_time)}–${clock(event.end_time)}`;
+      window.streamTime = event.stream_time;
+      window.title = span;
+      window.setAttribute("aria-label", `${event.label} from ${clock(event.start_time)} to ${clock(event.end_time)}`);
       window.style.left = `${left}%`;
-      window.style.width = `${width}%`;
+      window.style.width = `${Math.max(0.8, this.percent(event.end_time) - left)}%`;
       window.style.setProperty("--hue", labelHue(event.label));
-      window.addEventListener("click", () => this.onSeek(event.stream_time, event.event_id));
-      return window;
-    });
-    this.track.replaceChildren(...windows, this.playhead);
+    }
+    for (const [eventId, window] of this.windows) {
+      if (!seen.has(eventId)) {
+        window.remove();
+        this.windows.delete(eventId);
+      }
+    }
   }
 }
