@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +22,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from PIL import Image
 
 from analyzer.thumbnails import pixel_box
-from ingest.storage import directory_name
+from ingest.storage import directory_name, thumbnail_key
 from livestream.blobstore.local import LocalBlobStore
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.testing import TopicRecorder
@@ -60,8 +61,8 @@ def stack(
         extra_env={
             "LIVESTREAM_INGEST_CHUNK_SECONDS": str(CHUNK_SECONDS),
             "LIVESTREAM_API_PLAYBACK_SECRET": PLAYBACK_SECRET,
-            # A short grace, so the test sees the merged-away thumbnails go soon.
-            "LIVESTREAM_AGGREGATOR_THUMBNAIL_DELETE_DELAY_S": "1",
+            # The default grace before merged-away thumbnails are deleted (10 s) stays: the test's
+            # own consumer looks at each thumbnail as its event arrives, well within it.
         },
     ) as stack:
         yield stack
@@ -113,6 +114,44 @@ def tampered(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}?expires={query['expires'][0]}&sig={forged}"
 
 
+class ThumbnailWatcher:
+    """A consumer of the raw events topic that looks for each event's thumbnail as it arrives:
+    the analyzer stores it before it produces the event, so it is there already."""
+
+    def __init__(self, bootstrap: str, topic: str, store: LocalBlobStore) -> None:
+        self.seen: dict[str, bool] = {}  # event_id -> its thumbnail existed when the event arrived
+        self._bootstrap, self._topic, self._store = bootstrap, topic, store
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self._topic, bootstrap_servers=self._bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                for records in (await consumer.getmany(timeout_ms=100)).values():
+                    for record in records:
+                        event = Event.model_validate_json(record.value)
+                        if event.thumbnail_event_id is not None:
+                            key = thumbnail_key(event.session_id, event.thumbnail_event_id)
+                            self.seen[event.event_id] = self._store.stat(key) is not None
+        finally:
+            await consumer.stop()
+
+    def __enter__(self) -> ThumbnailWatcher:
+        self._thread.start()
+        assert self._ready.wait(30), "the thumbnail watcher did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
 async def produce_purge(bootstrap: str, topic: str, session_id: str, stream_id: str) -> None:
     """What the aggregator's retention timer sends once a session's retention ran out."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -128,9 +167,11 @@ def test_every_event_has_a_signed_annotated_thumbnail_and_only_those_are_kept(
     stack: Stack, kafka_bootstrap: str, thumbnail_topics: Topics
 ) -> None:
     api = httpx.Client(base_url=stack.api_url, headers={"X-API-Key": stack.api_key}, timeout=30)
+    store = LocalBlobStore(stack.run_dir / "segments")
     with (
         TopicRecorder(kafka_bootstrap, thumbnail_topics.chunks) as chunk_topic,
         TopicRecorder(kafka_bootstrap, thumbnail_topics.events) as raw_topic,
+        ThumbnailWatcher(kafka_bootstrap, thumbnail_topics.events, store) as watcher,
         LiveHlsSource(short_script(SCENE_SECONDS)) as source,
     ):
         started = api.post(
@@ -143,6 +184,19 @@ def test_every_event_has_a_signed_annotated_thumbnail_and_only_those_are_kept(
             lambda: (s := api.get(session_url).json())["status"] in ("FINISHED", "FAILED") and s,
             180,
             "the session's end",
+        )
+        # Both consumers have every raw event of the session before they stop.
+        wait_until(
+            lambda: (
+                {
+                    e.event_id
+                    for v in raw_topic.values
+                    if (e := Event.model_validate_json(v)).session_id == session_id
+                }
+                <= set(watcher.seen)
+            ),
+            30,
+            "the watcher catching up",
         )
     assert session["status"] == "FINISHED", session.get("status_reason")
     events = session["events"]
@@ -202,10 +256,11 @@ def test_every_event_has_a_signed_annotated_thumbnail_and_only_those_are_kept(
     # ---- the blob store keeps exactly the merged events' thumbnails
     every_raw = {event_id for event_id, event in raw_events.items() if event.thumbnail_event_id == event_id}
     assert every_raw == set(raw_events), "every raw detection got a thumbnail"
+    # Stored before the event that names it was produced: never a URL to a missing picture.
+    assert {e: watcher.seen.get(e) for e in every_raw} == dict.fromkeys(every_raw, True)
     kept = {e["thumbnail_event_id"] for e in events}
     merged_away = every_raw - kept
     assert merged_away, "the scenes span several chunks, so some detections were merged away"
-    store = LocalBlobStore(stack.run_dir / "segments")
     prefix = f"{directory_name(session_id)}/thumbs/"
 
     def stored() -> set[str]:
