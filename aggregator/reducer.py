@@ -94,8 +94,8 @@ class FoldResult:
     ``header`` is the session's header after the record (None: the session is unknown and stays
     so, or was purged); ``changed`` says whether it differs from the one before. ``chunks`` and
     ``events`` are the records to write, in order; ``purged`` asks for the session's removal.
-    ``discarded_thumbnails``: raw event ids whose thumbnails the fold merged away (no merged event
-    shows them), to delete once ``events`` are written.
+    ``discarded_thumbnails``: raw event ids whose thumbnails no merged event shows (merged away, or
+    of a result the ended session can no longer fold), to delete once ``events`` are written.
     """
 
     header: SessionHeader | None
@@ -141,7 +141,10 @@ def fold(
     folding.settle()
     after = folding.finish()
     if before is not None and after == before:
-        return FoldResult(header=before, changed=False)
+        # A result the ended session can no longer fold changes nothing but leaves its thumbnails.
+        return FoldResult(
+            header=before, changed=False, discarded_thumbnails=tuple(folding.log.discarded_thumbnails)
+        )
     return FoldResult(
         header=after.model_copy(update={"updated_at": now}),
         changed=True,
@@ -277,7 +280,12 @@ class _Folding:
 
     def on_chunk_result(self, result: ChunkResult) -> None:
         if self.status.terminal:
-            return  # only a result of a chunk declared missing can still come; the session is over
+            # Only a result of a chunk declared missing can still come; the session is over. Such
+            # a chunk was never folded, so no merged event shows its thumbnails. (Redelivered
+            # results of folded chunks are left alone: theirs may be shown.)
+            if result.chunk_index >= self.next_chunk_index or result.chunk_index in self.missing:
+                self._discard_thumbnails([result])
+            return
         index = result.chunk_index
         self.update["chunks_published"] = max(self.get("chunks_published"), index + 1)  # type: ignore[type-var]
         if index < self.next_chunk_index:
@@ -318,6 +326,7 @@ class _Folding:
         if self.next_chunk_index < expected:  # type: ignore[operator]
             return
         self.log.close_all()
+        self._discard_thumbnails(self.pending)  # never folded: nothing shows their thumbnails
         self.update["pending_results"] = []  # results beyond the final total cannot exist
         failed = self.get("ingest_state") is IngestState.FAILED
         reasons = [self.get("ingest_reason")] if self.get("ingest_reason") else []
@@ -394,6 +403,14 @@ class _Folding:
         if result.status == "failed":
             self.bump("failed_chunk_count")
         self.log.add_standalone(result.events)
+
+    def _discard_thumbnails(self, results: list[ChunkResult]) -> None:
+        self.log.discarded_thumbnails += [
+            event.thumbnail_event_id
+            for result in results
+            for event in result.events
+            if event.thumbnail_event_id is not None
+        ]
 
     def _write_chunk(self, summary: ChunkSummary) -> None:
         self.chunks.append(

@@ -2,7 +2,8 @@
 
 The analyzer stores one thumbnail per raw event (``analyzer.thumbnails``); a merged event shows
 only the one of its most confident detection (``aggregator.merge``), so every merge leaves one
-thumbnail that no merged event shows. The fold names them (``FoldResult.discarded_thumbnails``)
+thumbnail that no merged event shows, and so does every detection of a chunk result that comes
+after its session ended (never folded). The fold names them (``FoldResult.discarded_thumbnails``)
 and the worker hands them here once the batch's event records are acknowledged
 (``write_batch``, step 1b). Who deletes what, and when:
 
@@ -11,8 +12,8 @@ and the worker hands them here once the batch's event records are acknowledged
   is a grace for readers a moment behind: an API that has not applied the newer version yet,
   or a page that just rendered the previous one, still loads the picture it was given;
 * a crash or stop before the delay ran out forgets the deletion: the thumbnail stays an orphan.
-  So does one rewritten by an analyzer that re-analysed a chunk already folded (redelivery), and
-  one of a chunk whose result came after its session ended. Nothing names orphans, so no client
+  So does one rewritten by an analyzer that re-analysed a chunk already folded (a redelivery:
+  whether a merged event shows it is not known any more). Nothing names orphans, so no client
   sees them, and the session's purge (``RecordingStorage.purge`` removes the session's directory,
   ``thumbs/`` included) removes them at the end of retention;
 * a replayed batch (crash before its offsets were committed) folds the same records again and

@@ -24,9 +24,13 @@ from livestream.blobstore.local import LocalBlobStore
 from schemas.records import (
     ChunkRecord,
     ChunkResult,
+    EndSession,
     Event,
     Frame,
+    IngestState,
+    SessionDeadline,
     SessionHeader,
+    SessionLifecycle,
     Severity,
     StartSession,
     chunk_id_for,
@@ -341,3 +345,25 @@ def test_a_failed_deletion_is_counted_not_raised(tmp_path: Path) -> None:
             raise BlobStoreUnavailable("down", key=key, backend="test")
 
     assert delete_thumbnails(Broken(tmp_path), ["a/thumbs/x.jpg", "a/thumbs/y.jpg"]) == 2
+
+
+def test_results_the_ended_session_cannot_fold_give_up_their_thumbnails() -> None:
+    header: SessionHeader | None = fold(None, start_command(), T0).header
+    first = [raw(0, 4, 0.7, 0)]
+    header = fold(header, chunk_result(0, first), T0).header
+    # Ingest published 2 chunks; chunk 1's result does not come before the ending timeout.
+    header = fold(header, EndSession(session_id=SESSION, stream_id=STREAM, requested_at=T0), T0).header
+    report = SessionLifecycle(
+        session_id=SESSION, stream_id=STREAM, state=IngestState.ENDED, chunks_published=2
+    )
+    header = fold(header, report, T0).header
+    later = datetime(2026, 1, 1, 13, 0, tzinfo=UTC)
+    header = fold(
+        header, SessionDeadline(session_id=SESSION, stream_id=STREAM, requested_at=later), later
+    ).header
+    assert header is not None and header.status.terminal and header.missing_chunks == [1]
+    late = [raw(4, 8, 0.9, 1)]
+    folded = fold(header, chunk_result(1, late), later)
+    assert folded.discarded_thumbnails == (late[0].event_id,) and not folded.changed
+    # A redelivered result of a chunk that was folded keeps its thumbnails (a merged event shows one).
+    assert fold(header, chunk_result(0, first), later).discarded_thumbnails == ()
