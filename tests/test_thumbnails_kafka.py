@@ -27,7 +27,9 @@ from PIL import Image
 
 from analyzer.thumbnails import pixel_box
 from ingest.storage import directory_name, thumbnail_key
+from livestream.blobstore import BlobStore
 from livestream.blobstore.local import LocalBlobStore
+from livestream.blobstore.testing import REGION, dummy_aws_credentials, moto_s3_server
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.testing import TopicRecorder
 from livestream.stack import Stack, stack_for_tests
@@ -118,7 +120,7 @@ class ThumbnailWatcher:
     """A consumer of the raw events topic that looks for each event's thumbnail as it arrives:
     the analyzer stores it before it produces the event, so it is there already."""
 
-    def __init__(self, bootstrap: str, topic: str, store: LocalBlobStore) -> None:
+    def __init__(self, bootstrap: str, topic: str, store: BlobStore) -> None:
         self.seen: dict[str, bool] = {}  # event_id -> its thumbnail existed when the event arrived
         self._bootstrap, self._topic, self._store = bootstrap, topic, store
         self._stop = threading.Event()
@@ -166,8 +168,41 @@ async def produce_purge(bootstrap: str, topic: str, session_id: str, stream_id: 
 def test_every_event_has_a_signed_annotated_thumbnail_and_only_those_are_kept(
     stack: Stack, kafka_bootstrap: str, thumbnail_topics: Topics
 ) -> None:
+    check_thumbnails(stack, LocalBlobStore(stack.run_dir / "segments"), kafka_bootstrap, thumbnail_topics)
+
+
+def test_thumbnails_in_an_s3_bucket(
+    kafka_bootstrap: str, thumbnail_topics: Topics, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The same with every service on an S3-compatible bucket (moto's server on loopback): the
+    analyzer writes, the aggregator deletes, the API serves and ingest's purge removes there."""
+    topics = Topics(prefix=f"{thumbnail_topics.prefix}s3", partitions=3)
+    asyncio.run(ensure_topics(kafka_bootstrap, topics.specs()))
+    with dummy_aws_credentials(), moto_s3_server() as s3:
+        storage = {
+            "LIVESTREAM_STORAGE_BACKEND": "s3",
+            "LIVESTREAM_STORAGE_S3_BUCKET": s3.bucket,
+            "LIVESTREAM_STORAGE_S3_PREFIX": "thumbs-test/",
+            "LIVESTREAM_STORAGE_S3_ENDPOINT_URL": s3.endpoint_url,
+            "LIVESTREAM_STORAGE_S3_REGION": REGION,
+            "LIVESTREAM_STORAGE_S3_PATH_STYLE": "true",
+        }
+        with stack_for_tests(
+            kafka_bootstrap,
+            topics.prefix,
+            tmp_path_factory.mktemp("thumbnail-s3-stack"),
+            extra_env={
+                "LIVESTREAM_INGEST_CHUNK_SECONDS": str(CHUNK_SECONDS),
+                "LIVESTREAM_API_PLAYBACK_SECRET": PLAYBACK_SECRET,
+                **storage,
+            },
+        ) as stack:
+            check_thumbnails(stack, s3.store("thumbs-test/"), kafka_bootstrap, topics)
+
+
+def check_thumbnails(stack: Stack, store: BlobStore, kafka_bootstrap: str, thumbnail_topics: Topics) -> None:
+    """Run a session on ``stack`` and check its thumbnails, reading the blob store ``store``."""
     api = httpx.Client(base_url=stack.api_url, headers={"X-API-Key": stack.api_key}, timeout=30)
-    store = LocalBlobStore(stack.run_dir / "segments")
     with (
         TopicRecorder(kafka_bootstrap, thumbnail_topics.chunks) as chunk_topic,
         TopicRecorder(kafka_bootstrap, thumbnail_topics.events) as raw_topic,
