@@ -19,8 +19,10 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -124,11 +126,21 @@ def looping_script() -> Script:
     )
 
 
+def create_topics(bootstrap: str, prefix: str) -> Topics:
+    """The system's topics under a fresh ``prefix``.
+
+    Created from a worker thread: Playwright's sync API runs an event loop in this thread once
+    the browser is up, and ``asyncio.run`` refuses to start a second one there.
+    """
+    topics = Topics(prefix=f"{prefix}{secrets.token_hex(4)}", partitions=3)
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        worker.submit(asyncio.run, ensure_topics(bootstrap, topics.specs())).result()
+    return topics
+
+
 @pytest.fixture(scope="module")
 def webapp_topics(kafka_bootstrap: str) -> Topics:
-    topics = Topics(prefix=f"web{secrets.token_hex(4)}", partitions=3)
-    asyncio.run(ensure_topics(kafka_bootstrap, topics.specs()))
-    return topics
+    return create_topics(kafka_bootstrap, "web")
 
 
 @pytest.fixture(scope="module")
@@ -337,3 +349,69 @@ def test_the_web_app_runs_a_session_in_chromium(stack: Stack, browser: Browser, 
     assert status == 403
     context.close()
     api.close()
+
+
+# --------------------------------------------------------------------------- expiring URLs
+
+SHORT_TTL_S = 8
+
+
+@pytest.fixture(scope="module")
+def short_ttl_stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack whose signed playback URLs live a few seconds: a session outlives many of them."""
+    topics = create_topics(kafka_bootstrap, "webttl")
+    with stack_for_tests(
+        kafka_bootstrap,
+        topics.prefix,
+        tmp_path_factory.mktemp("webapp-ttl-stack"),
+        extra_env={
+            "LIVESTREAM_INGEST_CHUNK_SECONDS": str(CHUNK_SECONDS),
+            "LIVESTREAM_API_PLAYBACK_URL_TTL_S": str(SHORT_TTL_S),
+        },
+    ) as stack:
+        yield stack
+
+
+def manifest_urls(page: Page) -> list[str]:
+    """The playlist URLs the page has requested, oldest first."""
+    return page.evaluate(
+        """performance.getEntriesByType("resource").map(e => e.name)
+            .filter(name => name.includes("/index.m3u8?"))"""
+    )
+
+
+def expires_of(url: str) -> int:
+    return int(parse_qs(urlsplit(url).query)["expires"][0])
+
+
+def test_the_player_outlives_its_expired_manifest_url(short_ttl_stack: Stack, browser: Browser) -> None:
+    stack = short_ttl_stack
+    page = browser.new_page(viewport=DESKTOP)
+    console = Console(page)
+    with (
+        httpx.Client(base_url=stack.api_url, headers={"X-API-Key": stack.api_key}, timeout=30) as api,
+        LiveHlsSource(looping_script(), segment_seconds=SEGMENT_SECONDS, loop=True) as source,
+    ):
+        started = api.post(
+            "/api/live/start-session",
+            data={"source_url": source.url, "name": "ttl", "rapid_review_query": QUERY},
+        ).json()
+        stream_id, session_id = started["stream_id"], started["session_id"]
+        page.goto(f"{stack.api_url}/events/{stream_id}/{session_id}#key={stack.api_key}")
+        wait_until(page, "document.getElementById('player').readyState >= 3")
+        first = manifest_urls(page)[0]
+        # Past the first URL's expiry (the page's clock is this machine's): it is refused...
+        time.sleep(max(0.0, expires_of(first) - time.time()) + 1)
+        assert page.evaluate("url => fetch(url).then(r => r.status)", first) == 403
+        # ...and the player signed a new one and plays on, well past several expiries.
+        position = page.evaluate("document.getElementById('player').currentTime")
+        wait_until(page, "t => document.getElementById('player').currentTime > t", position + 2 * SHORT_TTL_S)
+        assert max(expires_of(url) for url in manifest_urls(page)) > expires_of(first)
+        assert page.locator("#player-status").inner_text() == ""
+        assert api.post(
+            "/api/live/end-session", data={"stream_id": stream_id, "session_id": session_id}
+        ).json() == {"status": "ended"}
+    # Chromium logs each refused request: only expired playback URLs may have been refused.
+    refused = [e for e in console.errors if not ("status of 403" in e and "/playback/" in e)]
+    assert refused == [], console.errors
+    page.close()

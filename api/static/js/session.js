@@ -10,6 +10,7 @@ import { Timeline } from "/static/js/timeline.js";
 // The session feed carries events and the end, not chunks: status and chunk count are read
 // this often while the session runs (the all-sessions feed's status messages come sooner).
 const STATUS_POLL_MS = 2000;
+const THUMBNAIL_RENEW_MS = 10_000;
 
 export async function showSession(root, streamId, sessionId) {
   let session;
@@ -145,6 +146,21 @@ class SessionPage {
     });
   }
 
+  /**
+   * A thumbnail failed to load: most likely its signed URL expired before the (lazy) image was
+   * shown. Every answer signs URLs afresh, so re-read the events once (at most every 10 s);
+   * fillEvent gives failed images their new URL.
+   */
+  thumbnailFailed() {
+    const now = Date.now();
+    if (now - (this.thumbnailsRenewedAt || 0) < THUMBNAIL_RENEW_MS) return;
+    this.thumbnailsRenewedAt = now;
+    const s = this.session;
+    api(`${sessionPath(s.stream_id, s.session_id)}?chunks_limit=0`)
+      .then((fresh) => fresh.events.forEach((event) => this.upsert(event)))
+      .catch(() => {}); // the images stay as they are; the next failure tries again
+  }
+
   async reloadEvents() {
     const s = this.session;
     try {
@@ -166,14 +182,14 @@ class SessionPage {
     const known = this.events.get(event.event_id);
     if (known) {
       known.event = event;
-      fillEvent(known.item.querySelector("button"), event);
+      fillEvent(known.item.querySelector("button"), event, () => this.thumbnailFailed());
     } else {
       const button = el("button", { type: "button", class: "event", dataset: { eventId: event.event_id } });
       button.addEventListener("click", () => {
         const current = this.events.get(event.event_id).event;
         this.seek(current.stream_time, current.event_id);
       });
-      fillEvent(button, event);
+      fillEvent(button, event, () => this.thumbnailFailed());
       const item = el("li", {}, button);
       // Keep the list in stream order: events arrive in the order they were written.
       const after = [...this.events.values()].find((other) => other.event.start_time > event.start_time);
@@ -214,17 +230,26 @@ class SessionPage {
 }
 
 /** Write `event` into its list button: thumbnail, label, times, confidence, description. */
-function fillEvent(button, event) {
+function fillEvent(button, event, onThumbnailError) {
   button.dataset.streamTime = String(event.stream_time);
   button.style.setProperty("--hue", labelHue(event.label));
-  // Each answer signs its thumbnail URLs afresh: only another picture replaces the image.
+  // Each answer signs its thumbnail URLs afresh: only another picture (or a failed image)
+  // replaces the image, so a shown one does not flicker with every event update.
   const picture = event.thumbnail_url ? event.thumbnail_event_id || event.thumbnail_url : "";
-  if (button.dataset.picture !== picture || !button.firstChild) {
+  const failed = button.firstChild && button.firstChild.dataset.failed === "true";
+  if (button.dataset.picture !== picture || !button.firstChild || failed) {
     button.dataset.picture = picture;
-    const thumbnail = picture
-      ? el("img", { class: "thumb", src: event.thumbnail_url, alt: `${event.label} at ${clock(event.stream_time)}`,
-        loading: "lazy", width: "160", height: "90" })
-      : el("span", { class: "thumb thumb-none", "aria-hidden": "true", text: event.label.slice(0, 1).toUpperCase() });
+    let thumbnail;
+    if (picture) {
+      thumbnail = el("img", { class: "thumb", src: event.thumbnail_url, alt: `${event.label} at ${clock(event.stream_time)}`,
+        loading: "lazy", width: "160", height: "90" });
+      thumbnail.addEventListener("error", () => {
+        thumbnail.dataset.failed = "true";
+        onThumbnailError();
+      }, { once: true });
+    } else {
+      thumbnail = el("span", { class: "thumb thumb-none", "aria-hidden": "true", text: event.label.slice(0, 1).toUpperCase() });
+    }
     if (button.firstChild) button.firstChild.replaceWith(thumbnail);
     else button.append(thumbnail);
   }
