@@ -91,25 +91,33 @@ def merge_newest_first(
 INTERNAL_HEADER_FIELDS = frozenset({"pending_results"})
 
 
-def header_json(header: SessionHeader) -> str:
+def header_json(header: SessionHeader, links: ThumbnailLinks | None = None) -> str:
     """A header as the API serves it: without the reorder window, credentials in its source redacted.
 
     Ingest keeps fetching the real URL; every key of the tenant may read the session, so user
-    info and secret-looking query values (``?token=``) are never shown.
+    info and secret-looking query values (``?token=``) are never shown. With ``links``, the
+    events still open carry their signed ``thumbnail_url`` like every other event served (a
+    handful of small events: re-encoding them here is cheap).
     """
     if header.source_url:
         header = header.model_copy(update={"source_url": redact_url(header.source_url)})
-    return header.model_dump_json(exclude=INTERNAL_HEADER_FIELDS)
+    if links is None or not header.open_events:
+        return header.model_dump_json(exclude=INTERNAL_HEADER_FIELDS)
+    body = header.model_dump(mode="json", exclude=INTERNAL_HEADER_FIELDS)
+    for version in body["open_events"]:
+        event = version["event"]
+        event["thumbnail_url"] = links.url(header.session_id, event.get("thumbnail_event_id"))
+    return json.dumps(body, separators=(",", ":"))
 
 
-def session_json(header: SessionHeader, lists: SessionLists) -> str:
+def session_json(header: SessionHeader, lists: SessionLists, links: ThumbnailLinks | None = None) -> str:
     """The ``SessionResponse`` JSON of ``header`` with its lists spliced in as stored text.
 
     The header's JSON is an object with at least one field, so its closing brace is replaced by
     the list fields.
     """
     return (
-        header_json(header)[:-1]
+        header_json(header, links)[:-1]
         + f',"chunks":{lists.chunks_json},"events":{lists.events_json}'
         + f',"chunks_total":{lists.chunks_total},"events_total":{lists.events_total}'
         + f',"events_next_cursor":{json.dumps(lists.events_next_cursor)}'
@@ -254,7 +262,7 @@ class Sessions:
     ) -> str:
         """The session's JSON; with ``links`` each event carries its signed ``thumbnail_url``."""
         lists = await self.store.session_lists(header.session_id, query, links)
-        return session_json(header, lists)
+        return session_json(header, lists, links)
 
     async def events_page_body(
         self, session_id: str, after: int, limit: int, links: ThumbnailLinks | None = None
@@ -280,6 +288,6 @@ class Sessions:
             if include_events:
                 items.append(await self.session_body(header, ListsQuery(), links))
             else:
-                items.append(header_json(header))
+                items.append(header_json(header, links))
         next_cursor = encode_list_cursor(session_key(page[-1])) if more and page else None
         return f'{{"sessions":[{",".join(items)}],"next_cursor":{json.dumps(next_cursor)}}}'

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api import playback
+from api.sessions import header_json
 from api.settings import ApiSettings
 from api.signing import PlaybackSigner
 from api.store import ListsQuery, RawRecord, SessionStore, TopicKind
@@ -252,3 +253,24 @@ def test_the_feed_wrapper_signs_events_and_closes_the_feed_with_it() -> None:
     message, closed_with_it = asyncio.run(first_then_leave())
     assert json.loads(message["data"])["thumbnail_url"].startswith(BASE)
     assert closed_with_it
+
+
+def test_the_events_still_open_in_a_header_carry_their_urls_too() -> None:
+    version = SessionEvent(
+        session_id=SESSION, stream_id="st", number=0, cursor=1, lifecycle="opened", event=event(0)
+    )
+    header = SessionHeader(
+        stream_id="st",
+        session_id=SESSION,
+        name="n",
+        source_url="https://user:pw@example.test/a.m3u8",
+        status=SessionStatus.ACTIVE,
+        created_at=NOW,
+        updated_at=NOW,
+        open_events=[version],
+    )
+    served = json.loads(header_json(header, links()))
+    assert served["open_events"][0]["event"]["thumbnail_url"].startswith(f"{BASE}/playback/{SESSION}/thumbs/")
+    assert "pw" not in served["source_url"] and "pending_results" not in served
+    assert SessionHeader.model_validate(served).open_events == [version]
+    assert json.loads(header_json(header)) == json.loads(header_json(header, None))
