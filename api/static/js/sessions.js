@@ -3,7 +3,7 @@
 "use strict";
 
 import { api, liveFeed, sessionPageUrl, sessionPath } from "/static/js/api.js";
-import { TERMINAL, el, localTime, showError, statusBadge } from "/static/js/dom.js";
+import { TERMINAL, el, localTime, showError } from "/static/js/dom.js";
 
 const PAGE_SIZE = 20;
 // Chunk counts move without any all-sessions message (a chunk without events changes no status
@@ -77,7 +77,8 @@ class SessionsPage {
       this.reload();
       this.openFeed();
     });
-    this.list = el("ul", { id: "sessions", class: "sessions", "aria-live": "polite" });
+    // No aria-live here: rows are rewritten every few seconds, which would be read out each time.
+    this.list = el("ul", { id: "sessions", class: "sessions" });
     this.more = el("button", { id: "more", type: "button", hidden: true, text: "More sessions" });
     this.more.addEventListener("click", () => this.loadPage(this.nextCursor));
     this.feedState = el("span", { id: "sessions-feed", class: "muted", text: "connecting…" });
@@ -120,10 +121,11 @@ class SessionsPage {
   upsert(session, where) {
     const known = this.rows.get(session.session_id);
     const merged = Object.assign({}, known ? known.session : {}, session);
-    const element = renderRow(merged);
-    if (known) known.element.replaceWith(element);
-    else if (where === "end") this.list.append(element);
-    else this.list.prepend(element); // a session the feed announces is the newest one
+    // A known row is updated in place: its link may have the keyboard focus.
+    const element = known ? known.element : createRow(merged);
+    updateRow(element, merged);
+    if (!known && where === "end") this.list.append(element);
+    else if (!known) this.list.prepend(element); // a session the feed announces is the newest one
     this.rows.set(session.session_id, { session: merged, element });
     document.getElementById("no-sessions").hidden = true;
   }
@@ -181,22 +183,39 @@ function field(label, name, attributes) {
   return el("label", { class: "field" }, el("span", { text: label }), el("input", { name, id: name, ...attributes }));
 }
 
-function renderRow(session) {
-  const counts = el(
-    "span",
-    { class: "counts" },
-    el("span", { class: "chunk-count", text: String(session.chunk_count ?? 0) }), " chunks · ",
-    el("span", { class: "event-count", text: String(session.event_count ?? 0) }), " events",
-  );
+function createRow(session) {
   return el(
     "li",
-    { class: "session-row", dataset: { sessionId: session.session_id, status: session.status } },
-    el("a", { class: "session-link", href: sessionPageUrl(session.stream_id, session.session_id),
-      text: session.name || session.session_id }),
-    statusBadge(session.status),
-    counts,
-    session.created_at ? el("time", { datetime: session.created_at, class: "muted", text: localTime(session.created_at) }) : null,
-    session.rapid_review_query ? el("span", { class: "query muted", text: session.rapid_review_query }) : null,
-    session.status_reason ? el("span", { class: "reason", text: session.status_reason }) : null,
+    { class: "session-row", dataset: { sessionId: session.session_id } },
+    el("a", { class: "session-link", href: sessionPageUrl(session.stream_id, session.session_id) }),
+    el("span", { class: "badge" }),
+    el(
+      "span",
+      { class: "counts" },
+      el("span", { class: "chunk-count" }), " chunks · ",
+      el("span", { class: "event-count" }), " events",
+    ),
+    el("time", { class: "muted" }),
+    el("span", { class: "query muted" }),
+    el("span", { class: "reason" }),
   );
+}
+
+/** Write the session's current fields into its row (each part hidden while it has no value). */
+function updateRow(row, session) {
+  const part = (selector, text) => {
+    const element = row.querySelector(selector);
+    element.textContent = text || "";
+    element.hidden = !text;
+    return element;
+  };
+  row.dataset.status = session.status;
+  part(".session-link", session.name || session.session_id);
+  part(".badge", session.status).className = `badge status-${String(session.status).toLowerCase()}`;
+  part(".chunk-count", String(session.chunk_count ?? 0));
+  part(".event-count", String(session.event_count ?? 0));
+  const created = part("time", session.created_at ? localTime(session.created_at) : "");
+  if (session.created_at) created.setAttribute("datetime", session.created_at);
+  part(".query", session.rapid_review_query);
+  part(".reason", session.status_reason);
 }
