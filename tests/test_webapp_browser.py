@@ -304,7 +304,11 @@ def test_the_web_app_runs_a_session_in_chromium(stack: Stack, browser: Browser, 
 
         # ---- the timeline: a window per event; a click on one seeks to its event
         windows = page.locator("#timeline .window")
-        assert windows.count() == page.locator("#events button.event").count()
+        # Counted in one evaluation: an event arriving meanwhile adds its button and window at once.
+        assert page.evaluate(
+            """() => document.querySelectorAll("#timeline .window").length
+                === document.querySelectorAll("#events button.event").length"""
+        )
         first_window = windows.first
         window_event = first_window.get_attribute("data-event-id")
         window_time = float(
