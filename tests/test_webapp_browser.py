@@ -229,6 +229,13 @@ def test_the_web_app_runs_a_session_in_chromium(stack: Stack, browser: Browser, 
     assert page.evaluate("sessionStorage.getItem('livestreamApiKey')") == stack.api_key
     assert page.evaluate("window.Hls.version") == pinned["version"]
     page.screenshot(path=screenshots / "01-sessions-empty.png", full_page=True)
+    # A key the API refuses (revoked, mistyped in a link) is dropped and asked for again.
+    refused = context.new_page()
+    refused.goto(f"{stack.api_url}/#key=revoked-key-0123456789")
+    expect(refused.locator("#key-form")).to_be_visible()
+    expect(refused.locator("#message")).to_have_text("The API refused the key: enter it again.")
+    assert refused.evaluate("sessionStorage.getItem('livestreamApiKey')") is None
+    refused.close()
 
     with LiveHlsSource(looping_script(), segment_seconds=SEGMENT_SECONDS, loop=True) as source:
         # ---- a session started from the form opens its page

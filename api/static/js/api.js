@@ -3,6 +3,8 @@
 "use strict";
 
 const KEY_STORAGE = "livestreamApiKey";
+/** Dispatched on window when the API refuses the key this tab keeps. */
+export const KEY_REFUSED = "livestream:key-refused";
 
 /** The API key of this tab ("" when none was entered). */
 export function apiKey() {
@@ -37,6 +39,8 @@ export async function api(path, { method = "GET", form = null, key = apiKey() } 
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const detail = Array.isArray(body.detail) ? body.detail.map((d) => d.msg).join("; ") : body.detail;
+    // The kept key stopped working (revoked, rotated): the app asks for a key again.
+    if (response.status === 401 && key && key === apiKey()) window.dispatchEvent(new Event(KEY_REFUSED));
     throw new ApiError(response.status, detail || response.statusText);
   }
   return body;

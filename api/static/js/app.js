@@ -2,10 +2,12 @@
 // sessions page at / or a session's page at /events/<stream_id>/<session_id>.
 "use strict";
 
-import { ApiError, api, apiKey, forgetApiKey, setApiKey } from "/static/js/api.js";
+import { ApiError, KEY_REFUSED, api, apiKey, forgetApiKey, setApiKey } from "/static/js/api.js";
 import { el, showError } from "/static/js/dom.js";
 import { showSession } from "/static/js/session.js";
 import { showSessions } from "/static/js/sessions.js";
+
+const NOTICE_STORAGE = "livestreamNotice"; // a message shown once after a reload
 
 /** `linked`: {streamId, sessionId} when the page was opened at a session's link, else null. */
 export function start(linked) {
@@ -15,6 +17,17 @@ export function start(linked) {
   if (fragment.get("key")) {
     setApiKey(fragment.get("key"));
     history.replaceState(null, "", location.pathname + location.search);
+  }
+  // A kept key the API refuses is forgotten; the reload stops every feed and timer using it.
+  window.addEventListener(KEY_REFUSED, () => {
+    forgetApiKey();
+    sessionStorage.setItem(NOTICE_STORAGE, "The API refused the key: enter it again.");
+    location.reload();
+  }, { once: true });
+  const notice = sessionStorage.getItem(NOTICE_STORAGE);
+  if (notice) {
+    sessionStorage.removeItem(NOTICE_STORAGE);
+    showError(notice);
   }
   const root = document.getElementById("view");
   const keyBox = document.getElementById("key-box");
