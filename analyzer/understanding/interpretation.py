@@ -1,0 +1,351 @@
+"""The interpretation of a query: what will be detected, by which model, and what was not understood.
+
+``Interpreter(embedder, vocabulary).interpret(query)`` parses the query (``grammar``), maps each
+noun phrase onto the models' labels by meaning (``vocabulary``, ``resolve``) and decides whether
+the query can be answered honestly. See the package docstring for the decision rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from analyzer.understanding.embedder import Embedder
+from analyzer.understanding.grammar import CountOp, NounPhrase, ParsedQuery, RelationKind, parse
+from analyzer.understanding.resolve import Resolution, Thresholds, resolve_phrase, variants_of
+from analyzer.understanding.vocabulary import LabelIndex, ModelKind, Vocabulary, embed_checked
+
+
+class Decision(StrEnum):
+    ACCEPTED = "accepted"
+    ACCEPTED_WITH_WARNINGS = "accepted_with_warnings"
+    REFUSED = "refused"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LabelMatch(_Frozen):
+    """One vocabulary label a target stands for, the model that answers it, and how well it matched."""
+
+    label: str
+    model: ModelKind
+    # Classifier labels: the COCO class whose detection crops the classifier runs on; None = whole frames.
+    parent: str | None = None
+    score: float = Field(ge=-1.0, le=1.0, description="cosine similarity of the phrase and the label")
+
+
+class CountCondition(_Frozen):
+    op: CountOp
+    n: int = Field(ge=0)
+
+
+class DurationCondition(_Frozen):
+    op: CountOp
+    seconds: float = Field(gt=0)
+
+
+class Target(_Frozen):
+    """One object the query asks about."""
+
+    phrase: str  # as written, with its attributes: "red car"
+    noun: str  # the head noun: "car"
+    labels: tuple[LabelMatch, ...]
+    colour: str | None = None  # a named colour of grammar.COLOURS, judged on the object's pixels
+    size: Literal["small", "large"] | None = None
+    count: CountCondition | None = None
+    duration: DurationCondition | None = None
+    negated: bool = False  # absence: events are the periods when no such object is visible
+
+    @property
+    def model(self) -> ModelKind:
+        return self.labels[0].model
+
+    @property
+    def located(self) -> bool:
+        """True when the target has boxes: detector labels, or classifier labels on a parent's crops."""
+        return all(m.model is ModelKind.DETECTOR or m.parent is not None for m in self.labels)
+
+
+class Condition(_Frozen):
+    """A relation between two targets (indexes into ``Interpretation.targets``)."""
+
+    relation: RelationKind
+    subject: int = Field(ge=0)
+    object: int = Field(ge=0)
+    negated: bool = False
+    phrase: str  # "near the door"
+    # boxes: judged on the two objects' boxes; frame: one side has no box (a whole-frame class),
+    # so the relation is read as "in the same frame".
+    evaluation: Literal["boxes", "frame"] = "boxes"
+
+
+class Interpretation(_Frozen):
+    """What a query asks for, in terms the models can answer, and what they cannot."""
+
+    query: str | None
+    targets: tuple[Target, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    ignored: tuple[str, ...] = ()  # words or phrases that are not judged, as written
+    warnings: tuple[str, ...] = ()
+    decision: Decision
+    open_query: bool = False  # empty query: every detector class, nothing was asked
+
+    @property
+    def accepted(self) -> bool:
+        return self.decision is not Decision.REFUSED
+
+
+class Interpreter:
+    """Maps queries onto the models' vocabularies. Build one per process: it embeds the vocabulary.
+
+    ``interpret`` is then a pure function of the query, with one ``embed`` call per query.
+    """
+
+    def __init__(
+        self, embedder: Embedder, vocabulary: Vocabulary, thresholds: Thresholds | None = None
+    ) -> None:
+        self._embedder = embedder
+        self._index = LabelIndex.build(vocabulary, embedder)
+        self.thresholds = thresholds or Thresholds()
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self._index.vocabulary
+
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
+        """(texts, entries) similarity of free texts to every label: for calibration and tests."""
+        return self._index.scores(embed_checked(self._embedder, texts))
+
+    def interpret(self, query: str | None) -> Interpretation:
+        parsed = parse(query or "")
+        if not parsed.tokens:
+            return Interpretation(
+                query=query,
+                decision=Decision.ACCEPTED_WITH_WARNINGS,
+                open_query=True,
+                warnings=("an empty query reports every object the detector knows",),
+            )
+        texts: list[str] = []
+        spans: list[tuple[int, int]] = []
+        for phrase in parsed.phrases:
+            variants = variants_of(phrase)
+            spans.append((len(texts), len(texts) + len(variants)))
+            texts.extend(variants)
+        scores = self.scores(texts) if texts else np.zeros((0, len(self.vocabulary.entries)), np.float32)
+        resolutions = [
+            resolve_phrase(phrase, variants_of(phrase), scores[a:b], self.vocabulary, self.thresholds)
+            for phrase, (a, b) in zip(parsed.phrases, spans, strict=True)
+        ]
+        return _Builder(query, parsed, resolutions).build()
+
+
+class _Builder:
+    """Assembles targets, conditions, ignored words, warnings and the decision from the resolutions."""
+
+    def __init__(self, query: str | None, parsed: ParsedQuery, resolutions: list[Resolution]) -> None:
+        self.query = query
+        self.parsed = parsed
+        self.resolutions = resolutions
+        self.targets: list[Target] = []
+        self.target_of: dict[int, int] = {}  # phrase index -> target index
+        self.ignored: list[str] = []
+        self.warnings: list[str] = []
+        self.refusals: list[str] = []
+
+    def _ignore(self, words: str, warning: str) -> None:
+        if words and words not in self.ignored:
+            self.ignored.append(words)
+        if warning not in self.warnings:
+            self.warnings.append(warning)
+
+    def build(self) -> Interpretation:
+        phrases = self.parsed.phrases
+        dropped_clauses = self._clauses_without_subject()
+        for index, (phrase, resolution) in enumerate(zip(phrases, self.resolutions, strict=True)):
+            if resolution.labels and phrase.clause in dropped_clauses:
+                continue  # reported by _clauses_without_subject
+            if resolution.labels:
+                self.target_of[index] = len(self.targets)
+                self.targets.append(self._target(phrase, resolution))
+            elif phrase.role != "object":  # relation objects are reported with their relation
+                self._ignore(
+                    phrase.text, f"'{phrase.text}' matches nothing the models can see{resolution.why}"
+                )
+                if phrase.negated:
+                    self.refusals.append(f"'no {phrase.text}' cannot be judged: '{phrase.text}' is unknown")
+        conditions = self._conditions()
+        self._actions()
+        for words in self.parsed.vague:
+            self._ignore(words, f"'{words}' is not judged")
+        if self.parsed.dangling_negation:
+            self.refusals.append("a negation applies to nothing that can be judged")
+        decision = self._decide()
+        return Interpretation(
+            query=self.query,
+            targets=tuple(self.targets),
+            conditions=tuple(conditions),
+            ignored=tuple(self.ignored),
+            warnings=tuple(self.refusals + self.warnings),
+            decision=decision,
+        )
+
+    def _decide(self) -> Decision:
+        if not self.targets:
+            self.refusals.insert(0, "nothing in the query is something the models can detect")
+            return Decision.REFUSED
+        if self.refusals:
+            return Decision.REFUSED
+        return Decision.ACCEPTED_WITH_WARNINGS if self.warnings else Decision.ACCEPTED
+
+    def _clauses_without_subject(self) -> set[int]:
+        """Clauses whose subject is unknown: their other phrases would answer a different question."""
+        dropped: set[int] = set()
+        for phrase, resolution in zip(self.parsed.phrases, self.resolutions, strict=True):
+            if phrase.role == "subject" and not resolution.labels:
+                dropped.add(phrase.clause)
+        for phrase, resolution in zip(self.parsed.phrases, self.resolutions, strict=True):
+            if phrase.clause in dropped and phrase.role != "subject" and resolution.labels:
+                subject = next(
+                    p for p in self.parsed.phrases if p.clause == phrase.clause and p.role == "subject"
+                )
+                self._ignore(
+                    phrase.text,
+                    f"'{phrase.text}' is not reported on its own: the query asks about '{subject.text}', "
+                    "which the models cannot see",
+                )
+        return dropped
+
+    def _target(self, phrase: NounPhrase, resolution: Resolution) -> Target:
+        labels = tuple(
+            LabelMatch(label=e.label, model=e.model, parent=e.parent, score=round(float(s), 3))
+            for e, s in resolution.labels
+        )
+        colour = None if resolution.colour_in_name else phrase.colour
+        count = CountCondition(op=phrase.count.op, n=phrase.count.n) if phrase.count else None
+        duration = (
+            DurationCondition(op=phrase.duration.op, seconds=phrase.duration.seconds)
+            if phrase.duration
+            else None
+        )
+        name = " ".join(resolution.name_words)
+        for words in resolution.unused_modifiers:
+            self._ignore(words, f"'{words}' in '{phrase.text}' is not judged: any {name} is reported")
+        located = all(e.model is ModelKind.DETECTOR or e.parent is not None for e, _ in resolution.labels)
+        if not located:
+            self.warnings.append(
+                f"'{phrase.text}' is judged by the image classifier on whole frames: no box, so no count, "
+                "colour or position"
+            )
+            if colour is not None:
+                self._ignore(phrase.colour_word or colour, f"the colour of '{phrase.text}' is not judged")
+                colour = None
+            if count is not None:
+                self._ignore(f"{count.op.value} {count.n}", f"the count of '{phrase.text}' is not judged")
+                count = None
+        elif resolution.labels[0][0].model is ModelKind.CLASSIFIER:
+            parents = sorted({e.parent for e, _ in resolution.labels if e.parent})
+            self.warnings.append(
+                f"'{phrase.text}' is judged by the image classifier on the detector's "
+                f"{' / '.join(parents)} boxes"
+            )
+        if phrase.negated:
+            self.warnings.append(
+                f"'no {phrase.text}' is read as absence: events are the periods when no {name} is visible"
+            )
+        if resolution.note:
+            self.warnings.append(resolution.note)
+        return Target(
+            phrase=phrase.text,
+            noun=phrase.fixed_noun or phrase.head,
+            labels=labels,
+            colour=colour,
+            size=phrase.size,  # type: ignore[arg-type]
+            count=count,
+            duration=duration,
+            negated=phrase.negated,
+        )
+
+    def _conditions(self) -> list[Condition]:
+        conditions: list[Condition] = []
+        for relation in self.parsed.relations:
+            obj = self.parsed.phrases[relation.object] if relation.object is not None else None
+            words = f"{relation.words} {obj.text}" if obj is not None else relation.words
+            negation = (
+                "not "
+                if relation.negated and relation.words not in {"without", "outside", "far from"}
+                else ""
+            )
+            shown = f"{negation}{words}"
+            subject = self.target_of.get(relation.subject) if relation.subject is not None else None
+            target = self.target_of.get(relation.object) if relation.object is not None else None
+            if (
+                relation.subject is not None
+                and self.parsed.phrases[relation.subject].clause in self._dropped()
+            ):
+                continue
+            if relation.kind is None:
+                reason = f"'{shown}' is not judged: only near, holding, on and inside are"
+            elif subject is None:
+                reason = f"'{shown}' is not judged: it applies to nothing the models can see"
+            elif target is None:
+                reason = (
+                    f"'{shown}' is not judged: '{obj.text if obj else ''}' matches nothing the models can see"
+                )
+            else:
+                located = self.targets[subject].located and self.targets[target].located
+                evaluation: Literal["boxes", "frame"] = "boxes" if located else "frame"
+                if not located:
+                    self.warnings.append(
+                        f"'{shown}' is read as 'in the same frame': one side is judged on whole frames"
+                    )
+                conditions.append(
+                    Condition(
+                        relation=relation.kind,
+                        subject=subject,
+                        object=target,
+                        negated=relation.negated,
+                        phrase=shown,
+                        evaluation=evaluation,
+                    )
+                )
+                continue
+            self._ignore(shown, reason)
+            if relation.negated:
+                # Widening is fine with a warning; reporting what the user excluded is not.
+                self.refusals.append(f"{reason}, and ignoring it would report what the query excludes")
+        return conditions
+
+    def _dropped(self) -> set[int]:
+        return {
+            p.clause
+            for p, r in zip(self.parsed.phrases, self.resolutions, strict=True)
+            if p.role == "subject" and not r.labels
+        }
+
+    def _actions(self) -> None:
+        for action in self.parsed.actions:
+            subject = self.parsed.phrases[action.subject] if action.subject is not None else None
+            if subject is not None and subject.clause in self._dropped():
+                if action.words not in self.ignored:
+                    self.ignored.append(action.words)  # the clause is refused as a whole already
+                continue
+            who = subject.text if subject is not None else "the objects"
+            shown = f"not {action.words}" if action.negated else action.words
+            if action.negated:
+                self.ignored.append(shown) if shown not in self.ignored else None
+                self.refusals.append(
+                    f"the action '{shown}' cannot be judged, and ignoring it would report what the query "
+                    f"excludes ('{who}' that are {action.words})"
+                )
+                continue
+            self._ignore(
+                shown,
+                f"the action '{shown}' is not judged: events report '{who}' whenever visible, "
+                "not only when it happens",
+            )
