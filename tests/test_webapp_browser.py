@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from api.signing import PlaybackSigner
 from livestream.kafka.admin import ensure_topics
@@ -170,9 +171,30 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --------------------------------------------------------------------------- page helpers
 
 
+PAGE_STATE = """() => {
+    const v = document.getElementById("player");
+    const ranges = (r) => Array.from({ length: r.length }, (_, i) => [r.start(i), r.end(i)]);
+    return {
+        url: location.pathname,
+        status: document.getElementById("session-status")?.textContent,
+        player: v && { currentTime: v.currentTime, duration: v.duration, paused: v.paused, seeking: v.seeking,
+            readyState: v.readyState, buffered: ranges(v.buffered), seekable: ranges(v.seekable),
+            error: v.error && v.error.message },
+        playerStatus: document.getElementById("player-status")?.textContent,
+        focused: document.activeElement && document.activeElement.className,
+        message: document.getElementById("message")?.textContent,
+    };
+}"""
+
+
 def wait_until(page: Page, expression: str, arg: Any = None, timeout_ms: int = WAIT_MS) -> Any:
     """Wait for a JS expression (a function of ``arg``) to be truthy in the page; its value."""
-    return page.wait_for_function(expression, arg=arg, timeout=timeout_ms).json_value()
+    try:
+        return page.wait_for_function(expression, arg=arg, timeout=timeout_ms).json_value()
+    except PlaywrightTimeoutError:
+        # What the page showed is what explains a timeout: the player's state above all.
+        state = page.evaluate(PAGE_STATE)
+        raise AssertionError(f"timed out on {expression} ({arg!r}); page: {state}") from None
 
 
 def count_of(page: Page, selector: str) -> int:
@@ -322,6 +344,14 @@ def test_the_web_app_runs_a_session_in_chromium(stack: Stack, browser: Browser, 
             page.locator(f'button.event[data-event-id="{window_event}"]').get_attribute("data-stream-time")
             or "nan"
         )
+        first_window.click()
+        seek_lands(page, window_time)
+        # From the keyboard the strip is a slider: Home goes to the start, arrows step 5 s.
+        page.focus("#timeline .track")
+        page.keyboard.press("Home")
+        seek_lands(page, 0.0)
+        page.keyboard.press("ArrowRight")
+        seek_lands(page, 5.0)
         first_window.click()
         seek_lands(page, window_time)
         page.screenshot(path=screenshots / "02-session.png")

@@ -1,7 +1,7 @@
 // The timeline strip: the event windows over the recording's duration, with a playhead.
 // A click on a window seeks to its event's stream_time, a click elsewhere on the strip seeks to
-// that point. The windows are not tab stops: the event list (buttons) is the keyboard route to
-// the same seeks, and the video's own controls seek freely.
+// that point. From the keyboard the strip is one slider (arrows: 5 s, Page Up/Down: 30 s,
+// Home/End); the windows are not tab stops, the event list (buttons) seeks to each event.
 "use strict";
 
 import { clock, el, labelHue } from "/static/js/dom.js";
@@ -12,7 +12,16 @@ export class Timeline {
     this.duration = 0;
     this.events = [];
     this.windows = new Map(); // event_id -> its window
-    this.track = el("div", { class: "track" });
+    this.track = el("div", {
+      class: "track",
+      tabindex: "0",
+      role: "slider",
+      "aria-label": "Position in the recording",
+      "aria-valuemin": "0",
+      "aria-valuemax": "0",
+      "aria-valuenow": "0",
+    });
+    this.current = 0;
     this.playhead = el("div", { class: "playhead", "aria-hidden": "true" });
     this.endLabel = el("span", { class: "timeline-end", text: "0:00" });
     this.element = el(
@@ -27,6 +36,16 @@ export class Timeline {
       const box = this.track.getBoundingClientRect();
       this.onSeek(((click.clientX - box.left) / box.width) * this.duration);
     });
+    this.track.addEventListener("keydown", (key) => {
+      const steps = { ArrowLeft: -5, ArrowDown: -5, ArrowRight: 5, ArrowUp: 5, PageDown: -30, PageUp: 30 };
+      let target;
+      if (key.key in steps) target = this.current + steps[key.key];
+      else if (key.key === "Home") target = 0;
+      else if (key.key === "End") target = this.duration;
+      else return;
+      key.preventDefault(); // no page scrolling
+      this.onSeek(Math.min(this.duration, Math.max(0, target)));
+    });
   }
 
   /** The recording's length so far: it only grows while the session runs. */
@@ -34,6 +53,7 @@ export class Timeline {
     if (!(seconds > this.duration)) return;
     this.duration = seconds;
     this.endLabel.textContent = clock(seconds);
+    this.track.setAttribute("aria-valuemax", String(Math.round(seconds)));
     this.render();
   }
 
@@ -44,7 +64,10 @@ export class Timeline {
   }
 
   position(seconds) {
+    this.current = seconds;
     this.playhead.style.left = `${this.percent(seconds)}%`;
+    this.track.setAttribute("aria-valuenow", String(Math.round(seconds)));
+    this.track.setAttribute("aria-valuetext", `${clock(seconds)} of ${clock(this.duration)}`);
   }
 
   percent(seconds) {
