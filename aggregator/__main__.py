@@ -12,7 +12,7 @@ import sys
 import faust
 from pydantic import ValidationError
 
-from aggregator.app import build_app, discover_topic_layout
+from aggregator.app import build_app, discover_topic_layout, ensure_changelog_topic
 from aggregator.errors import AggregatorError
 from aggregator.settings import AggregatorSettings
 from aggregator.thumbnails import ThumbnailJanitor
@@ -51,6 +51,12 @@ def main() -> int:
             "replication_factor": settings.replication_factor or layout.replication_factor,
         }
     )
+    try:
+        loop.run_until_complete(ensure_changelog_topic(resolved, layout))
+    except AggregatorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        loop.close()
+        return 1
     # Thumbnails live beside the recordings (same LIVESTREAM_STORAGE_* settings as ingest and API).
     thumbnails = (
         ThumbnailJanitor(open_blob_store(BlobStoreSettings()), settings.thumbnail_delete_delay_s)

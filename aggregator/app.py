@@ -52,7 +52,8 @@ from aggregator.errors import AggregatorError, BrokerOutageError, TopicLayoutErr
 from aggregator.reducer import FoldResult, InputRecord, fold, record_keys
 from aggregator.settings import AggregatorSettings
 from aggregator.thumbnails import ThumbnailJanitor
-from livestream.errors import RecordError
+from livestream.errors import KafkaSetupError, RecordError
+from livestream.kafka.admin import ensure_topics
 from livestream.kafka.resilience import Backoff, BrokerWatch, stop_client
 from livestream.kafka.serde import decode_command, decode_value
 from schemas.records import (
@@ -66,7 +67,7 @@ from schemas.records import (
     chunk_record_key,
     event_record_key,
 )
-from schemas.topics import DEFAULT_PARTITIONS, Topics
+from schemas.topics import DEFAULT_PARTITIONS, Topics, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -542,6 +543,38 @@ def _reseek_after_rebalances(app: faust.App, delay_s: float) -> None:
 class TopicLayout:
     partitions: int
     replication_factor: int
+
+
+def changelog_topic_name(settings: AggregatorSettings) -> str:
+    """The table's changelog topic, named as faust names it (``<app id>-<table>-changelog``)."""
+    return f"{settings.effective_app_id}-{TABLE_NAME}-changelog"
+
+
+async def ensure_changelog_topic(settings: AggregatorSettings, layout: TopicLayout) -> None:
+    """Create the table's changelog topic (compacted, co-partitioned) before faust starts.
+
+    Faust would create it itself at start-up, but on a fresh cluster its consumer group can then
+    be assigned before the new topic is in the clients' metadata: the first table write finds no
+    partitions for it (``TypeError`` in aiokafka's partitioner), the agent crashes and restarts
+    until the metadata refreshes (``metadata.max.age.ms``, 5 minutes), and no session moves in
+    the meantime. Created here, the topic is in the metadata faust's clients fetch first.
+    Idempotent: an existing changelog is left as it is.
+    """
+    spec = TopicSpec(
+        changelog_topic_name(settings),
+        layout.partitions,
+        {"cleanup.policy": "compact"},
+        "the aggregator table's changelog (faust): each session's header, by session_id",
+    )
+    try:
+        await ensure_topics(
+            settings.kafka_bootstrap_servers,
+            [spec],
+            replication_factor=layout.replication_factor,
+            timeout_s=settings.startup_timeout_s,
+        )
+    except KafkaSetupError as exc:
+        raise TopicLayoutError(f"cannot create the table's changelog topic: {exc}", topic=spec.name) from exc
 
 
 async def discover_topic_layout(settings: AggregatorSettings) -> TopicLayout:
