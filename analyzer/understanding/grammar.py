@@ -281,6 +281,7 @@ def is_negation(word: str) -> bool:
 class Count:
     op: CountOp
     n: int
+    words: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +454,7 @@ class _Parser:
                 self.i += 1
                 continue
             if word in STOPWORDS or word.isdigit():
-                self._close_action() if word not in {"a", "an", "the"} else None
+                self._close_action()
                 if word not in {"a", "an", "the", "any", "some", "every", "each", "all"}:
                     self._close()
                 self.i += 1
@@ -483,9 +484,11 @@ class _Parser:
                 is_action_word(word)
                 and self.current is None
                 and self.subject is not None
+                and self.relation is None
                 and self._next_is_boundary()
             ):
-                # "a dog that barks" / "someone who is falling": a verb after the subject.
+                # "a dog that barks", "someone who is falling", "a person not wearing a helmet":
+                # a verb after the subject, not a modifier of a new noun phrase.
                 self._start_action(word)
                 self.i += 1
                 continue
@@ -511,7 +514,11 @@ class _Parser:
     def _next_is_boundary(self) -> bool:
         nxt = self.t[self.i + 1] if self.i + 1 < len(self.t) else None
         return (
-            nxt is None or nxt in PARTICLES or nxt in CONJUNCTIONS_FIRST or _relation_at(self.t, self.i + 1)
+            nxt is None
+            or nxt in PARTICLES
+            or nxt in STOPWORDS
+            or nxt in CONJUNCTIONS_FIRST
+            or _relation_at(self.t, self.i + 1)
         )
 
     def _negated_noun(self) -> bool:
@@ -578,7 +585,7 @@ class _Parser:
         vague_key = _match(t, i, VAGUE_COUNTS) if op_key is None else None  # type: ignore[arg-type]
         if vague_key is not None and not has_for:
             self._close()
-            self.count = Count(CountOp.AT_LEAST, VAGUE_COUNTS[vague_key])
+            self.count = Count(CountOp.AT_LEAST, VAGUE_COUNTS[vague_key], " ".join(vague_key))
             self.i = i + len(vague_key)
             return True
         if i >= len(t):
@@ -610,7 +617,7 @@ class _Parser:
         if int(value) == 0:
             self.negated = not self.negated  # "zero people" = no people
         else:
-            self.count = Count(op, int(value))
+            self.count = Count(op, int(value), " ".join(t[start:i]))
         self.i = i
         return True
 

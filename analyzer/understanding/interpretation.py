@@ -167,9 +167,12 @@ class _Builder:
     def build(self) -> Interpretation:
         phrases = self.parsed.phrases
         dropped_clauses = self._clauses_without_subject()
+        unjudged_objects = self._objects_of_unjudged_relations()
         for index, (phrase, resolution) in enumerate(zip(phrases, self.resolutions, strict=True)):
             if resolution.labels and phrase.clause in dropped_clauses:
                 continue  # reported by _clauses_without_subject
+            if index in unjudged_objects:
+                continue  # "the house" of "in front of the house": reported with its relation
             if resolution.labels:
                 self.target_of[index] = len(self.targets)
                 self.targets.append(self._target(phrase, resolution))
@@ -202,6 +205,17 @@ class _Builder:
         if self.refusals:
             return Decision.REFUSED
         return Decision.ACCEPTED_WITH_WARNINGS if self.warnings else Decision.ACCEPTED
+
+    def _objects_of_unjudged_relations(self) -> set[int]:
+        """Phrases that are only the object of a relation that is not judged: not targets of their own."""
+        objects: set[int] = set()
+        for relation in self.parsed.relations:
+            if relation.object is None:
+                continue
+            subject_known = relation.subject is not None and bool(self.resolutions[relation.subject].labels)
+            if relation.kind is None or not subject_known:
+                objects.add(relation.object)
+        return objects
 
     def _clauses_without_subject(self) -> set[int]:
         """Clauses whose subject is unknown: their other phrases would answer a different question."""
@@ -246,7 +260,12 @@ class _Builder:
                 self._ignore(phrase.colour_word or colour, f"the colour of '{phrase.text}' is not judged")
                 colour = None
             if count is not None:
-                self._ignore(f"{count.op.value} {count.n}", f"the count of '{phrase.text}' is not judged")
+                shown = (
+                    phrase.count.words
+                    if phrase.count and phrase.count.words
+                    else f"{count.op.value} {count.n}"
+                )
+                self._ignore(shown, f"the count of '{phrase.text}' is not judged")
                 count = None
         elif resolution.labels[0][0].model is ModelKind.CLASSIFIER:
             parents = sorted({e.parent for e, _ in resolution.labels if e.parent})
