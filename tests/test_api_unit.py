@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -883,10 +884,29 @@ def test_valid_requests_answer_503_until_kafka_is_up(client: TestClient) -> None
 
 
 def test_index_page_is_served_without_a_key(client: TestClient) -> None:
+    """The page and the modules it imports (transitively) are served without a key, and together
+    they use the feeds as documented: feed tokens for EventSource, resyncs, paging cursors."""
     response = client.get("/")
     assert response.status_code == 200
+    texts, pending, seen = (
+        [response.text],
+        re.findall(r'from "(/static/js/[\w.-]+\.js)"', response.text),
+        set(),
+    )
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        module = client.get(path)
+        assert module.status_code == 200, path
+        assert module.headers["content-type"].startswith(("application/javascript", "text/javascript")), path
+        texts.append(module.text)
+        pending += re.findall(r'from "(/static/js/[\w.-]+\.js)"', module.text)
+    assert {"/static/js/app.js", "/static/js/session.js", "/static/js/sessions.js"} <= seen
+    served = "\n".join(texts)
     for needed in ("EventSource", "feed-token", "token=", "resync", "next_cursor"):
-        assert needed in response.text
+        assert needed in served, needed
 
 
 @pytest.mark.parametrize(
