@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from analyzer.classifier import read_labels
-from analyzer.embedding import SentenceEmbedder
 from analyzer.models import ModelSettings
-from analyzer.understanding import CountOp, Decision, Interpreter, RelationKind, Thresholds, Vocabulary
+from analyzer.understanding import CountOp, Decision, Interpreter, RelationKind, Thresholds
 from analyzer.understanding.resolve import _override, _pick
+from analyzer.understanding.runtime import shared_interpreter
 from analyzer.understanding.vocabulary import check_imagenet_names
 
 pytestmark = pytest.mark.model
@@ -93,8 +93,7 @@ def _require(*paths: object) -> None:
 def interpreter() -> Interpreter:
     settings = ModelSettings()
     _require(settings.text_model_path, settings.text_tokenizer_path, settings.classifier_labels_path)
-    names = read_labels(settings.classifier_labels_path)
-    return Interpreter(SentenceEmbedder.load(intra_op_threads=2), Vocabulary.build(names))
+    return shared_interpreter()
 
 
 def labels_of(interpreter: Interpreter, query: str, target: int = 0) -> list[tuple[str, str, str | None]]:
@@ -234,7 +233,11 @@ def test_refusals(interpreter: Interpreter, query: str) -> None:
     assert i.warnings
 
 
-def test_one_embedding_call_per_query_and_fast(interpreter: Interpreter) -> None:
+def test_the_interpreter_is_built_once_per_process(interpreter: Interpreter) -> None:
+    assert shared_interpreter() is interpreter
+
+
+def test_interpreting_is_fast(interpreter: Interpreter) -> None:
     start = time.perf_counter()
     for _ in range(10):
         interpreter.interpret("more than three red cars near a big dog, a kitty or a fire engine for 10 s")

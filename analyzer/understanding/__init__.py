@@ -1,6 +1,17 @@
 """Understanding a query: free text -> an ``Interpretation`` the analyzer can act on. Pure.
 
-See ``interpretation`` for the decision rule.
+* ``grammar``: a deterministic parser (no language model): noun phrases, colours, sizes,
+  counts, durations, relations, negations and actions;
+* ``vocabulary``: the labels a phrase can map to (80 COCO classes with glosses, 1000 ImageNet
+  classes with their synonyms and COCO parents) and their embeddings;
+* ``resolve``: phrase -> labels by cosine similarity, with calibrated ``Thresholds`` and a
+  small override table for what the embedding model gets wrong;
+* ``interpretation``: the ``Interpretation`` model, the ``Interpreter`` and the documented
+  accept / warn / refuse rule;
+* ``runtime``: the process-wide interpreter over the built models.
+
+The interpreter needs only an ``Embedder`` (``embed(texts) -> rows``), so all of it is tested
+with a fake embedder; the real one is ``analyzer.embedding.SentenceEmbedder``.
 """
 
 from analyzer.understanding.embedder import Embedder

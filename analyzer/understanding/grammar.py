@@ -26,6 +26,7 @@ or an unsupported relation, which the interpreter reports.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -345,7 +346,9 @@ class ParsedQuery:
     dangling_negation: bool = False  # a "not" followed by nothing it could apply to
 
 
-def _match(tokens: list[str], position: int, table: dict[tuple[str, ...], object]) -> tuple[str, ...] | None:
+def _match(
+    tokens: list[str], position: int, table: Mapping[tuple[str, ...], object]
+) -> tuple[str, ...] | None:
     """The longest key of ``table`` starting at ``position``."""
     for length in (4, 3, 2, 1):
         key = tuple(tokens[position : position + length])
@@ -522,7 +525,7 @@ class _Parser:
         )
 
     def _negated_noun(self) -> bool:
-        key = _match(self.t, self.i, NEGATED_NOUNS)  # type: ignore[arg-type]
+        key = _match(self.t, self.i, NEGATED_NOUNS)
         if key is None:
             return False
         self._close()
@@ -535,7 +538,7 @@ class _Parser:
         return True
 
     def _conjunction(self) -> bool:
-        key = _match(self.t, self.i, CONJUNCTIONS)  # type: ignore[arg-type]
+        key = _match(self.t, self.i, CONJUNCTIONS)
         if key is None:
             return False
         self._close()
@@ -550,7 +553,7 @@ class _Parser:
         return True
 
     def _relation(self) -> bool:
-        key = _match(self.t, self.i, RELATIONS)  # type: ignore[arg-type]
+        key = _match(self.t, self.i, RELATIONS)
         if key is None:
             return False
         kind, negated = RELATIONS[key]
@@ -572,7 +575,7 @@ class _Parser:
         has_for = t[i] == "for"
         if has_for:
             i += 1
-        op_key = _match(t, i, COUNT_OPS)  # type: ignore[arg-type]
+        op_key = _match(t, i, COUNT_OPS)
         op = CountOp.AT_LEAST
         if op_key is not None:
             if op_key in _OPS_BEFORE_NUMBER_ONLY and (
@@ -582,7 +585,7 @@ class _Parser:
             else:
                 op = COUNT_OPS[op_key]
                 i += len(op_key)
-        vague_key = _match(t, i, VAGUE_COUNTS) if op_key is None else None  # type: ignore[arg-type]
+        vague_key = _match(t, i, VAGUE_COUNTS) if op_key is None else None
         if vague_key is not None and not has_for:
             self._close()
             self.count = Count(CountOp.AT_LEAST, VAGUE_COUNTS[vague_key], " ".join(vague_key))
@@ -609,7 +612,7 @@ class _Parser:
             return True
         if has_for or not float(value).is_integer():
             return False
-        postfix = _match(t, i, POSTFIX_OPS)  # type: ignore[arg-type]
+        postfix = _match(t, i, POSTFIX_OPS)
         if postfix is not None and op_key is None:
             op = POSTFIX_OPS[postfix]
             i += len(postfix)
@@ -643,7 +646,7 @@ CONJUNCTIONS_FIRST = frozenset(key[0] for key in CONJUNCTIONS)
 
 
 def _relation_at(tokens: list[str], position: int) -> bool:
-    return position < len(tokens) and _match(tokens, position, RELATIONS) is not None  # type: ignore[arg-type]
+    return position < len(tokens) and _match(tokens, position, RELATIONS) is not None
 
 
 def parse(text: str) -> ParsedQuery:

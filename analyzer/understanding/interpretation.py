@@ -1,8 +1,47 @@
-"""The interpretation of a query: what will be detected, by which model, and what was not understood.
+"""The interpretation of a query: what will be detected, by which model, and what will not.
 
 ``Interpreter(embedder, vocabulary).interpret(query)`` parses the query (``grammar``), maps each
-noun phrase onto the models' labels by meaning (``vocabulary``, ``resolve``) and decides whether
-the query can be answered honestly. See the package docstring for the decision rule.
+noun phrase onto the models' labels by meaning (``vocabulary``, ``resolve``) and returns an
+``Interpretation``: targets (phrase, head noun, labels with the model answering each, colour,
+size, count, duration, negation), conditions (relations between targets), the words that are
+not judged (``ignored``), human-readable ``warnings`` and a ``decision``.
+
+Which model answers a target:
+
+* ``detector``: a COCO class of the SSD detector (boxes, so counts, colours and relations);
+* ``classifier`` with a ``parent``: an ImageNet class judged on the detector's crops of its COCO
+  parent ("golden retriever" on "dog" boxes), so it has boxes too;
+* ``classifier`` without a parent: an ImageNet class judged on whole frames ("forklift",
+  "sliding door"). It has no box: its count and colour are dropped (with a warning), and a
+  relation involving it is read as "in the same frame" (``Condition.evaluation == "frame"``).
+
+The decision rule. The principle: an answer may be *wider* than the query, with a warning
+that says so; it may never *contradict* it or answer a *different* question.
+
+1. **Refused** when nothing in the query resolves to a label ("happiness", "a bat flying":
+   the animal is in neither vocabulary), or when every clause's subject is unknown: the
+   objects of an unknown subject are not reported on their own ("a ghost holding a cup" is
+   not a query about cups: reporting cups would answer a different question).
+2. **Refused** when a negation cannot be honoured: a negated action ("a person not falling",
+   "a person not wearing a helmet"), a negated relation that is not judged ("a cat not
+   behind a car", "a person without a unicorn"), a negation of an unknown noun, or a
+   negation applying to nothing. Ignoring the negated part would report exactly the objects
+   the user excluded.
+3. **Accepted with warnings** when the answer is honest but wider or different in form than
+   the words: an action is ignored ("someone falling" reports every person, and the warning
+   names the action and says that events report the objects only), an unknown relation
+   object or an unsupported relation is dropped ("at the gate", "in front of the house"), a
+   modifier does not change the labels ("parked car"), a target is judged on whole frames,
+   or a target is negated.
+4. **Accepted** when every word is judged.
+
+Negation of a target is *absence*, not a refusal: "not a cat" / "no people" is a target with
+``negated=True`` whose events are the periods when no such object is visible. The detector
+judges absence as well as presence (no box above threshold), and "no people in the shop" is
+a real monitoring query; it carries a warning because "not a cat" could also be read as
+"anything but a cat".
+
+An empty query is an *open* query: no targets, ``open_query=True`` (every detector class).
 """
 
 from __future__ import annotations
@@ -357,7 +396,8 @@ class _Builder:
             who = subject.text if subject is not None else "the objects"
             shown = f"not {action.words}" if action.negated else action.words
             if action.negated:
-                self.ignored.append(shown) if shown not in self.ignored else None
+                if shown not in self.ignored:
+                    self.ignored.append(shown)
                 self.refusals.append(
                     f"the action '{shown}' cannot be judged, and ignoring it would report what the query "
                     f"excludes ('{who}' that are {action.words})"
