@@ -346,7 +346,7 @@ def test_unknown_parts_widen_with_warnings(interpreter: Interpreter) -> None:
     i = interpreter.interpret("a red car stopping at the gate")
     assert labels(i) == [("car", "detector", None)] and i.targets[0].colour == "red"
     assert i.conditions == ()
-    assert set(i.ignored) == {"stopping", "at gate"}
+    assert set(i.ignored) == {"stopping", "at the gate"}
     assert i.decision is Decision.ACCEPTED_WITH_WARNINGS
 
 
@@ -381,7 +381,7 @@ def test_counts_relations_and_durations_become_conditions(interpreter: Interpret
     dog, sofa = i.targets
     assert dog.duration is not None and (dog.duration.op, dog.duration.seconds) == (CountOp.MORE_THAN, 10)
     assert sofa.labels[0].label == "couch"
-    assert [(c.relation, c.phrase) for c in i.conditions] == [(RelationKind.ON, "on sofa")]
+    assert [(c.relation, c.phrase) for c in i.conditions] == [(RelationKind.ON, "on a sofa")]
     assert i.decision is Decision.ACCEPTED
 
 

@@ -122,7 +122,7 @@ def test_a_red_car_stopping_at_the_gate(interpreter: Interpreter) -> None:
     (car,) = i.targets
     assert (car.phrase, car.colour, car.labels[0].label) == ("red car", "red", "car")
     assert i.conditions == ()  # no model sees a gate
-    assert set(i.ignored) == {"stopping", "at gate"}
+    assert set(i.ignored) == {"stopping", "at the gate"}
     assert i.decision is Decision.ACCEPTED_WITH_WARNINGS
 
 
@@ -131,7 +131,7 @@ def test_more_than_three_people_near_the_door(interpreter: Interpreter) -> None:
     (people,) = i.targets
     assert people.labels[0].label == "person"
     assert people.count is not None and (people.count.op, people.count.n) == (CountOp.MORE_THAN, 3)
-    assert "near door" in i.ignored  # "door" alone is below the classifier threshold (sliding door 0.75)
+    assert "near the door" in i.ignored  # "door" alone is below the classifier threshold (sliding door 0.75)
     assert i.decision is Decision.ACCEPTED_WITH_WARNINGS
 
 

@@ -257,6 +257,10 @@ ING_NOUNS = frozenset(
 )
 ED_NOUNS = frozenset({"bed", "shed", "sled", "red", "seed", "weed", "steed", "reed", "need", "bobsled"})
 
+DETERMINERS = frozenset(
+    {"a", "an", "the", "any", "some", "every", "each", "all", "this", "that", "these", "those"}
+)
+
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z]+(?:'[a-z]+)?|[,;]")
 
 
@@ -307,6 +311,7 @@ class NounPhrase:
     role: str = "subject"  # subject | object (of a relation) | action_object
     clause: int = 0
     fixed_noun: str | None = None  # "nobody" -> person: the noun is given, not embedded
+    determiner: str | None = None  # "the" of "near the door": kept for display only
 
     @property
     def text(self) -> str:
@@ -316,6 +321,11 @@ class NounPhrase:
     @property
     def head(self) -> str:
         return self.words[-1] if self.words else ""
+
+    @property
+    def written(self) -> str:
+        """The text with its determiner, for phrases shown in context ("near the door")."""
+        return f"{self.determiner} {self.text}" if self.determiner else self.text
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,14 +391,20 @@ class _Parser:
         self.duration: Duration | None = None  # duration seen before any noun phrase
         self.action: list[str] | None = None  # open action words
         self.action_negated = False
+        self.determiner: str | None = None  # the determiner just read, for the next noun phrase
 
     # --- noun phrases -------------------------------------------------------------------
     def _open(self) -> NounPhrase:
         if self.current is None:
             self._close_action()
             self.current = NounPhrase(
-                role=self.role, clause=self.clause, negated=self.negated, count=self.count
+                role=self.role,
+                clause=self.clause,
+                negated=self.negated,
+                count=self.count,
+                determiner=self.determiner,
             )
+            self.determiner = None
             self.negated = False
             self.count = None
         return self.current
@@ -458,8 +474,9 @@ class _Parser:
                 continue
             if word in STOPWORDS or word.isdigit():
                 self._close_action()
-                if word not in {"a", "an", "the", "any", "some", "every", "each", "all"}:
+                if word not in DETERMINERS:
                     self._close()
+                self.determiner = word if word in DETERMINERS and self.current is None else None
                 self.i += 1
                 continue
             if word in COLOURS and not self._followed_by_stop():

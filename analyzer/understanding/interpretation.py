@@ -333,7 +333,7 @@ class _Builder:
         conditions: list[Condition] = []
         for relation in self.parsed.relations:
             obj = self.parsed.phrases[relation.object] if relation.object is not None else None
-            words = f"{relation.words} {obj.text}" if obj is not None else relation.words
+            words = f"{relation.words} {obj.written}" if obj is not None else relation.words
             negation = (
                 "not "
                 if relation.negated and relation.words not in {"without", "outside", "far from"}
