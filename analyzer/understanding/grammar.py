@@ -29,6 +29,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Literal
 
 
 class CountOp(StrEnum):
@@ -62,7 +63,9 @@ COLOURS: dict[str, str] = {
     "grey": "gray",
 }
 
-SIZES: dict[str, str] = {
+Size = Literal["small", "large"]
+
+SIZES: dict[str, Size] = {
     "small": "small",
     "little": "small",
     "tiny": "small",
@@ -303,7 +306,7 @@ class NounPhrase:
     words: list[str] = field(default_factory=list)  # modifiers + nouns, as written
     colour: str | None = None
     colour_word: str | None = None
-    size: str | None = None
+    size: Size | None = None
     size_word: str | None = None
     count: Count | None = None
     duration: Duration | None = None

@@ -54,7 +54,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from analyzer.understanding.embedder import Embedder
-from analyzer.understanding.grammar import CountOp, NounPhrase, ParsedQuery, RelationKind, parse
+from analyzer.understanding.grammar import CountOp, NounPhrase, ParsedQuery, RelationKind, Size, parse
 from analyzer.understanding.resolve import Resolution, Thresholds, resolve_phrase, variants_of
 from analyzer.understanding.vocabulary import LabelIndex, ModelKind, Vocabulary, embed_checked
 
@@ -96,13 +96,14 @@ class Target(_Frozen):
     noun: str  # the head noun: "car"
     labels: tuple[LabelMatch, ...]
     colour: str | None = None  # a named colour of grammar.COLOURS, judged on the object's pixels
-    size: Literal["small", "large"] | None = None
+    size: Size | None = None
     count: CountCondition | None = None
     duration: DurationCondition | None = None
     negated: bool = False  # absence: events are the periods when no such object is visible
 
     @property
     def model(self) -> ModelKind:
+        """The model of the best label."""
         return self.labels[0].model
 
     @property
@@ -196,6 +197,12 @@ class _Builder:
         self.ignored: list[str] = []
         self.warnings: list[str] = []
         self.refusals: list[str] = []
+        # Clauses whose subject is unknown: their other phrases would answer a different question.
+        self.dropped = {
+            p.clause
+            for p, r in zip(parsed.phrases, resolutions, strict=True)
+            if p.role == "subject" and not r.labels
+        }
 
     def _ignore(self, words: str, warning: str) -> None:
         if words and words not in self.ignored:
@@ -205,11 +212,11 @@ class _Builder:
 
     def build(self) -> Interpretation:
         phrases = self.parsed.phrases
-        dropped_clauses = self._clauses_without_subject()
+        self._report_objects_of_unknown_subjects()
         unjudged_objects = self._objects_of_unjudged_relations()
         for index, (phrase, resolution) in enumerate(zip(phrases, self.resolutions, strict=True)):
-            if resolution.labels and phrase.clause in dropped_clauses:
-                continue  # reported by _clauses_without_subject
+            if resolution.labels and phrase.clause in self.dropped:
+                continue  # reported by _report_objects_of_unknown_subjects
             if index in unjudged_objects:
                 continue  # "the house" of "in front of the house": reported with its relation
             if resolution.labels:
@@ -256,14 +263,9 @@ class _Builder:
                 objects.add(relation.object)
         return objects
 
-    def _clauses_without_subject(self) -> set[int]:
-        """Clauses whose subject is unknown: their other phrases would answer a different question."""
-        dropped: set[int] = set()
+    def _report_objects_of_unknown_subjects(self) -> None:
         for phrase, resolution in zip(self.parsed.phrases, self.resolutions, strict=True):
-            if phrase.role == "subject" and not resolution.labels:
-                dropped.add(phrase.clause)
-        for phrase, resolution in zip(self.parsed.phrases, self.resolutions, strict=True):
-            if phrase.clause in dropped and phrase.role != "subject" and resolution.labels:
+            if phrase.clause in self.dropped and phrase.role != "subject" and resolution.labels:
                 subject = next(
                     p for p in self.parsed.phrases if p.clause == phrase.clause and p.role == "subject"
                 )
@@ -272,7 +274,6 @@ class _Builder:
                     f"'{phrase.text}' is not reported on its own: the query asks about '{subject.text}', "
                     "which the models cannot see",
                 )
-        return dropped
 
     def _target(self, phrase: NounPhrase, resolution: Resolution) -> Target:
         labels = tuple(
@@ -323,7 +324,7 @@ class _Builder:
             noun=phrase.fixed_noun or phrase.head,
             labels=labels,
             colour=colour,
-            size=phrase.size,  # type: ignore[arg-type]
+            size=phrase.size,
             count=count,
             duration=duration,
             negated=phrase.negated,
@@ -342,10 +343,7 @@ class _Builder:
             shown = f"{negation}{words}"
             subject = self.target_of.get(relation.subject) if relation.subject is not None else None
             target = self.target_of.get(relation.object) if relation.object is not None else None
-            if (
-                relation.subject is not None
-                and self.parsed.phrases[relation.subject].clause in self._dropped()
-            ):
+            if relation.subject is not None and self.parsed.phrases[relation.subject].clause in self.dropped:
                 continue
             if relation.kind is None:
                 reason = f"'{shown}' is not judged: only near, holding, on and inside are"
@@ -379,17 +377,10 @@ class _Builder:
                 self.refusals.append(f"{reason}, and ignoring it would report what the query excludes")
         return conditions
 
-    def _dropped(self) -> set[int]:
-        return {
-            p.clause
-            for p, r in zip(self.parsed.phrases, self.resolutions, strict=True)
-            if p.role == "subject" and not r.labels
-        }
-
     def _actions(self) -> None:
         for action in self.parsed.actions:
             subject = self.parsed.phrases[action.subject] if action.subject is not None else None
-            if subject is not None and subject.clause in self._dropped():
+            if subject is not None and subject.clause in self.dropped:
                 if action.words not in self.ignored:
                     self.ignored.append(action.words)  # the clause is refused as a whole already
                 continue
@@ -399,8 +390,8 @@ class _Builder:
                 if shown not in self.ignored:
                     self.ignored.append(shown)
                 self.refusals.append(
-                    f"the action '{shown}' cannot be judged, and ignoring it would report what the query "
-                    f"excludes ('{who}' that are {action.words})"
+                    f"the action '{shown}' cannot be judged, and ignoring it would also report the "
+                    f"'{who}' that the query excludes"
                 )
                 continue
             self._ignore(
