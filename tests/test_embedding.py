@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,16 @@ def test_batching_and_padding_do_not_change_a_text(embedder: SentenceEmbedder) -
     batched = embedder.embed(texts)
     alone = np.concatenate([embedder.embed([text]) for text in texts])
     np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
+@pytest.mark.model
+def test_safe_to_call_from_several_threads(embedder: SentenceEmbedder) -> None:
+    texts = [f"a {name} near the door" for name in COCO_CLASS_NAMES[:16]]
+    expected = embedder.embed(texts)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: embedder.embed(texts), range(8)))
+    for result in results:
+        np.testing.assert_allclose(result, expected, atol=1e-6)
 
 
 @pytest.mark.model

@@ -44,7 +44,7 @@ def export_text(model_dir: Path, output: Path, sentences_path: Path, reference_p
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer
 
-    # Eager attention: the SDPA path of transformers traces into ops that pin the sequence length.
+    # Eager attention exports as plain MatMul/Softmax ops; how the SDPA path exports varies with torch.
     bert = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     sample = tokenizer(["a dog", "two people near the door"], padding=True, return_tensors="pt")
