@@ -98,3 +98,13 @@ def test_cached_build_of_this_recipe() -> None:
 def test_missing_model_tells_to_run_make_models(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="make models"):
         ImageClassifier.load(tmp_path / "absent.onnx", tmp_path / "absent.labels.txt")
+
+
+@pytest.mark.model
+def test_make_models_is_a_cache_hit_in_well_under_a_second() -> None:
+    from analyzer.models.build import build_all
+
+    started = time.perf_counter()
+    results = build_all(SETTINGS)
+    assert [r.built for r in results] == [False, False, False]
+    assert time.perf_counter() - started < 1.0
