@@ -287,7 +287,7 @@ class _Builder:
             if phrase.duration
             else None
         )
-        name = " ".join(resolution.name_words)
+        name = " ".join(resolution.name_words)  # the words the labels matched on
         for words in resolution.unused_modifiers:
             self._ignore(words, f"'{words}' in '{phrase.text}' is not judged: any {name} is reported")
         located = all(e.model is ModelKind.DETECTOR or e.parent is not None for e, _ in resolution.labels)
@@ -315,7 +315,7 @@ class _Builder:
             )
         if phrase.negated:
             self.warnings.append(
-                f"'no {phrase.text}' is read as absence: events are the periods when no {name} is visible"
+                f"'no {phrase.text}' is read as absence: events are the periods when none is visible"
             )
         if resolution.note:
             self.warnings.append(resolution.note)
