@@ -174,6 +174,12 @@ def test_durations_attach_to_the_subject(query: str, op: CountOp, seconds: float
     assert phrase.count is None
 
 
+def test_vague_durations_and_dangling_counts_are_reported() -> None:
+    parsed = parse("a dog for a while")
+    assert parsed.phrases[0].duration is None and parsed.vague == ["for a while"]
+    assert parse("cars, at least 3").vague == ["at least 3"]
+
+
 def test_noun_phrases_split_at_conjunctions_and_commas() -> None:
     parsed = parse("detect a person, a cat or a cup and two dogs")
     assert [p.text for p in parsed.phrases] == ["person", "cat", "cup", "dogs"]
@@ -347,6 +353,12 @@ def test_unknown_parts_widen_with_warnings(interpreter: Interpreter) -> None:
     assert labels(i) == [("car", "detector", None)] and i.targets[0].colour == "red"
     assert i.conditions == ()
     assert set(i.ignored) == {"stopping", "at the gate"}
+    assert i.decision is Decision.ACCEPTED_WITH_WARNINGS
+
+
+def test_vague_words_are_ignored_with_a_warning(interpreter: Interpreter) -> None:
+    i = interpreter.interpret("a dog on a sofa for a while")
+    assert i.ignored == ("for a while",)
     assert i.decision is Decision.ACCEPTED_WITH_WARNINGS
 
 

@@ -128,6 +128,17 @@ COUNT_OPS: dict[tuple[str, ...], CountOp] = {
 }
 _OPS_BEFORE_NUMBER_ONLY = frozenset({("over",), ("above",), ("under",), ("below",), ("up", "to")})
 
+# "for a while": durations with no number, reported as not judged.
+VAGUE_DURATIONS: dict[tuple[str, ...], None] = {
+    ("a", "while"): None,
+    ("a", "long", "time"): None,
+    ("a", "short", "time"): None,
+    ("long",): None,
+    ("ages",): None,
+    ("some", "time"): None,
+    ("a", "bit"): None,
+}
+
 # "3 or more people", "2 or fewer cars".
 POSTFIX_OPS: dict[tuple[str, ...], CountOp] = {
     ("or", "more"): CountOp.AT_LEAST,
@@ -525,6 +536,8 @@ class _Parser:
                 self.out.vague.append(self.relation[1])
         if self.duration is not None:
             self.out.vague.append(self.duration.words)
+        if self.count is not None:
+            self.out.vague.append(self.count.words)  # "at least 3" of nothing
         return self.out
 
     def _followed_by_stop(self) -> bool:
@@ -595,6 +608,12 @@ class _Parser:
         has_for = t[i] == "for"
         if has_for:
             i += 1
+            vague = _match(t, i, VAGUE_DURATIONS)
+            if vague is not None:
+                # No number to judge: reported, never guessed.
+                self.out.vague.append(" ".join(t[start : i + len(vague)]))
+                self.i = i + len(vague)
+                return True
         op_key = _match(t, i, COUNT_OPS)
         op = CountOp.AT_LEAST
         if op_key is not None:
