@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analyzer.understanding import (
     CountOp,
@@ -460,3 +462,45 @@ def test_thresholds_are_configurable(interpreter: Interpreter) -> None:
     assert strict.interpret("a kitty").decision is Decision.ACCEPTED  # exact concept: 1.0
     assert strict.interpret("a parked car").targets[0].labels[0].label == "car"  # via the head noun
     assert ModelKind.DETECTOR.value == "detector"
+
+
+# --- robustness ------------------------------------------------------------------------------------
+
+_WORDS = (
+    "a the no not two 3 more than at least for seconds minute near next to on top of in holding "
+    "without behind and or , red big person people cat dogs car fire engine golden retriever "
+    "falling picking up someone nobody zero several exactly ghost gate sleeping bag parked over"
+).split()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_WORDS), max_size=12))
+def test_any_word_sequence_parses_and_loses_no_content_word(words: list[str]) -> None:
+    parsed = parse(" ".join(words))
+    placed = " ".join(
+        [w for p in parsed.phrases for w in p.words]
+        + [w for p in parsed.phrases for w in (p.colour_word, p.size_word) if w]
+        + [a.words for a in parsed.actions]
+        + parsed.vague
+    ).split()
+    for word in ("person", "cat", "dogs", "car", "ghost", "gate", "falling", "golden", "retriever"):
+        if word in words:
+            assert word in placed, (words, parsed)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(_WORDS), max_size=12))
+def test_any_word_sequence_gets_a_consistent_interpretation(
+    interpreter: Interpreter, words: list[str]
+) -> None:
+    i = interpreter.interpret(" ".join(words))
+    if i.open_query:
+        assert not words and i.decision is Decision.ACCEPTED_WITH_WARNINGS
+        return
+    if not i.targets:
+        assert i.decision is Decision.REFUSED
+    assert (i.decision is Decision.ACCEPTED) == (bool(i.targets) and not i.warnings)
+    assert i.decision is Decision.ACCEPTED or i.warnings  # a refusal or a warning always says why
+    for condition in i.conditions:
+        assert condition.subject < len(i.targets) and condition.object < len(i.targets)
+    Interpretation.model_validate_json(i.model_dump_json())
