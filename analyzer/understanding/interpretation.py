@@ -357,8 +357,9 @@ class _Builder:
                 located = self.targets[subject].located and self.targets[target].located
                 evaluation: Literal["boxes", "frame"] = "boxes" if located else "frame"
                 if not located:
+                    reading = "not in the same frame" if relation.negated else "in the same frame"
                     self.warnings.append(
-                        f"'{shown}' is read as 'in the same frame': one side is judged on whole frames"
+                        f"'{shown}' is read as '{reading}': one side is judged on whole frames"
                     )
                 conditions.append(
                     Condition(
