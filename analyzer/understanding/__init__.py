@@ -15,7 +15,6 @@ with a fake embedder; the real one is ``analyzer.embedding.SentenceEmbedder``.
 """
 
 from analyzer.understanding.embedder import Embedder
-from analyzer.understanding.grammar import CountOp, RelationKind
 from analyzer.understanding.interpretation import (
     Condition,
     CountCondition,
@@ -27,7 +26,8 @@ from analyzer.understanding.interpretation import (
     Target,
 )
 from analyzer.understanding.resolve import Thresholds
-from analyzer.understanding.vocabulary import ModelKind, Vocabulary, VocabularyError
+from analyzer.understanding.vocabulary import Vocabulary, VocabularyError
+from schemas.interpretation import CountOp, ModelKind, RelationKind
 
 __all__ = [
     "Condition",

@@ -28,24 +28,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Literal
 
-
-class CountOp(StrEnum):
-    AT_LEAST = ">="
-    MORE_THAN = ">"
-    EXACTLY = "=="
-    AT_MOST = "<="
-    FEWER_THAN = "<"
-
-
-class RelationKind(StrEnum):
-    NEAR = "near"
-    HOLDING = "holding"
-    ON = "on"
-    INSIDE = "inside"
-
+from schemas.interpretation import CountOp, RelationKind, Size
 
 COLOURS: dict[str, str] = {
     "red": "red",
@@ -62,8 +46,6 @@ COLOURS: dict[str, str] = {
     "gray": "gray",
     "grey": "gray",
 }
-
-Size = Literal["small", "large"]
 
 SIZES: dict[str, Size] = {
     "small": "small",

@@ -47,98 +47,36 @@ An empty query is an *open* query: no targets, ``open_query=True`` (every detect
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from analyzer.understanding.embedder import Embedder
-from analyzer.understanding.grammar import CountOp, NounPhrase, ParsedQuery, RelationKind, Size, parse
+from analyzer.understanding.grammar import NounPhrase, ParsedQuery, parse
 from analyzer.understanding.resolve import Resolution, Thresholds, resolve_phrase, variants_of
-from analyzer.understanding.vocabulary import LabelIndex, ModelKind, Vocabulary, embed_checked
+from analyzer.understanding.vocabulary import LabelIndex, Vocabulary, embed_checked
+from schemas.interpretation import (
+    Condition,
+    CountCondition,
+    Decision,
+    DurationCondition,
+    Interpretation,
+    LabelMatch,
+    ModelKind,
+    Target,
+)
 
-
-class Decision(StrEnum):
-    ACCEPTED = "accepted"
-    ACCEPTED_WITH_WARNINGS = "accepted_with_warnings"
-    REFUSED = "refused"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class LabelMatch(_Frozen):
-    """One vocabulary label a target stands for, the model that answers it, and how well it matched."""
-
-    label: str
-    model: ModelKind
-    # Classifier labels: the COCO class whose detection crops the classifier runs on; None = whole frames.
-    parent: str | None = None
-    score: float = Field(ge=-1.0, le=1.0, description="cosine similarity of the phrase and the label")
-
-
-class CountCondition(_Frozen):
-    op: CountOp
-    n: int = Field(ge=0)
-
-
-class DurationCondition(_Frozen):
-    op: CountOp
-    seconds: float = Field(gt=0)
-
-
-class Target(_Frozen):
-    """One object the query asks about."""
-
-    phrase: str  # as written, with its attributes: "red car"
-    noun: str  # the head noun: "car"
-    labels: tuple[LabelMatch, ...]
-    colour: str | None = None  # a named colour of grammar.COLOURS, judged on the object's pixels
-    size: Size | None = None
-    count: CountCondition | None = None
-    duration: DurationCondition | None = None
-    negated: bool = False  # absence: events are the periods when no such object is visible
-
-    @property
-    def model(self) -> ModelKind:
-        """The model of the best label."""
-        return self.labels[0].model
-
-    @property
-    def located(self) -> bool:
-        """True when the target has boxes: detector labels, or classifier labels on a parent's crops."""
-        return all(m.model is ModelKind.DETECTOR or m.parent is not None for m in self.labels)
-
-
-class Condition(_Frozen):
-    """A relation between two targets (indexes into ``Interpretation.targets``)."""
-
-    relation: RelationKind
-    subject: int = Field(ge=0)
-    object: int = Field(ge=0)
-    negated: bool = False
-    phrase: str  # "near the door"
-    # boxes: judged on the two objects' boxes; frame: one side has no box (a whole-frame class),
-    # so the relation is read as "in the same frame".
-    evaluation: Literal["boxes", "frame"] = "boxes"
-
-
-class Interpretation(_Frozen):
-    """What a query asks for, in terms the models can answer, and what they cannot."""
-
-    query: str | None
-    targets: tuple[Target, ...] = ()
-    conditions: tuple[Condition, ...] = ()
-    ignored: tuple[str, ...] = ()  # words or phrases that are not judged, as written
-    warnings: tuple[str, ...] = ()
-    decision: Decision
-    open_query: bool = False  # empty query: every detector class, nothing was asked
-
-    @property
-    def accepted(self) -> bool:
-        return self.decision is not Decision.REFUSED
+# The data model is the records' contract (``schemas.interpretation``); re-exported here.
+__all__ = [
+    "Condition",
+    "CountCondition",
+    "Decision",
+    "DurationCondition",
+    "Interpretation",
+    "Interpreter",
+    "LabelMatch",
+    "Target",
+]
 
 
 class Interpreter:

@@ -20,26 +20,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import numpy as np
 
 from analyzer.models.coco_labels import COCO_CLASS_NAMES
 from analyzer.understanding.embedder import Embedder
 from livestream.errors import ConfigurationError
+from schemas.interpretation import ModelKind
 
 IMAGENET_CLASS_COUNT = 1000
 
 
 class VocabularyError(ConfigurationError):
     """A vocabulary (class names) or an embedder output that cannot be used."""
-
-
-class ModelKind(StrEnum):
-    """Which model answers a label."""
-
-    DETECTOR = "detector"  # COCO classes of the SSD detector: boxes
-    CLASSIFIER = "classifier"  # ImageNet-1k classes: on detection crops of a parent, or on whole frames
 
 
 # One gloss per COCO class: what the class covers in COCO. The class name itself is embedded too.
