@@ -11,6 +11,7 @@ import json
 import re
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from analyzer.understanding import (
 from analyzer.understanding.grammar import parse, tokenize
 from analyzer.understanding.vocabulary import (
     IMAGENET_PARENT_CHECKS,
+    VectorCache,
     check_imagenet_names,
     imagenet_parent,
     imagenet_synonyms,
@@ -504,3 +506,18 @@ def test_any_word_sequence_gets_a_consistent_interpretation(
     for condition in i.conditions:
         assert condition.subject < len(i.targets) and condition.object < len(i.targets)
     Interpretation.model_validate_json(i.model_dump_json())
+
+
+def test_vector_cache_is_keyed_by_model_and_texts_and_survives_a_bad_file(tmp_path: Path) -> None:
+    cache = VectorCache(tmp_path, "model-a")
+    texts = ["a cat", "a dog"]
+    vectors = np.eye(2, 4, dtype=np.float32)
+    assert cache.load(texts) is None
+    cache.save(texts, vectors)
+    assert np.array_equal(cache.load(texts), vectors)
+    # Another model, or other texts, never read these vectors.
+    assert VectorCache(tmp_path, "model-b").load(texts) is None
+    assert cache.load(["a cat", "a bird"]) is None
+    # A damaged file is recomputed, not trusted.
+    cache.path(texts).write_bytes(b"not numpy")
+    assert cache.load(texts) is None

@@ -54,7 +54,7 @@ import numpy as np
 from analyzer.understanding.embedder import Embedder
 from analyzer.understanding.grammar import NounPhrase, ParsedQuery, parse
 from analyzer.understanding.resolve import Resolution, Thresholds, resolve_phrase, variants_of
-from analyzer.understanding.vocabulary import LabelIndex, Vocabulary, embed_checked
+from analyzer.understanding.vocabulary import LabelIndex, VectorCache, Vocabulary, embed_checked
 from schemas.interpretation import (
     Condition,
     CountCondition,
@@ -86,10 +86,15 @@ class Interpreter:
     """
 
     def __init__(
-        self, embedder: Embedder, vocabulary: Vocabulary, thresholds: Thresholds | None = None
+        self,
+        embedder: Embedder,
+        vocabulary: Vocabulary,
+        thresholds: Thresholds | None = None,
+        *,
+        cache: VectorCache | None = None,
     ) -> None:
         self._embedder = embedder
-        self._index = LabelIndex.build(vocabulary, embedder)
+        self._index = LabelIndex.build(vocabulary, embedder, cache=cache)
         self.thresholds = thresholds or Thresholds()
 
     @property

@@ -18,8 +18,11 @@ reliably a COCO "truck", so it stays a whole-frame class.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -388,13 +391,20 @@ class LabelIndex:
     owners: np.ndarray  # (texts,) entry index of each row
 
     @classmethod
-    def build(cls, vocabulary: Vocabulary, embedder: Embedder) -> LabelIndex:
+    def build(
+        cls, vocabulary: Vocabulary, embedder: Embedder, *, cache: VectorCache | None = None
+    ) -> LabelIndex:
         texts = [text for entry in vocabulary.entries for text in entry.texts]
         owners = np.array(
             [position for position, entry in enumerate(vocabulary.entries) for _ in entry.texts],
             dtype=np.int64,
         )
-        return cls(vocabulary=vocabulary, vectors=embed_checked(embedder, texts), owners=owners)
+        vectors = cache.load(texts) if cache is not None else None
+        if vectors is None:
+            vectors = embed_checked(embedder, texts)
+            if cache is not None:
+                cache.save(texts, vectors)
+        return cls(vocabulary=vocabulary, vectors=vectors, owners=owners)
 
     def scores(self, phrase_vectors: np.ndarray) -> np.ndarray:
         """(phrases, entries) cosine similarity: the best of each entry's texts."""
@@ -402,6 +412,46 @@ class LabelIndex:
         result = np.full((phrase_vectors.shape[0], len(self.vocabulary.entries)), -1.0, dtype=np.float32)
         np.maximum.at(result.T, self.owners, per_text.T)
         return result
+
+
+@dataclass(frozen=True)
+class VectorCache:
+    """The vocabulary's embeddings on disk, so a process starts in well under a second instead of
+    embedding ~3,500 texts (several seconds on two cores) every time.
+
+    The file name hashes the embedding model's identity (its build's sha256) and the exact texts,
+    so a new model or a changed vocabulary never reads stale vectors; a file that cannot be read
+    is simply recomputed. Written to a temporary name and renamed (concurrent processes at most
+    compute it twice).
+    """
+
+    directory: Path
+    model_identity: str
+
+    def path(self, texts: Sequence[str]) -> Path:
+        digest = hashlib.sha256(self.model_identity.encode())
+        for text in texts:
+            digest.update(b"\0" + text.encode())
+        return self.directory / f"vocabulary-{digest.hexdigest()[:24]}.npy"
+
+    def load(self, texts: Sequence[str]) -> np.ndarray | None:
+        try:
+            vectors = np.load(self.path(texts), allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if vectors.ndim != 2 or vectors.shape[0] != len(texts) or vectors.dtype != np.float32:
+            return None
+        return vectors
+
+    def save(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        target = self.path(texts)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        try:
+            with partial.open("wb") as file:
+                np.save(file, vectors, allow_pickle=False)
+            partial.replace(target)
+        except OSError:
+            partial.unlink(missing_ok=True)  # a read-only models directory: compute each time
 
 
 def embed_checked(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
