@@ -39,6 +39,7 @@ string (401). Per key: a request rate (429 with ``Retry-After``) and a number of
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -54,8 +55,7 @@ from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
-from analyzer.errors import QueryError
-from analyzer.query import parse_query
+from analyzer.understanding.runtime import shared_interpreter
 from api import playback
 from api.auth import API_KEY_QUERY_PARAM, TOKEN_QUERY_PARAM, Authenticator
 from api.dependencies import HeaderCaller, kafka_runtime
@@ -65,6 +65,7 @@ from api.errors import (
     InvalidCursor,
     LimitExceeded,
     NotSessionOwner,
+    QueryRefused,
     ServiceNotReady,
     SessionNotFound,
     StoreError,
@@ -97,6 +98,7 @@ from schemas.api import (
     StartSessionForm,
     StartSessionResponse,
 )
+from schemas.interpretation import Interpretation
 from schemas.records import EndSession, SessionStatus, StartSession
 
 logger = logging.getLogger(__name__)
@@ -179,10 +181,10 @@ live = APIRouter(prefix="/api/live", tags=["live"])
 async def start_session(
     request: Request, form: Annotated[StartSessionForm, Form()], caller: HeaderCaller
 ) -> StartSessionResponse:
-    # Refuse, before anything is started, a query that names nothing the detector can find
-    # (otherwise every chunk of the session would fail) and a source the egress policy refuses
-    # (ingest checks again at connect time, on every request and redirect hop).
-    parse_query(form.rapid_review_query)
+    # Refuse, before anything is started, a query the models cannot honestly answer (the rule is
+    # in analyzer/understanding/interpretation.py: 422 with its interpretation) and a source the
+    # egress policy refuses (ingest checks again at connect time, on every request and redirect hop).
+    interpretation = await interpret_query(form.rapid_review_query)
     await check_source_url(form.source_url, request.app.state.egress_policy)
     quota: SessionQuota = request.app.state.session_quota
     # Counting running sessions needs the whole view; without session limits a start needs none.
@@ -197,6 +199,7 @@ async def start_session(
             name=form.name,
             source_url=form.source_url,
             rapid_review_query=form.rapid_review_query,
+            interpretation=interpretation,
             created_by=caller.key_id,
             tenant=caller.tenant,
         )
@@ -210,8 +213,24 @@ async def start_session(
         caller.key_id,
     )
     return StartSessionResponse(
-        session_id=command.session_id, stream_id=command.stream_id, status=SessionStatus.INITIALIZING
+        session_id=command.session_id,
+        stream_id=command.stream_id,
+        status=SessionStatus.INITIALIZING,
+        interpretation=interpretation,
     )
+
+
+async def interpret_query(query: str | None) -> Interpretation:
+    """The query's interpretation, or ``QueryRefused`` (422, with the interpretation) by the rule.
+
+    The interpreter is built once per process (``shared_interpreter``, warmed up at start-up);
+    interpreting is CPU work (one embedding call), so both run in a worker thread.
+    """
+    interpretation = await asyncio.to_thread(lambda: shared_interpreter().interpret(query))
+    if not interpretation.accepted:
+        reasons = "; ".join(interpretation.warnings) or "nothing in it can be detected"
+        raise QueryRefused(f"the query cannot be answered as written: {reasons}", interpretation)
+    return interpretation
 
 
 @live.post("/end-session", response_model=EndSessionResponse)
@@ -412,6 +431,9 @@ def create_app(settings: ApiSettings, blob_store: BlobStore | None = None) -> Fa
         )
         runtime = KafkaRuntime(settings, sessions, on_outage=lambda error: _stop_process(app, error))
         try:
+            # The query interpreter's models load now: a missing model stops the start-up with the
+            # build command, and the first start-session does not wait for them.
+            await asyncio.to_thread(shared_interpreter)
             await runtime.start()
             app.state.runtime = runtime
             yield
@@ -459,12 +481,18 @@ def create_app(settings: ApiSettings, blob_store: BlobStore | None = None) -> Fa
     async def on_unprocessable(_request: Request, exc: Exception) -> JSONResponse:
         return _error_response(422, exc)
 
+    async def on_query_refused(_request: Request, exc: Exception) -> JSONResponse:
+        # What can and cannot be detected, so the user can rephrase.
+        assert isinstance(exc, QueryRefused)
+        content = {"detail": str(exc), "interpretation": exc.interpretation.model_dump(mode="json")}
+        return JSONResponse(status_code=422, content=content)
+
     async def on_limit(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, LimitExceeded)
         logger.info("answering 429 (%s %s): %s", request.method, request.url.path, exc)
         return _error_response(429, exc, {"Retry-After": str(exc.retry_after)})
 
-    app.add_exception_handler(QueryError, on_unprocessable)
+    app.add_exception_handler(QueryRefused, on_query_refused)
     app.add_exception_handler(EgressError, on_unprocessable)
     app.add_exception_handler(InvalidCursor, on_unprocessable)
     app.add_exception_handler(AuthenticationFailed, on_auth_failed)

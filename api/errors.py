@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from livestream.errors import LivestreamError
+from schemas.interpretation import Interpretation
 
 
 class ApiError(LivestreamError):
@@ -31,6 +32,14 @@ class CommandPublishError(ApiError):
 
 class BrokerOutageError(ApiError):
     """Broker errors outlasted ``broker_outage_limit_s``: the API process stops (exit status 2)."""
+
+
+class QueryRefused(ApiError):
+    """A query the models cannot honestly answer (HTTP 422, with its interpretation)."""
+
+    def __init__(self, message: str, interpretation: Interpretation) -> None:
+        super().__init__(message)
+        self.interpretation = interpretation
 
 
 class InvalidCursor(ApiError):

@@ -23,7 +23,15 @@ from api.tenants import Audience, Owner, owner_of
 from schemas.records import EndSession, SessionHeader, SessionStatus, StartSession, initial_header
 
 ENDED_STATUSES = frozenset({SessionStatus.ENDING, SessionStatus.FINISHED, SessionStatus.FAILED})
-IDENTITY_FIELDS = ("name", "source_url", "rapid_review_query", "created_by", "tenant", "created_at")
+IDENTITY_FIELDS = (
+    "name",
+    "source_url",
+    "rapid_review_query",
+    "interpretation",
+    "created_by",
+    "tenant",
+    "created_at",
+)
 
 
 def aware(moment: datetime) -> datetime:

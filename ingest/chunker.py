@@ -154,5 +154,6 @@ def build_chunk_record(chunk: Chunk, command: StartSession, frames: list[Frame])
         captured_at=captured_at,
         media_sequences=list(chunk.media_sequences),
         rapid_review_query=command.rapid_review_query,
+        interpretation=command.interpretation,
         frames=frames,
     )

@@ -21,12 +21,14 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from analyzer.query import parse_query
+from analyzer.errors import QueryError
+from analyzer.understanding.runtime import shared_interpreter
 from api.settings import ApiSettings
 from api.tenants import KeyRing, TenantKeys
 from livestream.errors import LivestreamError
@@ -199,8 +201,27 @@ def follow_session(
                 return
 
 
+def describe_interpretation(interpretation: dict[str, Any] | None) -> str:
+    """What the API understood of the query: targets with the model answering each, and warnings."""
+    if not interpretation:
+        return "understood: (the API returned no interpretation)"
+    targets = []
+    for target in interpretation.get("targets", []):
+        labels = ", ".join(
+            f"{match['label']} ({match['model']}{' on ' + match['parent'] if match.get('parent') else ''})"
+            for match in target.get("labels", [])
+        )
+        targets.append(f"{'no ' if target.get('negated') else ''}{target['phrase']} -> {labels}")
+    lines = ["understood: " + ("; ".join(targets) or "every object the detector knows")]
+    lines += [f"  warning: {warning}" for warning in interpretation.get("warnings", [])]
+    return "\n".join(lines)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    parse_query(args.query)  # a query naming nothing detectable fails here, before anything starts
+    # A query the models cannot answer fails here, before anything starts (the API would refuse it).
+    interpretation = shared_interpreter().interpret(args.query)
+    if not interpretation.accepted:
+        raise QueryError("the query cannot be answered as written: " + "; ".join(interpretation.warnings))
     api_key, api_env = api_keys_for_stack(configured_api_keys())
     with contextlib.ExitStack() as stack_of_things:
         url, origin = args.url, None
@@ -232,6 +253,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             session = started.json()
             stream_id, session_id = session["stream_id"], session["session_id"]
             print(f"session {session_id} on {redact_url(url)}\nquery: {args.query!r}", flush=True)
+            print(describe_interpretation(session.get("interpretation")), flush=True)
             # The session's web page, at the path NomadicML's docs print after start_session.
             print(f"web page: {stack.api_url}/events/{stream_id}/{session_id}", flush=True)
             t0, printed = time.monotonic(), set[str]()

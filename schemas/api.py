@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from schemas.interpretation import Interpretation
 from schemas.records import SessionEvent, SessionHeader, SessionState, SessionStatus
 
 STREAM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -134,6 +135,8 @@ class StartSessionResponse(BaseModel):
     session_id: str
     stream_id: str
     status: SessionStatus = SessionStatus.INITIALIZING
+    # What will be detected, and what will not (``schemas.interpretation``).
+    interpretation: Interpretation | None = None
 
 
 class EndSessionResponse(BaseModel):

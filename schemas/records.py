@@ -17,11 +17,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from schemas.interpretation import Interpretation
+
 # 2: the session-state topic carries SessionHeader (lists moved to session-chunks/-events).
 # 3: ``capture_time`` of chunks and events is stream time (float seconds), as NomadicML
 #    documents it; the wall clock it used to carry moved to ``captured_at``.
 # 4: events name their thumbnail (``thumbnail_event_id``, ``thumbnail_time``).
-SCHEMA_VERSION = 4
+# 5: the query's ``interpretation`` (``schemas.interpretation``) on StartSession, ChunkRecord and
+#    SessionHeader.
+SCHEMA_VERSION = 5
 
 # Stable namespace for deterministic event ids (uuid5), so a re-analysed chunk yields the
 # same ids and every consumer can de-duplicate at-least-once deliveries.
@@ -73,6 +77,9 @@ class StartSession(Record):
     name: str
     source_url: str
     rapid_review_query: str | None = None
+    # What the query asks for in the models' terms (``schemas.interpretation``), computed once by
+    # the API; None only in records older than schema version 5 (consumers interpret the query).
+    interpretation: Interpretation | None = None
     created_by: str | None = None
     tenant: str | None = None
     requested_at: datetime = Field(default_factory=utcnow)
@@ -180,6 +187,7 @@ class ChunkRecord(Record):
     captured_at: datetime
     media_sequences: list[int]
     rapid_review_query: str | None = None
+    interpretation: Interpretation | None = None  # the session's, copied from its StartSession
     frames: list[Frame]
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -386,6 +394,7 @@ class SessionHeader(Record):
     name: str
     source_url: str
     rapid_review_query: str | None = None
+    interpretation: Interpretation | None = None
     status: SessionStatus
     status_reason: str | None = None
     created_by: str | None = None
@@ -437,6 +446,7 @@ def initial_header(start: StartSession, updated_at: datetime) -> SessionHeader:
         name=start.name,
         source_url=start.source_url,
         rapid_review_query=start.rapid_review_query,
+        interpretation=start.interpretation,
         status=SessionStatus.INITIALIZING,
         created_by=start.created_by,
         tenant=start.tenant,

@@ -940,4 +940,22 @@ def test_start_session_refuses_a_query_naming_nothing_detectable(client: TestCli
         data={"source_url": "http://cam.local/live.m3u8", "name": "n", "rapid_review_query": "unicorns"},
     )
     assert response.status_code == 422
-    assert "detects these COCO objects" in response.json()["detail"]
+    body = response.json()
+    assert "'unicorns' matches nothing the models can see" in body["detail"]
+    # The interpretation says what was understood (nothing) so the user can rephrase.
+    assert body["interpretation"]["decision"] == "refused" and body["interpretation"]["targets"] == []
+
+
+def test_start_session_refuses_a_negated_action_and_names_why(client: TestClient) -> None:
+    response = client.post(
+        "/api/live/start-session",
+        headers={"X-API-Key": KEY},
+        data={
+            "source_url": "http://cam.local/live.m3u8",
+            "name": "n",
+            "rapid_review_query": "a person not falling",
+        },
+    )
+    assert response.status_code == 422
+    assert response.json()["interpretation"]["decision"] == "refused"
+    assert "falling" in response.json()["detail"]

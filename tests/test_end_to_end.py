@@ -90,7 +90,17 @@ def test_scripted_stream_yields_events_at_the_right_times(
         started = sdk.livestream.start_session(source_url=source.url, name="e2e", rapid_review_query=QUERY)
         stream_id, session_id = started["stream_id"], started["session_id"]
         assert started["status"] == "INITIALIZING"
-        assert sdk.livestream.get_session(stream_id, session_id)["status"] in {"INITIALIZING", "ACTIVE"}
+        # What will be detected is said at once, and stays on the session.
+        understood = started["interpretation"]
+        assert understood["decision"] == "accepted"
+        assert [(t["phrase"], [m["label"] for m in t["labels"]]) for t in understood["targets"]] == [
+            ("person", ["person"]),
+            ("cat", ["cat"]),
+            ("cup", ["cup"]),
+        ]
+        first = sdk.livestream.get_session(stream_id, session_id)
+        assert first["status"] in {"INITIALIZING", "ACTIVE"}
+        assert first["interpretation"] == understood
 
         seen = list(sdk.livestream.iter_events(stream_id, session_id, poll_interval=0.5, timeout=240))
         final = sdk.livestream.get_session(stream_id, session_id)
