@@ -6,7 +6,8 @@ import asyncio
 import logging
 import signal
 
-from analyzer.detector import ObjectDetector
+from analyzer.classifier import ImageClassifier
+from analyzer.detector import ObjectDetector, default_intra_op_threads
 from analyzer.models import default_model_path
 from analyzer.scoring import ScoringPolicy
 from analyzer.service import AnalyzerService, ChunkAnalyzer
@@ -19,14 +20,27 @@ from livestream.service import run_service
 
 async def _main(settings: AnalyzerSettings) -> None:
     detector = ObjectDetector.load(settings.model_path or default_model_path(), settings.providers)
-    policy = ScoringPolicy(threshold=settings.threshold, max_gap_frames=settings.max_gap_frames)
+    policy = ScoringPolicy(
+        threshold=settings.threshold,
+        max_gap_frames=settings.max_gap_frames,
+        classifier_min_probability=settings.classifier_min_probability,
+        classifier_top_k=settings.classifier_top_k,
+        open_query_threshold=settings.open_query_threshold,
+    )
+
+    def load_classifier() -> ImageClassifier:
+        # Loaded on the first chunk whose query needs it, in the inference thread.
+        threads = settings.classifier_threads or default_intra_op_threads()
+        return ImageClassifier.load(providers=settings.providers, intra_op_threads=threads)
+
     # Thumbnails go where the recordings are (same LIVESTREAM_STORAGE_* settings as ingest and API).
     thumbnails = (
         ThumbnailWriter(open_blob_store(BlobStoreSettings()), quality=settings.thumbnail_jpeg_quality)
         if settings.thumbnails
         else None
     )
-    service = AnalyzerService(settings, ChunkAnalyzer(detector, policy, settings.instance_id), thumbnails)
+    analyzer = ChunkAnalyzer(detector, policy, settings.instance_id, load_classifier=load_classifier)
+    service = AnalyzerService(settings, analyzer, thumbnails)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)

@@ -1,9 +1,17 @@
-"""Pure scoring: per-frame detections of one chunk -> events for the query's targets.
+"""Pure scoring: per-frame judgements of one chunk -> events for the query's targets.
 
-A target seen in consecutive sampled frames is one event spanning those frames. One missed
-frame inside a run is tolerated (``max_gap_frames``) because a detector's score flickers
-around its threshold; a longer gap starts a new event. Events never cross the chunk
-boundary here; the aggregator merges an object that stays visible across chunks.
+``analyzer.judge`` decides, per frame, which targets are satisfied (with a confidence, a best
+box and what was seen); this module groups them in time. A target satisfied in consecutive
+sampled frames is one event spanning those frames. One missed frame inside a run is tolerated
+(``max_gap_frames``) because a detector's score flickers around its threshold; a longer gap
+starts a new event. Events never cross the chunk boundary here; the aggregator merges an object
+that stays visible across chunks.
+
+An event's ``label`` is the target's label (``judge.target_label``: the query's phrase with its
+count, negation and relation words), its ``confidence`` the best frame's, its ``box`` that
+frame's best box (None for absence and whole-frame targets) and its thumbnail that frame.
+The ``description`` is ``describe_event``'s sentence (the aggregator's wording) followed by what
+was seen in the best frame and the target's notes (a duration the aggregator must check).
 """
 
 from __future__ import annotations
@@ -11,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
 
+from analyzer.judge import DetectionLike, Hit, JudgedFrame, Thresholds
 from schemas.records import (
     ChunkRecord,
     Event,
@@ -23,15 +31,6 @@ from schemas.records import (
 )
 
 EVENT_TYPE = "detection"
-
-
-class DetectionLike(Protocol):
-    @property
-    def label(self) -> str: ...
-    @property
-    def score(self) -> float: ...
-    @property
-    def box(self) -> tuple[float, float, float, float]: ...
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,23 @@ class ScoringPolicy:
     # Severity says how sure we are, since the query does not say how bad a sighting is.
     high_confidence: float = 0.8
     medium_confidence: float = 0.6
+    # The image classifier (``analyzer.judge``): a target's labels must hold this much probability
+    # among the top ``classifier_top_k`` classes of a crop or frame. 0.15 keeps a tabby cat whose
+    # probability EfficientNet-Lite0 spreads over three cat breeds (0.40 / 0.32 / 0.19 on
+    # skimage's chelsea) and refuses the long tail of guesses (the astronaut's best is 0.16).
+    classifier_min_probability: float = 0.15
+    classifier_top_k: int = 5
+    # An open query (nothing asked) reports only confident detections: false positives of
+    # objects nobody asked for would be pure noise.
+    open_query_threshold: float = 0.6
+
+    def thresholds(self, *, open_query: bool = False) -> Thresholds:
+        detection = max(self.threshold, self.open_query_threshold) if open_query else self.threshold
+        return Thresholds(
+            detection=detection,
+            classifier_probability=self.classifier_min_probability,
+            classifier_top_k=self.classifier_top_k,
+        )
 
     def severity(self, confidence: float) -> Severity:
         if confidence >= self.high_confidence:
@@ -59,75 +75,85 @@ class ScoringPolicy:
 
 
 @dataclass(frozen=True)
+class ReportedTarget:
+    """A target that becomes events: its index in the judged frames' hits, its label, its notes."""
+
+    index: int
+    label: str
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class _Run:
     first: int  # index of the first frame with a hit
     last: int  # index of the last frame with a hit
-    best: DetectionLike
+    best: Hit
     best_index: int  # the frame of ``best``: the event's thumbnail shows it
 
 
-def _best_per_frame(
-    frames: Sequence[FrameDetections], label: str, threshold: float
-) -> list[DetectionLike | None]:
-    best: list[DetectionLike | None] = []
-    for frame in frames:
-        hits = [d for d in frame.detections if d.label == label and d.score >= threshold]
-        best.append(max(hits, key=lambda d: d.score) if hits else None)
-    return best
-
-
-def _runs(best: list[DetectionLike | None], max_gap_frames: int) -> list[_Run]:
+def _runs(hits: list[Hit | None], max_gap_frames: int) -> list[_Run]:
     runs: list[_Run] = []
     current: _Run | None = None
-    for index, detection in enumerate(best):
-        if detection is None:
+    for index, hit in enumerate(hits):
+        if hit is None:
             continue
         if current is not None and index - current.last - 1 <= max_gap_frames:
             # Strictly greater: on a tie the earlier frame stays the best (deterministic).
-            if detection.score > current.best.score:
-                current = _Run(current.first, index, detection, index)
+            if hit.confidence > current.best.confidence:
+                current = _Run(current.first, index, hit, index)
             else:
                 current = _Run(current.first, index, current.best, current.best_index)
         else:
             if current is not None:
                 runs.append(current)
-            current = _Run(index, index, detection, index)
+            current = _Run(index, index, hit, index)
     if current is not None:
         runs.append(current)
     return runs
 
 
-def _frame_end(frames: Sequence[FrameDetections], index: int, chunk_end: float) -> float:
+def _frame_end(frames: Sequence[JudgedFrame], index: int, chunk_end: float) -> float:
     """A frame stands for the stream time until the next sampled frame (or the chunk's end)."""
     if index + 1 < len(frames):
         return frames[index + 1].stream_time
     return max(chunk_end, frames[index].stream_time)
 
 
-def score_chunk(
+def score_judged(
     chunk: ChunkRecord,
-    frames: Sequence[FrameDetections],
-    targets: Sequence[str],
+    frames: Sequence[JudgedFrame],
+    targets: Sequence[ReportedTarget],
     analysis_id: str,
     policy: ScoringPolicy,
 ) -> list[Event]:
     """Events of ``targets`` in one chunk, sorted by start time then label."""
     ordered = sorted(frames, key=lambda f: f.stream_time)
     events: list[Event] = []
-    for label in targets:
-        for run in _runs(_best_per_frame(ordered, label, policy.threshold), policy.max_gap_frames):
+    for target in targets:
+        hits = [frame.hits.get(target.index) for frame in ordered]
+        for run in _runs(hits, policy.max_gap_frames):
             start = ordered[run.first].stream_time
             end = _frame_end(ordered, run.last, chunk.end_time)
-            confidence = round(float(run.best.score), 4)
+            confidence = round(float(run.best.confidence), 4)
             relative = start - chunk.start_time
+            description = "; ".join(
+                part
+                for part in (
+                    describe_event(target.label, start, end, confidence),
+                    run.best.detail,
+                    *target.notes,
+                )
+                if part
+            )
+            box = run.best.box
             events.append(
                 Event(
-                    event_id=event_id_for(chunk.session_id, chunk.chunk_index, label, start),
+                    event_id=event_id_for(chunk.session_id, chunk.chunk_index, target.label, start),
                     session_id=chunk.session_id,
                     stream_id=chunk.stream_id,
                     type=EVENT_TYPE,
-                    label=label,
-                    description=describe_event(label, start, end, confidence),
+                    label=target.label,
+                    description=description,
                     severity=policy.severity(confidence),
                     confidence=confidence,
                     stream_time=start,
@@ -144,10 +170,35 @@ def score_chunk(
                     analysis_id=analysis_id,
                     chunk_id=chunk.chunk_id,
                     query=chunk.rapid_review_query,
-                    box=tuple(round(float(v), 4) for v in run.best.box),
+                    box=tuple(round(float(v), 4) for v in box) if box is not None else None,
                     # The thumbnail's frame; ``thumbnail_event_id`` is set once it is stored.
                     thumbnail_time=ordered[run.best_index].stream_time,
                 )
             )
     events.sort(key=lambda e: (e.start_time, e.label))
     return events
+
+
+def score_chunk(
+    chunk: ChunkRecord,
+    frames: Sequence[FrameDetections],
+    targets: Sequence[str],
+    analysis_id: str,
+    policy: ScoringPolicy,
+) -> list[Event]:
+    """Events of plain detector classes (``targets``): each labelled with its class.
+
+    The simple case of ``score_judged`` (a class is satisfied in a frame by its best detection at
+    or above ``policy.threshold``), for callers that have detections and class names only.
+    """
+    judged: list[JudgedFrame] = []
+    for frame in frames:
+        hits: dict[int, Hit] = {}
+        for index, label in enumerate(targets):
+            found = [d for d in frame.detections if d.label == label and d.score >= policy.threshold]
+            if found:
+                best = max(found, key=lambda d: d.score)
+                hits[index] = Hit(float(best.score), tuple(best.box), len(found), "")
+        judged.append(JudgedFrame(frame.stream_time, hits))
+    reported = [ReportedTarget(index, label) for index, label in enumerate(targets)]
+    return score_judged(chunk, judged, reported, analysis_id, policy)

@@ -54,30 +54,46 @@ Failure rules (settings in ``AnalyzerSettings``):
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import logging
 import math
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, KafkaTimeoutError
 from PIL import Image
 
+from analyzer.classifier import ImageClassifier
 from analyzer.detector import ObjectDetector
-from analyzer.errors import BrokerOutageError, DetectorError
+from analyzer.errors import BrokerOutageError, DetectorError, QueryError
+from analyzer.judge import (
+    ClassifierLike,
+    FrameInput,
+    duration_note,
+    judge_chunk,
+    needs_classifier,
+    needs_crops,
+    needs_pixels,
+    reported_targets,
+    targets_of,
+)
 from analyzer.models import MODEL_INPUT_SIZE
-from analyzer.query import parse_query
-from analyzer.scoring import FrameDetections, ScoringPolicy, score_chunk
+from analyzer.scoring import ReportedTarget, ScoringPolicy, score_judged
 from analyzer.settings import AnalyzerSettings
 from analyzer.thumbnails import ThumbnailWriter
+from analyzer.understanding.runtime import shared_interpreter
 from livestream.errors import LivestreamError, RecordError
 from livestream.kafka.resilience import Backoff, BrokerWatch, stop_client
 from livestream.kafka.serde import decode_value, encode_key, encode_value
+from schemas.interpretation import Interpretation, Target
 from schemas.records import ChunkRecord, ChunkResult, DeadLetter, chunk_id_for
 from schemas.topics import CHUNK_TOPIC_MAX_MESSAGE_BYTES, Topics
 
@@ -94,36 +110,84 @@ IDLE_PROBE_INTERVAL_S = 10.0
 # A poll (asked to return within 0.5 s) or probe that takes longer than this is given up.
 POLL_GUARD_S = 2.0
 COMMIT_GUARD_S = 10.0
+# Distinct queries whose interpretation is kept (records without one: schema version < 5).
+INTERPRETATION_CACHE_SIZE = 256
 
 
 class ChunkAnalyzer:
-    """Pure-ish core: one ChunkRecord in, one ChunkResult (with events) out. No Kafka."""
+    """Pure-ish core: one ChunkRecord in, one ChunkResult (with events) out. No Kafka.
+
+    Per chunk: the session's interpretation (``chunk.interpretation``; records older than schema
+    version 5 have none, so their query is interpreted here, once per distinct query) -> frames
+    decoded -> detector -> ``analyzer.judge`` (colours, sizes, counts, relations, absence, and the
+    image classifier on the crops and frames that need it, in one batch) -> ``analyzer.scoring``
+    events labelled with the query's phrases. All of it runs in the caller's thread: the
+    service's inference executor, never the event loop.
+
+    The classifier is loaded on first use (``load_classifier``) so that sessions without
+    classifier targets never pay for it; the interpreter likewise (``interpret``).
+    """
 
     def __init__(
-        self, detector: ObjectDetector, policy: ScoringPolicy, analyzer_id: str | None = None
+        self,
+        detector: ObjectDetector,
+        policy: ScoringPolicy,
+        analyzer_id: str | None = None,
+        *,
+        classifier: ClassifierLike | None = None,
+        load_classifier: Callable[[], ClassifierLike] | None = None,
+        interpret: Callable[[str | None], Interpretation] | None = None,
     ) -> None:
         self._detector = detector
         self._policy = policy
         self._analyzer_id = analyzer_id
+        self._classifier = classifier
+        self._load_classifier = load_classifier or ImageClassifier.load
+        self._classifier_lock = threading.Lock()
+        # Deterministic per query string, so a small cache spares the embedder on every chunk.
+        self._interpret = functools.lru_cache(maxsize=INTERPRETATION_CACHE_SIZE)(
+            interpret or _shared_interpret
+        )
+
+    def interpretation_of(self, chunk: ChunkRecord) -> Interpretation:
+        """The chunk's interpretation: the session's, or its query's for records that lack one."""
+        carried: Interpretation | None = getattr(chunk, "interpretation", None)
+        return carried if carried is not None else self._interpret(chunk.rapid_review_query)
+
+    def classifier(self) -> ClassifierLike:
+        with self._classifier_lock:
+            if self._classifier is None:
+                self._classifier = self._load_classifier()
+            return self._classifier
 
     def analyze(self, chunk: ChunkRecord) -> ChunkResult:
         analysis_id = uuid.uuid4().hex
         started = time.perf_counter()
         targets: list[str] = []
         try:
-            query = parse_query(chunk.rapid_review_query)
-            targets = list(query.targets)
-            policy = self._policy
-            if query.score_floor is not None and query.score_floor > policy.threshold:
-                # An open query (no targets named) reports only confident detections.
-                policy = replace(policy, threshold=query.score_floor)
-            images = [_decode_jpeg(frame.jpeg) for frame in chunk.frames]
+            interpretation = self.interpretation_of(chunk)
+            if not interpretation.accepted:
+                # The API refuses such queries at start; an older record may still carry one.
+                raise QueryError(f"query refused: {'; '.join(interpretation.warnings)}")
+            reported = [
+                ReportedTarget(index, label, _notes(targets_of(interpretation)[index]))
+                for index, label in reported_targets(interpretation)
+            ]
+            targets = [r.label for r in reported]
+            pixels = needs_pixels(interpretation)
+            # Crops for the classifier want every pixel; the detector alone is happy with 300x300.
+            images = [
+                _decode_jpeg(frame.jpeg, full_size=needs_crops(interpretation)) for frame in chunk.frames
+            ]
             detections = self._detector.detect(images) if images else []
             frames = [
-                FrameDetections(frame.stream_time, dets)
-                for frame, dets in zip(chunk.frames, detections, strict=True)
+                FrameInput(frame.stream_time, dets, image if pixels else None)
+                for frame, dets, image in zip(chunk.frames, detections, images, strict=True)
             ]
-            events = score_chunk(chunk, frames, targets, analysis_id, policy)
+            classifier = self.classifier() if needs_classifier(interpretation) and frames else None
+            thresholds = self._policy.thresholds(open_query=interpretation.open_query)
+            judged = judge_chunk(interpretation, frames, classifier, thresholds)
+            events = score_judged(chunk, judged, reported, analysis_id, self._policy)
             status, error = "ok", None
         except (LivestreamError, OSError, ValueError) as exc:
             if isinstance(exc, DetectorError) and exc.retryable:
@@ -218,11 +282,22 @@ def _seconds(value: object) -> float:
     return 0.0
 
 
-def _decode_jpeg(data: bytes) -> np.ndarray:
+def _shared_interpret(query: str | None) -> Interpretation:
+    return shared_interpreter().interpret(query)
+
+
+def _notes(target: Target) -> tuple[str, ...]:
+    """What an event of ``target`` says beyond what was seen: the duration left to the aggregator."""
+    note = duration_note(target)
+    return (note,) if note is not None else ()
+
+
+def _decode_jpeg(data: bytes, *, full_size: bool = False) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
-        # The detector resizes every frame to its input size; let libjpeg decode at the
-        # smallest DCT scale still at least that large (up to 8x less work on big frames).
-        image.draft("RGB", (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE))
+        if not full_size:
+            # The detector resizes every frame to its input size; let libjpeg decode at the
+            # smallest DCT scale still at least that large (up to 8x less work on big frames).
+            image.draft("RGB", (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE))
         return np.asarray(image.convert("RGB"))
 
 

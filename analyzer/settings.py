@@ -29,6 +29,26 @@ class AnalyzerSettings(ServiceSettings):
     )
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     max_gap_frames: int = Field(default=1, ge=0)
+    # Query judgements (analyzer/judge.py; defaults and their reasons in analyzer.scoring.ScoringPolicy).
+    classifier_min_probability: float = Field(
+        default=0.15,
+        ge=0.0,
+        le=1.0,
+        description="The ImageNet classifier accepts a target when its labels hold at least this "
+        "probability among the top classifier_top_k classes of a crop or frame.",
+    )
+    classifier_top_k: int = Field(default=5, ge=1, le=1000)
+    open_query_threshold: float = Field(
+        default=0.6,
+        ge=0.0,
+        le=1.0,
+        description="Detection score an empty query (every COCO class) needs: nobody asked for them.",
+    )
+    classifier_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="onnxruntime intra-op threads of the image classifier (default: as the detector's).",
+    )
     # Chunks are ~1 MB: fetch few at a time so one poll's work stays well inside max_poll_interval.
     max_poll_records: int = Field(default=4, ge=1)
     max_poll_interval_ms: int = 300_000
