@@ -255,10 +255,8 @@ def crop(image: np.ndarray, box: Box, margin: float = CROP_MARGIN) -> np.ndarray
     height, width = image.shape[:2]
     x0, y0, x1, y1 = box
     mx, my = (x1 - x0) * margin, (y1 - y0) * margin
-    left = max(0, math.floor((x0 - mx) * width))
-    right = min(width, math.ceil((x1 + mx) * width))
-    top = max(0, math.floor((y0 - my) * height))
-    bottom = min(height, math.ceil((y1 + my) * height))
+    left, right = max(0, round((x0 - mx) * width)), min(width, round((x1 + mx) * width))
+    top, bottom = max(0, round((y0 - my) * height)), min(height, round((y1 + my) * height))
     return image[top : max(bottom, top + 1), left : max(right, left + 1)]
 
 
