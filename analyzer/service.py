@@ -151,8 +151,9 @@ class ChunkAnalyzer:
 
     def interpretation_of(self, chunk: ChunkRecord) -> Interpretation:
         """The chunk's interpretation: the session's, or its query's for records that lack one."""
-        carried: Interpretation | None = getattr(chunk, "interpretation", None)
-        return carried if carried is not None else self._interpret(chunk.rapid_review_query)
+        if chunk.interpretation is not None:
+            return chunk.interpretation
+        return self._interpret(chunk.rapid_review_query)
 
     def classifier(self) -> ClassifierLike:
         with self._classifier_lock:

@@ -98,6 +98,17 @@ def test_records_without_an_interpretation_are_interpreted_once_per_query() -> N
     assert [e.label for r in results for e in r.events] == ["puppy"] * 3
 
 
+def test_the_interpretation_a_record_carries_wins_over_its_query() -> None:
+    analyzer = ChunkAnalyzer(
+        FakeDetector([Detection("dog", 0.8, (0.1, 0.1, 0.5, 0.5))]),  # type: ignore[arg-type]
+        ScoringPolicy(),
+        interpret=lambda q: pytest.fail("the record carries its interpretation"),
+    )
+    record = chunk([GRAY], "a hound").model_copy(update={"interpretation": accepted(dog_target("hound"))})
+    result = analyzer.analyze(record)
+    assert result.targets == ["hound"] and [e.label for e in result.events] == ["hound"]
+
+
 def test_a_refused_interpretation_fails_the_chunk_with_its_reasons() -> None:
     refused = Interpretation(
         query="detect unicorns",
