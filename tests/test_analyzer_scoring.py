@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from analyzer.scoring import FrameDetections, ScoringPolicy, score_chunk
+from analyzer.judge import Hit, JudgedFrame
+from analyzer.scoring import FrameDetections, ReportedTarget, ScoringPolicy, score_chunk, score_judged
 from schemas.records import ChunkRecord, Severity, chunk_id_for
 
 
@@ -82,3 +83,30 @@ def test_several_targets_sorted_by_time() -> None:
     dets = frames([Det("cup", 0.7)], [Det("person", 0.8), Det("cup", 0.7)], [Det("person", 0.8)])
     events = score_chunk(chunk(), dets, ["person", "cup"], "a", ScoringPolicy())
     assert [(e.label, e.start_time) for e in events] == [("cup", 12.0), ("person", 12.5)]
+
+
+def test_judged_frames_become_events_labelled_with_the_phrase() -> None:
+    seen = Hit(
+        0.8, (0.2, 0.2, 0.4, 0.4), 2, "2 in the frame; best: car 0.80, red on 70% of its central pixels"
+    )
+    absent = Hit(0.9, None, 0, "none detected")
+    judged = [
+        JudgedFrame(12.0, {0: seen, 1: absent}),
+        JudgedFrame(12.5, {1: absent}),
+        JudgedFrame(13.0, {0: Hit(0.95, (0.3, 0.3, 0.5, 0.5), 2, "better")}),
+    ]
+    targets = [ReportedTarget(0, "at least 2 red cars"), ReportedTarget(1, "no dog", ("a note",))]
+    cars, no_dog = score_judged(chunk(), judged, targets, "a", ScoringPolicy())
+    assert (cars.label, cars.start_time, cars.end_time, cars.confidence) == (
+        "at least 2 red cars",
+        12.0,
+        16.0,  # the last frame stands for the time until the chunk's end
+        0.95,
+    )
+    assert cars.box == (0.3, 0.3, 0.5, 0.5) and cars.thumbnail_time == 13.0
+    assert cars.description.endswith("(max confidence 0.95); better")
+    assert (no_dog.label, no_dog.box, no_dog.end_time, no_dog.thumbnail_time) == ("no dog", None, 13.0, 12.0)
+    assert no_dog.description.endswith("; none detected; a note")
+    # Ids hash the label: the same chunk judged again yields the same ids.
+    again = score_judged(chunk(), judged, targets, "b", ScoringPolicy())
+    assert [e.event_id for e in again] == [cars.event_id, no_dog.event_id]
