@@ -1,0 +1,1 @@
+"""The quality evaluation (``make eval``): real pipeline, scripted live streams, ground truth."""

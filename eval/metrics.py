@@ -1,0 +1,123 @@
+"""Per-case quality metrics of a session's merged events against ground-truth windows (pure).
+
+All times are seconds of stream time. An *event* and a *window* are half-open intervals
+``(start, end)``; two intervals *overlap* when they share a positive length of time.
+
+* **precision**: events that overlap at least one truth window / events (None: no events).
+* **recall**: truth windows overlapped by at least one event / windows (None: no windows).
+* **temporal IoU**: |union(events) & union(windows)| / |union(events) | union(windows)|, both
+  clipped to the session's ``[0, duration]``; 1.0 when both are empty (nothing to find, nothing
+  reported), 0.0 when only one is.
+* **start error**: for each window overlapped by an event, (earliest start of the events that
+  overlap it) - (window start); the mean over those windows (None: no window matched). Positive:
+  the event started late; negative: early.
+* **false events per hour**: events that overlap no window, per hour of *absent* time (the
+  session's duration minus the union of the windows); None when the target is never absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+Interval = tuple[float, float]
+
+
+def overlaps(a: Interval, b: Interval) -> bool:
+    """True when ``a`` and ``b`` share a positive length of time."""
+    return min(a[1], b[1]) - max(a[0], b[0]) > 0
+
+
+def union(intervals: Iterable[Interval]) -> list[Interval]:
+    """Disjoint, sorted intervals covering the same time; empty intervals are dropped."""
+    merged: list[Interval] = []
+    for start, end in sorted(i for i in intervals if i[1] > i[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def clip(intervals: Iterable[Interval], lo: float, hi: float) -> list[Interval]:
+    return [(max(lo, s), min(hi, e)) for s, e in intervals if min(hi, e) > max(lo, s)]
+
+
+def total(intervals: Iterable[Interval]) -> float:
+    return sum(end - start for start, end in union(intervals))
+
+
+def intersection_length(a: Sequence[Interval], b: Sequence[Interval]) -> float:
+    """Length of time covered by both interval sets."""
+    ua, ub = union(a), union(b)
+    length = 0.0
+    for sa, ea in ua:
+        for sb, eb in ub:
+            length += max(0.0, min(ea, eb) - max(sa, sb))
+    return length
+
+
+def precision(events: Sequence[Interval], windows: Sequence[Interval]) -> float | None:
+    if not events:
+        return None
+    hits = sum(1 for event in events if any(overlaps(event, w) for w in windows))
+    return hits / len(events)
+
+
+def recall(events: Sequence[Interval], windows: Sequence[Interval]) -> float | None:
+    if not windows:
+        return None
+    found = sum(1 for window in windows if any(overlaps(e, window) for e in events))
+    return found / len(windows)
+
+
+def temporal_iou(events: Sequence[Interval], windows: Sequence[Interval], duration: float) -> float:
+    ev, wi = clip(events, 0.0, duration), clip(windows, 0.0, duration)
+    covered = total([*ev, *wi])
+    if covered == 0:
+        # Nothing to find and nothing reported is a perfect answer for an absent target.
+        return 1.0
+    return intersection_length(ev, wi) / covered
+
+
+def start_error(events: Sequence[Interval], windows: Sequence[Interval]) -> float | None:
+    errors = [
+        min(e[0] for e in matching) - window[0]
+        for window in windows
+        if (matching := [e for e in events if overlaps(e, window)])
+    ]
+    return sum(errors) / len(errors) if errors else None
+
+
+def false_events_per_hour(
+    events: Sequence[Interval], windows: Sequence[Interval], duration: float
+) -> float | None:
+    absent_s = duration - total(clip(windows, 0.0, duration))
+    if absent_s <= 0:
+        return None
+    false = sum(1 for event in events if not any(overlaps(event, w) for w in windows))
+    return false * 3600.0 / absent_s
+
+
+@dataclass(frozen=True)
+class Scores:
+    events: int
+    windows: int
+    precision: float | None
+    recall: float | None
+    iou: float
+    start_error_s: float | None
+    false_per_hour: float | None
+
+
+def score(events: Sequence[Interval], windows: Sequence[Interval], duration: float) -> Scores:
+    """Every metric of the module docstring for one session."""
+    return Scores(
+        events=len(events),
+        windows=len(windows),
+        precision=precision(events, windows),
+        recall=recall(events, windows),
+        iou=temporal_iou(events, windows, duration),
+        start_error_s=start_error(events, windows),
+        false_per_hour=false_events_per_hour(events, windows, duration),
+    )
