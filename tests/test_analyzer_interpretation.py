@@ -19,7 +19,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from analyzer.classifier import ImageClassifier
-from analyzer.detector import Detection, ObjectDetector
+from analyzer.detector import Detection, ObjectDetector, default_intra_op_threads
 from analyzer.models import default_model_path
 from analyzer.scoring import ScoringPolicy
 from analyzer.service import ChunkAnalyzer
@@ -165,9 +165,9 @@ def test_an_open_query_reports_every_class_above_the_higher_floor() -> None:
 
 @pytest.fixture(scope="module")
 def analyzer() -> ChunkAnalyzer:
-    return ChunkAnalyzer(
-        ObjectDetector.load(default_model_path()), ScoringPolicy(), classifier=ImageClassifier.load()
-    )
+    # Threads as ``python -m analyzer`` loads them: the cost figures are the service's.
+    classifier = ImageClassifier.load(intra_op_threads=default_intra_op_threads())
+    return ChunkAnalyzer(ObjectDetector.load(default_model_path()), ScoringPolicy(), classifier=classifier)
 
 
 def red_cup() -> np.ndarray:
