@@ -6,7 +6,7 @@ CACHE ?= $(HOME)/.cache/livestream-analytics
 URL ?=
 QUERY ?= detect a person, a cat or a cup
 
-.PHONY: install webapp models broker run up test lint schemas clean
+.PHONY: install webapp models broker run up test lint schemas clean eval
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ up: install models
 
 test: install models
 	$(PY) -m pytest -q -ra
+
+# Quality on scripted live streams with ground truth (real broker, stack and models; ~4 min):
+# prints the table, writes eval/results/latest.json and the README's Quality table.
+eval: install models
+	$(PY) -m eval --write-readme
 
 lint: install
 	$(VENV)/bin/ruff check .
