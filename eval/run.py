@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -126,8 +127,11 @@ def run(selected: list[Case]) -> list[Outcome]:
     # The aggregator (faust) writes its data folder in its working directory: keep it out of the repo.
     previous_cwd = Path.cwd()
     os.chdir(run_dir)
+    # The stack prints every service's log tail when it stops: kept in a file, not in the table.
+    stack_output = (run_dir / "stack-output.log").open("w")
+    print(f"broker, stack and logs in {run_dir}", file=sys.stderr)
     try:
-        with LocalKafkaBroker(base_dir=run_dir / "kafka") as broker:
+        with contextlib.redirect_stdout(stack_output), LocalKafkaBroker(base_dir=run_dir) as broker:
             topics = Topics(prefix=f"eval{secrets.token_hex(4)}", partitions=3)
             asyncio.run(ensure_topics(broker.bootstrap_servers, topics.specs()))
             with stack_for_tests(
@@ -152,6 +156,7 @@ def run(selected: list[Case]) -> list[Outcome]:
                     )
                 return outcomes
     finally:
+        stack_output.close()
         os.chdir(previous_cwd)
 
 
