@@ -246,10 +246,14 @@ def test_cost_per_frame_with_and_without_the_classifier(analyzer: ChunkAnalyzer)
         ("detector + classifier on whole frames", "an espresso"),
         ("detector + classifier on cup crops", "a coffee mug"),
     ):
-        started = time.perf_counter()
-        result = analyzer.analyze(chunk(frames, query))
-        costs[what] = (time.perf_counter() - started) * 1000 / len(frames)
-        assert result.status == "ok", result.error
+        record = chunk(frames, query)
+        runs: list[float] = []
+        for _ in range(3):  # the best of three: the cores are shared, noise only ever adds time
+            started = time.perf_counter()
+            result = analyzer.analyze(record)
+            runs.append((time.perf_counter() - started) * 1000 / len(frames))
+            assert result.status == "ok", result.error
+        costs[what] = min(runs)
     for what, ms in costs.items():
-        print(f"analysis cost per frame, {what}: {ms:.1f} ms")
+        print(f"analysis cost per frame ({len(frames)} frames of 600x400 per chunk), {what}: {ms:.1f} ms")
     assert all(ms > 0 for ms in costs.values())
