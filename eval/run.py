@@ -204,13 +204,18 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str:
+def _git(*args: str) -> str:
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return ""
+
+
+def _commit() -> tuple[str, list[str]]:
+    """HEAD, and the tracked files that differed from it: the run measured the working tree."""
+    head = _git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    return head, changed
 
 
 def write_results(outcomes: list[Outcome], meta: dict[str, Any]) -> None:
@@ -254,13 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     selected = [c for c in cases() if not args.case or c.name in args.case]
     if not selected:
         parser.error(f"no such case: {args.case}")
+    commit, uncommitted = _commit()  # before the run: what was measured
     began = time.monotonic()
     measured_at = datetime.now(UTC)
     outcomes = run(selected)
     elapsed = time.monotonic() - began
     meta = {
         "measured_at": measured_at.isoformat(timespec="seconds"),
-        "commit": _commit(),
+        "commit": commit,
+        "uncommitted_changes": uncommitted,
         "cases": len(outcomes),
         "run_seconds": round(elapsed, 1),
     }
@@ -270,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(outcomes)} cases in {elapsed:.0f}s; results in {RESULTS.relative_to(REPO)}")
     if args.write_readme:
         summary = (
-            f"Measured {measured_at:%Y-%m-%d %H:%M} UTC on commit `{meta['commit']}`, "
-            f"{len(outcomes)} cases in {elapsed:.0f} s (2 shared CPU cores, one analyzer replica).\n\n"
+            f"Measured {measured_at:%Y-%m-%d %H:%M} UTC on commit `{commit}`"
+            + (f" (working tree with uncommitted changes to {', '.join(uncommitted)})" if uncommitted else "")
+            + ", "
+            f"{len(outcomes)} cases in {elapsed:.0f} s ({os.cpu_count()} CPU cores, 1 analyzer).\n\n"
         )
         write_readme(summary + rendered)
     return 0 if all(o.error is None for o in outcomes) else 1
