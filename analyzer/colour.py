@@ -31,7 +31,7 @@ red logo is white. A target's colour matches when it is that name.
 
 from __future__ import annotations
 
-from collections import Counter
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +43,8 @@ Box = tuple[float, float, float, float]
 CENTRAL_FRACTION = 0.5
 # Boxes smaller than this (pixels per side, after the central cut) are too small to judge.
 MIN_PIXELS_PER_SIDE = 2
+# At most about this many pixels of a region are read (an even stride over it).
+MAX_SAMPLED_PIXELS = 4096
 # A box whose central pixels are at least this chromatic is named by its hue.
 CHROMATIC_MIN_SHARE = 0.25
 
@@ -80,6 +82,7 @@ COLOUR_NAMES = (
     "white",
     "gray",
 )
+CODE = {name: code for code, name in enumerate(COLOUR_NAMES)}
 
 
 @dataclass(frozen=True)
@@ -102,35 +105,42 @@ def central_region(image: np.ndarray, box: Box, fraction: float = CENTRAL_FRACTI
     return image[max(0, top) : min(height, bottom), max(0, left) : min(width, right)]
 
 
-def pixel_names(rgb: np.ndarray) -> np.ndarray:
-    """The colour name of every pixel of an HxWx3 uint8 RGB array (a flat array of names)."""
+def pixel_codes(rgb: np.ndarray) -> np.ndarray:
+    """The colour of every pixel of an HxWx3 uint8 RGB array, as indexes into ``COLOUR_NAMES`` (flat)."""
     hsv = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("HSV"), dtype=np.float32)
     hue = hsv[..., 0].ravel() * (360.0 / 256.0)
     sat = hsv[..., 1].ravel() / 255.0
     val = hsv[..., 2].ravel() / 255.0
-    names = np.empty(hue.shape, dtype=object)
-    bounds = np.array([b for b, _ in HUE_NAMES])
-    hue_names = np.array([n for _, n in HUE_NAMES], dtype=object)
-    names[:] = hue_names[np.minimum(np.searchsorted(bounds, hue, side="right"), len(bounds) - 1)]
-    pink = (names == "red") & (sat < PINK_MAX_SATURATION) & (val >= PINK_MIN_VALUE)
-    names[pink] = "pink"
-    names[(names == "orange") & (val < BROWN_FROM_ORANGE_BELOW_VALUE)] = "brown"
-    names[(names == "yellow") & (val < BROWN_FROM_YELLOW_BELOW_VALUE)] = "brown"
+    bounds = np.array([bound for bound, _ in HUE_NAMES])
+    hue_codes = np.array([CODE[name] for _, name in HUE_NAMES], dtype=np.uint8)
+    codes = hue_codes[np.minimum(np.searchsorted(bounds, hue, side="right"), len(bounds) - 1)]
+    codes[(codes == CODE["red"]) & (sat < PINK_MAX_SATURATION) & (val >= PINK_MIN_VALUE)] = CODE["pink"]
+    codes[(codes == CODE["orange"]) & (val < BROWN_FROM_ORANGE_BELOW_VALUE)] = CODE["brown"]
+    codes[(codes == CODE["yellow"]) & (val < BROWN_FROM_YELLOW_BELOW_VALUE)] = CODE["brown"]
     achromatic = sat < ACHROMATIC_MAX_SATURATION
-    names[achromatic] = np.where(val[achromatic] >= WHITE_MIN_VALUE, "white", "gray")
-    names[achromatic & (val < DARK_GRAY_IS_BLACK_BELOW)] = "black"
-    names[val < BLACK_MAX_VALUE] = "black"
-    return names
+    codes[achromatic] = np.where(val[achromatic] >= WHITE_MIN_VALUE, CODE["white"], CODE["gray"])
+    codes[achromatic & (val < DARK_GRAY_IS_BLACK_BELOW)] = CODE["black"]
+    codes[val < BLACK_MAX_VALUE] = CODE["black"]
+    return codes
+
+
+def pixel_names(rgb: np.ndarray) -> list[str]:
+    """The colour name of every pixel of an HxWx3 uint8 RGB array (flat, row by row)."""
+    return [COLOUR_NAMES[code] for code in pixel_codes(rgb)]
 
 
 def read_colour(image: np.ndarray, box: Box) -> ColourReading | None:
     """The named colour of ``box`` in ``image`` by the rule of the module docstring; None if too small."""
     region = central_region(image, box)
-    if region.shape[0] < MIN_PIXELS_PER_SIDE or region.shape[1] < MIN_PIXELS_PER_SIDE:
+    height, width = region.shape[:2]
+    if height < MIN_PIXELS_PER_SIDE or width < MIN_PIXELS_PER_SIDE:
         return None
-    names = pixel_names(region)
-    counts = Counter(names.tolist())
-    total = len(names)
+    # Shares need no more than a few thousand pixels: an evenly strided sample keeps big boxes cheap.
+    step = max(1, math.ceil(math.sqrt(height * width / MAX_SAMPLED_PIXELS)))
+    codes = pixel_codes(region[::step, ::step])
+    total = len(codes)
+    tally = np.bincount(codes, minlength=len(COLOUR_NAMES))
+    counts = {COLOUR_NAMES[code]: int(n) for code, n in enumerate(tally) if n}
     chromatic = {name: n for name, n in counts.items() if name not in ACHROMATIC}
     chromatic_share = sum(chromatic.values()) / total
     pool = (
