@@ -30,6 +30,8 @@ class Case:
     decision: str  # expected: accepted / accepted_with_warnings / refused
     windows: tuple[Interval, ...]
     kind: str  # what the case covers (single, identity, count, attribute, relation, ...)
+    # Time in which the answer is neither clearly true nor false (see eval.metrics).
+    maybe: tuple[Interval, ...] = ()
 
 
 def during(script: Script, *scene_names: str) -> tuple[Interval, ...]:
@@ -123,9 +125,15 @@ def cases() -> list[Case]:
     s = scripts()
 
     def case(
-        name: str, script: str, query: str, decision: str, windows: tuple[Interval, ...], kind: str
+        name: str,
+        script: str,
+        query: str,
+        decision: str,
+        windows: tuple[Interval, ...],
+        kind: str,
+        maybe: tuple[Interval, ...] = (),
     ) -> Case:
-        return Case(name, script, query, decision, windows, kind)
+        return Case(name, script, query, decision, windows, kind, maybe)
 
     cat, cups, both, cats, people, street = (
         s["cat-returns"],
@@ -168,8 +176,10 @@ def cases() -> list[Case]:
             "cup-colours",
             "an espresso",
             WARNED,
-            during(cups, "blue-cup", "red-cup", "green-cup"),
+            during(cups, "red-cup"),
             "fine-grained",
+            # Recoloured coffee (purple, green) is hardly an espresso any more, nor clearly not.
+            maybe=during(cups, "blue-cup", "green-cup"),
         ),
         # --- two objects together, relations
         case(
@@ -214,6 +224,7 @@ def cases() -> list[Case]:
             ACCEPTED,
             during(street, "cyclist", "railing", "parked-bike"),
             "footage",
+            maybe=during(street, "suit"),  # bicycles pass at the edge behind the man in the suit
         ),
         case(
             "automobile",
@@ -223,7 +234,15 @@ def cases() -> list[Case]:
             during(street, "suit", "cyclist", "railing"),
             "synonym",
         ),
-        case("pedestrian", "street", "a pedestrian", ACCEPTED, during(street, "suit", "cyclist"), "synonym"),
+        case(
+            "pedestrian",
+            "street",
+            "a pedestrian",
+            ACCEPTED,
+            during(street, "suit", "cyclist"),
+            "synonym",
+            maybe=during(street, "parked-bike"),  # a walker's legs cross the parked bicycle
+        ),
         case(
             "someone-cycling",
             "street",

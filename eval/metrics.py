@@ -13,6 +13,11 @@ All times are seconds of stream time. An *event* and a *window* are half-open in
   the event started late; negative: early.
 * **false events per hour**: events that overlap no window, per hour of *absent* time (the
   session's duration minus the union of the windows); None when the target is never absent.
+
+*Maybe* windows mark time in which the answer is neither clearly true nor clearly false (a
+walker's legs for "a pedestrian", a recoloured espresso): an event that overlaps only maybe
+windows counts neither for precision nor as a false event, maybe time is not absent time, and
+the temporal IoU is taken over the session's time outside the maybe windows.
 """
 
 from __future__ import annotations
@@ -47,6 +52,20 @@ def total(intervals: Iterable[Interval]) -> float:
     return sum(end - start for start, end in union(intervals))
 
 
+def subtract(intervals: Iterable[Interval], removed: Iterable[Interval]) -> list[Interval]:
+    """The parts of ``intervals`` outside every interval of ``removed``."""
+    remaining = union(intervals)
+    for cut_start, cut_end in union(removed):
+        pieces: list[Interval] = []
+        for start, end in remaining:
+            if start < cut_start:
+                pieces.append((start, min(end, cut_start)))
+            if end > cut_end:
+                pieces.append((max(start, cut_end), end))
+        remaining = [piece for piece in pieces if piece[1] > piece[0]]
+    return remaining
+
+
 def intersection_length(a: Sequence[Interval], b: Sequence[Interval]) -> float:
     """Length of time covered by both interval sets."""
     ua, ub = union(a), union(b)
@@ -71,8 +90,11 @@ def recall(events: Sequence[Interval], windows: Sequence[Interval]) -> float | N
     return found / len(windows)
 
 
-def temporal_iou(events: Sequence[Interval], windows: Sequence[Interval], duration: float) -> float:
-    ev, wi = clip(events, 0.0, duration), clip(windows, 0.0, duration)
+def temporal_iou(
+    events: Sequence[Interval], windows: Sequence[Interval], duration: float, maybe: Sequence[Interval] = ()
+) -> float:
+    ev = subtract(clip(events, 0.0, duration), maybe)
+    wi = subtract(clip(windows, 0.0, duration), maybe)
     covered = total([*ev, *wi])
     if covered == 0:
         # Nothing to find and nothing reported is a perfect answer for an absent target.
@@ -90,19 +112,31 @@ def start_error(events: Sequence[Interval], windows: Sequence[Interval]) -> floa
 
 
 def false_events_per_hour(
-    events: Sequence[Interval], windows: Sequence[Interval], duration: float
+    events: Sequence[Interval], windows: Sequence[Interval], duration: float, maybe: Sequence[Interval] = ()
 ) -> float | None:
-    absent_s = duration - total(clip(windows, 0.0, duration))
+    absent_s = duration - total(clip([*windows, *maybe], 0.0, duration))
     if absent_s <= 0:
         return None
-    false = sum(1 for event in events if not any(overlaps(event, w) for w in windows))
+    false = sum(1 for event in events if not any(overlaps(event, w) for w in [*windows, *maybe]))
     return false * 3600.0 / absent_s
+
+
+def counted(
+    events: Sequence[Interval], windows: Sequence[Interval], maybe: Sequence[Interval]
+) -> list[Interval]:
+    """The events that count for precision: all but those overlapping only maybe windows."""
+    return [
+        event
+        for event in events
+        if any(overlaps(event, w) for w in windows) or not any(overlaps(event, m) for m in maybe)
+    ]
 
 
 @dataclass(frozen=True)
 class Scores:
     events: int
     windows: int
+    maybe_events: int  # events overlapping only maybe windows: not counted as right or wrong
     precision: float | None
     recall: float | None
     iou: float
@@ -110,14 +144,18 @@ class Scores:
     false_per_hour: float | None
 
 
-def score(events: Sequence[Interval], windows: Sequence[Interval], duration: float) -> Scores:
+def score(
+    events: Sequence[Interval], windows: Sequence[Interval], duration: float, maybe: Sequence[Interval] = ()
+) -> Scores:
     """Every metric of the module docstring for one session."""
+    judged = counted(events, windows, maybe)
     return Scores(
         events=len(events),
         windows=len(windows),
-        precision=precision(events, windows),
+        maybe_events=len(events) - len(judged),
+        precision=precision(judged, windows),
         recall=recall(events, windows),
-        iou=temporal_iou(events, windows, duration),
+        iou=temporal_iou(events, windows, duration, maybe),
         start_error_s=start_error(events, windows),
-        false_per_hour=false_events_per_hour(events, windows, duration),
+        false_per_hour=false_events_per_hour(events, windows, duration, maybe),
     )

@@ -118,7 +118,7 @@ def run_script(sdk: NomadicAI, script_name: str, group: list[Case]) -> list[Outc
     for outcome, ids in started:
         # A session that ran is scored even if it did not finish (its error is in the table).
         if ids is not None:
-            outcome.scores = score(outcome.events, outcome.case.windows, script.duration)
+            outcome.scores = score(outcome.events, outcome.case.windows, script.duration, outcome.case.maybe)
     return [outcome for outcome, _ in started]
 
 
@@ -172,6 +172,13 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(known) / len(known) if known else None
 
 
+def _counts(s: Scores | None) -> str:
+    if s is None:
+        return "-"
+    maybe = f" ({s.maybe_events} maybe)" if s.maybe_events else ""
+    return f"{s.events}{maybe} / {s.windows}"
+
+
 def table(outcomes: list[Outcome]) -> str:
     head = (
         "| case | query | kind | decision (expected) | events / windows | precision | recall "
@@ -186,7 +193,7 @@ def table(outcomes: list[Outcome]) -> str:
             decision += f" — {o.error}"
         lines.append(
             f"| {o.case.name} | {o.case.query} | {o.case.kind} | {decision} "
-            f"| {'-' if s is None else f'{s.events} / {s.windows}'} "
+            f"| {_counts(s)} "
             f"| {_fmt(s.precision if s else None)} | {_fmt(s.recall if s else None)} "
             f"| {_fmt(s.iou if s else None)} | {_fmt(s.start_error_s if s else None, '+.1f')} "
             f"| {_fmt(s.false_per_hour if s else None, '.0f')} |"
@@ -235,12 +242,40 @@ def write_results(outcomes: list[Outcome], meta: dict[str, Any]) -> None:
                 "status": o.status,
                 "error": o.error,
                 "windows": [list(w) for w in o.case.windows],
+                "maybe_windows": [list(w) for w in o.case.maybe],
                 "events": [list(e) for e in o.events],
                 "event_labels": o.labels,
                 "scores": None if o.scores is None else asdict(o.scores),
             }
         )
     RESULTS.write_text(json.dumps({"meta": meta, "cases": rows}, indent=2) + "\n")
+
+
+def rescored(path: Path = RESULTS) -> tuple[list[Outcome], dict[str, Any]]:
+    """The stored run's sessions scored again against the cases as they are now (a corrected
+    ground truth needs no new run: the events are what the pipeline produced)."""
+    stored = json.loads(path.read_text())
+    by_name = {case.name: case for case in cases()}
+    all_scripts = scripts()
+    outcomes = []
+    for row in stored["cases"]:
+        case = by_name.get(row["name"])
+        if case is None:
+            continue  # a case removed since the run
+        outcome = Outcome(
+            case,
+            decision=row["decision"],
+            status=row["status"],
+            events=[(float(start), float(end)) for start, end in row["events"]],
+            labels=list(row["event_labels"]),
+            warnings=list(row["warnings"]),
+            error=row["error"],
+        )
+        if row["scores"] is not None:
+            duration = all_scripts[case.script_name].duration
+            outcome.scores = score(outcome.events, case.windows, duration, case.maybe)
+        outcomes.append(outcome)
+    return outcomes, stored["meta"]
 
 
 def write_readme(text: str, path: Path = README) -> None:
@@ -255,32 +290,48 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
     parser.add_argument("--case", action="append", help="run only these cases (by name; repeatable)")
     parser.add_argument("--write-readme", action="store_true", help="write the table into README.md")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help=f"score the sessions stored in {RESULTS.relative_to(REPO)} against the current cases (no run)",
+    )
     args = parser.parse_args(argv)
-    selected = [c for c in cases() if not args.case or c.name in args.case]
-    if not selected:
-        parser.error(f"no such case: {args.case}")
     commit, uncommitted = _commit()  # before the run: what was measured
-    began = time.monotonic()
-    measured_at = datetime.now(UTC)
-    outcomes = run(selected)
-    elapsed = time.monotonic() - began
-    meta = {
-        "measured_at": measured_at.isoformat(timespec="seconds"),
-        "commit": commit,
-        "uncommitted_changes": uncommitted,
-        "cases": len(outcomes),
-        "run_seconds": round(elapsed, 1),
-    }
+    if args.rescore:
+        outcomes, meta = rescored()
+        meta["rescored_at_commit"] = commit
+    else:
+        selected = [c for c in cases() if not args.case or c.name in args.case]
+        if not selected:
+            parser.error(f"no such case: {args.case}")
+        began = time.monotonic()
+        measured_at = datetime.now(UTC)
+        outcomes = run(selected)
+        meta = {
+            "measured_at": measured_at.isoformat(timespec="seconds"),
+            "commit": commit,
+            "uncommitted_changes": uncommitted,
+            "cases": len(outcomes),
+            "run_seconds": round(time.monotonic() - began, 1),
+            "cpu_count": os.cpu_count(),
+        }
     write_results(outcomes, meta)
     rendered = table(outcomes)
     print(rendered)
-    print(f"{len(outcomes)} cases in {elapsed:.0f}s; results in {RESULTS.relative_to(REPO)}")
+    print(f"{len(outcomes)} cases in {meta['run_seconds']:.0f}s; results in {RESULTS.relative_to(REPO)}")
     if args.write_readme:
+        changed = meta.get("uncommitted_changes") or []
         summary = (
-            f"Measured {measured_at:%Y-%m-%d %H:%M} UTC on commit `{commit}`"
-            + (f" (working tree with uncommitted changes to {', '.join(uncommitted)})" if uncommitted else "")
-            + ", "
-            f"{len(outcomes)} cases in {elapsed:.0f} s ({os.cpu_count()} CPU cores, 1 analyzer).\n\n"
+            f"Measured {meta['measured_at'].replace('T', ' ')[:16]} UTC on commit `{meta['commit']}`"
+            + (f" (working tree with uncommitted changes to {', '.join(changed)})" if changed else "")
+            + f", {len(outcomes)} cases in {meta['run_seconds']:.0f} s "
+            + (f"({meta['cpu_count']} CPU cores, 1 analyzer)" if meta.get("cpu_count") else "(1 analyzer)")
+            + (
+                f"; scored against the cases of commit `{meta['rescored_at_commit']}`"
+                if "rescored_at_commit" in meta
+                else ""
+            )
+            + ".\n\n"
         )
         write_readme(summary + rendered)
     return 0 if all(o.error is None for o in outcomes) else 1

@@ -10,6 +10,7 @@ import pytest
 
 from eval.cases import ACCEPTED, REFUSED, WARNED, Case, cases, scripts
 from eval.media import recoloured_cup
+from eval.metrics import overlaps
 from livestream.testsource.media import render_frames
 
 CASES = cases()
@@ -40,6 +41,9 @@ def test_truth_windows_lie_within_the_script(case: Case) -> None:
         assert 0 <= start < end <= script.duration
     for (_, end), (start, _) in itertools.pairwise(case.windows):
         assert end < start, "windows are sorted and disjoint"
+    for start, end in case.maybe:
+        assert 0 <= start < end <= script.duration
+        assert not any(overlaps((start, end), window) for window in case.windows), "maybe is not truth"
 
 
 @pytest.mark.parametrize("name", sorted(scripts()))

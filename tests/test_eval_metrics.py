@@ -11,6 +11,7 @@ from eval.metrics import (
     recall,
     score,
     start_error,
+    subtract,
     temporal_iou,
     union,
 )
@@ -67,3 +68,25 @@ def test_score_of_a_perfect_and_an_empty_answer() -> None:
     assert perfect.false_per_hour == 0.0
     silent = score([], [(0, 4)], 12)
     assert (silent.precision, silent.recall, silent.iou, silent.start_error_s) == (None, 0.0, 0.0, None)
+
+
+def test_subtract_cuts_removed_time_out() -> None:
+    assert subtract([(0, 10)], [(2, 3), (5, 6)]) == [(0, 2), (3, 5), (6, 10)]
+    assert subtract([(0, 2), (4, 6)], [(1, 5)]) == [(0, 1), (5, 6)]
+    assert subtract([(1, 2)], [(0, 3)]) == []
+
+
+def test_maybe_windows_are_neither_right_nor_wrong() -> None:
+    windows, maybe = [(0, 4)], [(6, 8)]
+    # one event on the truth, one only on the maybe time, one false
+    events = [(0, 4), (6, 7), (10, 11)]
+    scores = score(events, windows, 12, maybe)
+    assert scores.maybe_events == 1
+    assert scores.precision == pytest.approx(1 / 2)  # the maybe event is not counted
+    assert scores.recall == 1.0
+    # absent time: 12 - 4 - 2 = 6 s, one false event
+    assert scores.false_per_hour == pytest.approx(3600 / 6)
+    # IoU outside the maybe time: events 0-4 and 10-11, windows 0-4 -> 4 / 5
+    assert scores.iou == pytest.approx(4 / 5)
+    # an event reaching from the truth into maybe time is a right one
+    assert score([(2, 7)], windows, 12, maybe).precision == 1.0
