@@ -17,7 +17,8 @@ All times are seconds of stream time. An *event* and a *window* are half-open in
 *Maybe* windows mark time in which the answer is neither clearly true nor clearly false (a
 walker's legs for "a pedestrian", a recoloured espresso): an event that overlaps only maybe
 windows counts neither for precision nor as a false event, maybe time is not absent time, and
-the temporal IoU is taken over the session's time outside the maybe windows.
+the temporal IoU is taken over the session's time outside the maybe windows, and an event's
+start error counts from where it leaves maybe time.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ def score(
         precision=precision(judged, windows),
         recall=recall(events, windows),
         iou=temporal_iou(events, windows, duration, maybe),
-        start_error_s=start_error(events, windows),
+        # An event running on from maybe time into a window is not early: its maybe part is cut off.
+        start_error_s=start_error(subtract(events, maybe), windows),
         false_per_hour=false_events_per_hour(events, windows, duration, maybe),
     )

@@ -90,3 +90,5 @@ def test_maybe_windows_are_neither_right_nor_wrong() -> None:
     assert scores.iou == pytest.approx(4 / 5)
     # an event reaching from the truth into maybe time is a right one
     assert score([(2, 7)], windows, 12, maybe).precision == 1.0
+    # an event from maybe time into a window starts, for the start error, where the maybe time ends
+    assert score([(6, 12)], [(8, 12)], 12, maybe).start_error_s == 0.0
