@@ -50,7 +50,7 @@ up: install models
 test: install models
 	$(PY) -m pytest -q -ra
 
-# Quality on scripted live streams with ground truth (real broker, stack and models; ~4 min):
+# Quality on scripted live streams with ground truth (real broker, stack and models; ~3 min):
 # prints the table, writes eval/results/latest.json and the README's Quality table.
 eval: install models
 	$(PY) -m eval --write-readme
