@@ -12,8 +12,11 @@ truth windows by :mod:`eval.metrics`. Events are matched by the case's query, no
 session has one query, so every event of the session is an answer to it, whatever the
 analyzer labels it. Definitions of the metrics are in :mod:`eval.metrics`.
 
-Writes ``eval/results/latest.json`` and prints the table; ``--write-readme`` puts the table in
-the README between ``<!-- eval:start -->`` and ``<!-- eval:end -->``.
+Prints the table; a full run writes ``eval/results/latest.json`` (``--case`` runs only print),
+``--write-readme`` puts the table in the README between ``<!-- eval:start -->`` and
+``<!-- eval:end -->``, and ``--rescore`` scores the stored sessions again against the current
+cases (a corrected ground truth) without a new run. The broker's and services' logs are kept in
+a temporary folder only when a session failed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -130,6 +134,7 @@ def run(selected: list[Case]) -> list[Outcome]:
     # The stack prints every service's log tail when it stops: kept in a file, not in the table.
     stack_output = (run_dir / "stack-output.log").open("w")
     print(f"broker, stack and logs in {run_dir}", file=sys.stderr)
+    outcomes: list[Outcome] = []
     try:
         with contextlib.redirect_stdout(stack_output), LocalKafkaBroker(base_dir=run_dir) as broker:
             topics = Topics(prefix=f"eval{secrets.token_hex(4)}", partitions=3)
@@ -144,7 +149,6 @@ def run(selected: list[Case]) -> list[Outcome]:
                 },
             ) as stack:
                 sdk = NomadicAI(api_key=stack.api_key, base_url=stack.api_url)
-                outcomes: list[Outcome] = []
                 groups: dict[str, list[Case]] = {}
                 for case in selected:
                     groups.setdefault(case.script_name, []).append(case)
@@ -152,12 +156,19 @@ def run(selected: list[Case]) -> list[Outcome]:
                     began = time.monotonic()
                     outcomes += run_script(sdk, script_name, group)
                     print(
-                        f"  {script_name}: {len(group)} cases in {time.monotonic() - began:.0f}s", flush=True
+                        f"  {script_name}: {len(group)} cases in {time.monotonic() - began:.0f}s",
+                        file=sys.stderr,
+                        flush=True,
                     )
-                return outcomes
     finally:
         stack_output.close()
         os.chdir(previous_cwd)
+    # Logs and recordings are only worth keeping when something went wrong.
+    if all(outcome.error is None for outcome in outcomes):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        print(f"some sessions failed: logs kept in {run_dir}", file=sys.stderr)
+    return outcomes
 
 
 # --------------------------------------------------------------------------- reporting
@@ -296,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         help=f"score the sessions stored in {RESULTS.relative_to(REPO)} against the current cases (no run)",
     )
     args = parser.parse_args(argv)
+    if args.case and (args.write_readme or args.rescore):
+        parser.error("--case runs only print their table: the results and the README are for full runs")
     commit, uncommitted = _commit()  # before the run: what was measured
     if args.rescore:
         outcomes, meta = rescored()
@@ -315,10 +328,13 @@ def main(argv: list[str] | None = None) -> int:
             "run_seconds": round(time.monotonic() - began, 1),
             "cpu_count": os.cpu_count(),
         }
-    write_results(outcomes, meta)
     rendered = table(outcomes)
     print(rendered)
-    print(f"{len(outcomes)} cases in {meta['run_seconds']:.0f}s; results in {RESULTS.relative_to(REPO)}")
+    if args.case:
+        print(f"{len(outcomes)} cases in {meta['run_seconds']:.0f}s (a partial run: no results written)")
+    else:
+        write_results(outcomes, meta)
+        print(f"{len(outcomes)} cases in {meta['run_seconds']:.0f}s; results in {RESULTS.relative_to(REPO)}")
     if args.write_readme:
         changed = meta.get("uncommitted_changes") or []
         summary = (
