@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def build_model(
         return BuildResult(model_path, False, time.monotonic() - started, sidecar)
 
     settings.models_dir.mkdir(parents=True, exist_ok=True)
-    with build_lock(settings.models_dir / ".build.lock"):
+    with build_lock(settings.models_dir / ".build-tensorflow.lock"):
         # Another process may have finished the build while we waited for the lock.
         if not force and (sidecar := cached_sidecar(model_path)) is not None:
             log.info("model ready (built concurrently): %s", model_path)
@@ -246,17 +247,27 @@ def build_all(
 
     The two PyTorch recipes share one conversion venv; it is removed once both are done
     (unless ``keep_venv``), so a failure between them does not pay the torch install twice.
+    An error of either family is raised once both have finished.
     """
     from analyzer.models.build_classifier import build_classifier_model
     from analyzer.models.build_text import build_text_model
 
     settings = settings or ModelSettings()
-    results = [
-        build_model(settings, force=force, keep_venv=keep_venv),
-        build_text_model(settings, force=force, keep_venv=True),
-        build_classifier_model(settings, force=force, keep_venv=True),
-    ]
-    if not keep_venv and settings.torch_venv_dir.exists():
-        log.info("removing the conversion venv %s (pass --keep-venv to keep it)", settings.torch_venv_dir)
-        shutil.rmtree(settings.torch_venv_dir, ignore_errors=True)
-    return results
+
+    def torch_recipes() -> list[BuildResult]:
+        built = [
+            build_text_model(settings, force=force, keep_venv=True),
+            build_classifier_model(settings, force=force, keep_venv=True),
+        ]
+        if not keep_venv and settings.torch_venv_dir.exists():
+            log.info("removing the conversion venv %s (pass --keep-venv to keep it)", settings.torch_venv_dir)
+            shutil.rmtree(settings.torch_venv_dir, ignore_errors=True)
+        return built
+
+    # The TensorFlow recipe and the two PyTorch ones use separate venvs and locks: on a machine
+    # with nothing cached they run side by side, so a first build waits for the slower family
+    # (mostly downloads and installs) instead of both in turn. Cached, each is a hash check.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-build") as pool:
+        detector = pool.submit(build_model, settings, force=force, keep_venv=keep_venv)
+        torch_built = pool.submit(torch_recipes)
+        return [detector.result(), *torch_built.result()]

@@ -89,7 +89,7 @@ def build_classifier_model(
         log.info("model ready (cached): %s", model_path)
         return BuildResult(model_path, False, time.monotonic() - started, sidecar)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
-    with build_lock(settings.models_dir / ".build.lock"):
+    with build_lock(settings.models_dir / ".build-torch.lock"):
         if not force and (sidecar := cached_sidecar(model_path)) is not None:
             log.info("model ready (built concurrently): %s", model_path)
             return BuildResult(model_path, False, time.monotonic() - started, sidecar)
