@@ -17,6 +17,8 @@ gap-scaled Q rather than the model. So this module keeps the SORT/ByteTrack sche
 library's building blocks, and owns only the state: the library's ``KalmanFilter`` (predict and
 Joseph-form update), its constant-velocity transition matrix and its ``IoU``, with scipy's
 ``linear_sum_assignment`` (the Hungarian matcher ``trackers`` itself uses) for association.
+Importing them imports the whole ``trackers`` package (about 1.5 s, once), whose ``opencv-python``
+needs the system's ``libGL.so.1`` and ``libglib-2.0`` (``libgl1``, ``libglib2.0-0`` on Debian).
 
 Rules (all in stream time, seconds; boxes normalised to the frame, ``x1 < x2``, ``y1 < y2``):
 
