@@ -798,8 +798,13 @@ async def test_nomadic_sdk_works_unchanged(
 ) -> None:
     started, first, listed = await asyncio.to_thread(sdk_start_and_read, api.base_url)
     session_id, stream_id = started["session_id"], started["stream_id"]
+    # NomadicML's fields, plus what the query was understood as (the SDK passes the dict through).
+    interpretation = started.pop("interpretation")
     assert started == {"session_id": session_id, "stream_id": stream_id, "status": "INITIALIZING"}
+    assert interpretation["decision"] == "accepted"
+    assert [t["phrase"] for t in interpretation["targets"]] == ["person"]
     assert first["status"] == "INITIALIZING" and first["name"] == "SDK cam"
+    assert first["interpretation"] == interpretation
     assert session_id in listed
     command = await commands.wait_for(session_id, "start")
     assert command.rapid_review_query == "detect a person"  # type: ignore[union-attr]
