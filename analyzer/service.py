@@ -91,8 +91,8 @@ from analyzer.settings import AnalyzerSettings
 from analyzer.thumbnails import ThumbnailWriter
 from analyzer.understanding.runtime import shared_interpreter
 from livestream.errors import LivestreamError, RecordError
-from livestream.kafka.resilience import Backoff, BrokerWatch, stop_client
-from livestream.kafka.serde import decode_value, encode_key, encode_value
+from livestream.kafka.resilience import Backoff, BrokerWatch, probe_metadata, stop_client
+from livestream.kafka.serde import decode_value, encode_key, encode_value, key_text
 from schemas.interpretation import Interpretation, Target
 from schemas.records import ChunkRecord, ChunkResult, DeadLetter, chunk_id_for
 from schemas.topics import CHUNK_TOPIC_MAX_MESSAGE_BYTES, Topics
@@ -394,14 +394,11 @@ class AnalyzerService:
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> None:
         """Ask the cluster for metadata; a failure (or no answer) counts towards the outage limit."""
-        try:
-            await asyncio.wait_for(consumer.topics(), POLL_GUARD_S)
-        except (KafkaError, TimeoutError) as exc:
-            error = exc if isinstance(exc, KafkaError) else KafkaTimeoutError("no metadata answer")
-            log.warning("broker unreachable (%s: %s)", type(error).__name__, error)
-            self._broker.failed(error, "reach the broker")
-        else:
+        error = await probe_metadata(consumer, POLL_GUARD_S, log)
+        if error is None:
             self._broker.succeeded()
+        else:
+            self._broker.failed(error, "reach the broker")
 
     async def _commit(self, consumer: AIOKafkaConsumer, partition: TopicPartition, offset: int) -> bool:
         """Commit ``offset``, retrying broker errors; False when stopped before it was committed."""
@@ -550,7 +547,7 @@ class AnalyzerService:
             source_partition=record.partition,
             source_offset=record.offset,
             session_id=session_id,
-            key=_text(record.key),
+            key=key_text(record.key),
             value=value,
             error_type=type(exc).__name__,
             error=error,
@@ -603,15 +600,6 @@ class AnalyzerService:
         except TimeoutError:
             return True
         return False
-
-
-def _text(key: bytes | None) -> str | None:
-    if key is None:
-        return None
-    try:
-        return key.decode()
-    except UnicodeDecodeError:
-        return key.hex()
 
 
 __all__ = ["AnalyzerService", "ChunkAnalyzer", "ChunkIdentity", "chunk_identity"]

@@ -31,14 +31,14 @@ from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError
 
 from api.errors import BrokerOutageError, CommandPublishError
 from api.sessions import Sessions
 from api.settings import ApiSettings
 from api.store import AppliedBatch, RawRecord, SessionPurged, TopicKind
 from livestream.errors import KafkaSetupError
-from livestream.kafka.resilience import BrokerWatch, stop_client
+from livestream.kafka.resilience import BrokerWatch, probe_metadata, stop_client
 from livestream.kafka.serde import encode_key, encode_value
 from schemas.records import AttachedStream, EndSession, StartSession, stream_record_key
 from schemas.topics import Topics
@@ -306,14 +306,11 @@ class SessionTopicsReader:
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> None:
         """Ask the cluster for metadata; a failure (or no answer) counts towards the outage limit."""
-        try:
-            await asyncio.wait_for(consumer.topics(), POLL_GUARD_S)
-        except (KafkaError, TimeoutError) as exc:
-            error = exc if isinstance(exc, KafkaError) else KafkaTimeoutError("no metadata answer")
-            logger.warning("broker unreachable (%s: %s)", type(error).__name__, error)
-            self._outages.failed(error, "reach the broker")
-        else:
+        error = await probe_metadata(consumer, POLL_GUARD_S, logger)
+        if error is None:
             self._outages.succeeded()
+        else:
+            self._outages.failed(error, "reach the broker")
 
     async def _retire_streams(self, applied: AppliedBatch) -> None:
         """Tombstone the streams created for session starts whose last stored session was purged.

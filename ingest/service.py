@@ -100,8 +100,8 @@ from ingest.session import IngestSession
 from ingest.settings import IngestSettings
 from ingest.storage import RecordingStorage
 from livestream.errors import RecordError
-from livestream.kafka.resilience import Backoff, BrokerWatch, stop_client
-from livestream.kafka.serde import decode_command, encode_key, encode_value
+from livestream.kafka.resilience import Backoff, BrokerWatch, probe_metadata, stop_client
+from livestream.kafka.serde import decode_command, encode_key, encode_value, key_text
 from schemas.records import (
     ChunkRecord,
     DeadLetter,
@@ -377,17 +377,14 @@ class IngestService:
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> None:
         """Ask the cluster for metadata; a failure (or no answer) counts towards the outage limit."""
-        try:
-            await asyncio.wait_for(consumer.topics(), POLL_GUARD_S)
-        except (KafkaError, TimeoutError) as exc:
-            error = exc if isinstance(exc, KafkaError) else KafkaTimeoutError("no metadata answer")
-            log.warning("broker unreachable (%s: %s)", type(error).__name__, error)
-            try:
-                self.consuming.failed(error, "reach the broker")
-            except BrokerOutageError:
-                self._gave_up.set()
-        else:
+        error = await probe_metadata(consumer, POLL_GUARD_S, log)
+        if error is None:
             self.consuming.succeeded()
+            return
+        try:
+            self.consuming.failed(error, "reach the broker")
+        except BrokerOutageError:
+            self._gave_up.set()
 
     async def _retry_pause(self, exc: KafkaError, doing: str) -> None:
         delay = self._backoff.delay(self.consuming.failures)
@@ -440,7 +437,7 @@ class IngestService:
             source_partition=message.partition,
             source_offset=message.offset,
             session_id=session_id,
-            key=_text(message.key),
+            key=key_text(message.key),
             value=message.value,
             error_type=type(exc).__name__,
             error=str(exc),
@@ -669,12 +666,3 @@ class IngestService:
         if value is None:
             raise IngestError("IngestService is not started")
         return value
-
-
-def _text(key: bytes | None) -> str | None:
-    if key is None:
-        return None
-    try:
-        return key.decode()
-    except UnicodeDecodeError:
-        return key.hex()

@@ -16,7 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from livestream.errors import LivestreamError
 
@@ -90,6 +91,27 @@ class BrokerWatch:
             raise self.tripped
 
 
+async def probe_metadata(
+    consumer: AIOKafkaConsumer, guard_s: float, log: logging.Logger
+) -> KafkaError | None:
+    """Ask the cluster for metadata: None when it answered, else the error (no answer within
+    ``guard_s`` is a ``KafkaTimeoutError``), logged as a warning.
+
+    An idle consumer sees an outage only as empty polls (aiokafka reconnects quietly), so each
+    service probes now and then while idle and counts a failure towards its outage limit.
+    """
+    try:
+        await asyncio.wait_for(consumer.topics(), guard_s)
+    except KafkaError as exc:
+        error: KafkaError = exc
+    except TimeoutError:
+        error = KafkaTimeoutError(f"no metadata answer within {guard_s:g} s")
+    else:
+        return None
+    log.warning("broker unreachable (%s: %s)", type(error).__name__, error)
+    return error
+
+
 async def stop_client(name: str, stopping: Awaitable[None], log: logging.Logger) -> None:
     """Stop a Kafka client, bounded: with the broker gone (or just restarted), aiokafka's stop
     can hang, or re-raise a cancellation from its background tasks (a fetcher in its backoff
@@ -105,4 +127,4 @@ async def stop_client(name: str, stopping: Awaitable[None], log: logging.Logger)
         log.warning("the Kafka %s did not stop cleanly (its tasks were cancelled)", name)
 
 
-__all__ = ["CLOSE_GUARD_S", "Backoff", "BrokerWatch", "stop_client"]
+__all__ = ["CLOSE_GUARD_S", "Backoff", "BrokerWatch", "probe_metadata", "stop_client"]

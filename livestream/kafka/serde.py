@@ -23,6 +23,16 @@ def encode_key(session_id: str) -> bytes:
     return session_id.encode()
 
 
+def key_text(key: bytes | None) -> str | None:
+    """A record key as text for a dead letter or a log: UTF-8 when it is, else hex."""
+    if key is None:
+        return None
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return key.hex()
+
+
 def session_partition(session_id: str, partitions: int) -> int:
     """The partition the default partitioner (Java's and aiokafka's, murmur2) gives ``session_id``.
 
