@@ -59,13 +59,19 @@ def grown(event: Event, detection: Event) -> Event:
         }
     if (end_time, confidence, severity) == (event.end_time, event.confidence, event.severity) and not update:
         return event
+    # The analyzer's description is ``describe_event``'s sentence, then what was seen in its best
+    # frame ("car 0.90, red on 94% of its central pixels") and notes, joined by "; ". The merged
+    # sentence is rewritten for the whole span; what was seen is kept from the more confident side.
+    best = detection if detection.confidence > event.confidence else event
+    seen = best.description.partition("; ")[2]
+    sentence = describe_event(event.label, event.start_time, end_time, confidence)
     return event.model_copy(
         update={
             "end_time": end_time,
             "t_end": t_end,
             "confidence": confidence,
             "severity": severity,
-            "description": describe_event(event.label, event.start_time, end_time, confidence),
+            "description": f"{sentence}; {seen}" if seen else sentence,
             **update,
         }
     )

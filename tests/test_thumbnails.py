@@ -367,3 +367,16 @@ def test_results_the_ended_session_cannot_fold_give_up_their_thumbnails() -> Non
     assert folded.discarded_thumbnails == (late[0].event_id,) and not folded.changed
     # A redelivered result of a chunk that was folded keeps its thumbnails (a merged event shows one).
     assert fold(header, chunk_result(0, first), later).discarded_thumbnails == ()
+
+
+def test_a_merge_keeps_what_the_more_confident_detection_saw() -> None:
+    first = raw(0, 4, 0.7, 0).model_copy(
+        update={"description": describe_event("cat", 0, 4, 0.7) + "; cat 0.70; must last more than 10 s"}
+    )
+    better = raw(4, 8, 0.9, 1).model_copy(
+        update={"description": describe_event("cat", 4, 8, 0.9) + "; cat 0.90"}
+    )
+    merged = grown(first, better)
+    assert merged.description == describe_event("cat", 0, 8, 0.9) + "; cat 0.90"
+    plain = grown(raw(0, 4, 0.7, 0), raw(4, 8, 0.6, 1))  # no detail on either side: the sentence only
+    assert plain.description == describe_event("cat", 0, 8, 0.7)
