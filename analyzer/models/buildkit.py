@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,34 @@ def cached_build(model_path: Path, *, recipe_version: int, source_version: str) 
             log.warning("cached %s does not match the sidecar of %s; rebuilding", path, model_path.name)
             return None
     return sidecar
+
+
+def ensure_built(
+    model_path: Path,
+    lock_path: Path,
+    cached: Callable[[Path], dict[str, Any] | None],
+    build: Callable[[], dict[str, Any]],
+    *,
+    force: bool,
+) -> BuildResult:
+    """The model at ``model_path``: ``cached(model_path)``'s sidecar when intact, else ``build()``.
+
+    The cache is checked again under ``lock_path``: another process may have finished the build
+    while this one waited for the lock.
+    """
+    started = time.monotonic()
+    if not force and (sidecar := cached(model_path)) is not None:
+        log.info("model ready (cached): %s", model_path)
+        return BuildResult(model_path, False, time.monotonic() - started, sidecar)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(lock_path):
+        if not force and (sidecar := cached(model_path)) is not None:
+            log.info("model ready (built concurrently): %s", model_path)
+            return BuildResult(model_path, False, time.monotonic() - started, sidecar)
+        sidecar = build()
+    seconds = time.monotonic() - started
+    log.info("model built in %.0f s: %s", seconds, model_path)
+    return BuildResult(model_path, True, seconds, sidecar)
 
 
 @contextlib.contextmanager
