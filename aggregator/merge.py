@@ -34,6 +34,14 @@ from datetime import datetime
 
 from schemas.records import Event, EventLifecycle, SessionEvent, describe_event
 
+# Open events are keyed by label, and tracked ones by label and track: one open event per object.
+EventKey = tuple[str, int | None]
+
+
+def event_key(event: Event) -> EventKey:
+    return (event.label, event.track_id)
+
+
 _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
 
 
@@ -97,7 +105,7 @@ class EventLog:
     now: datetime
     cursor: int
     event_count: int
-    open_by_label: dict[str, SessionEvent]
+    open_by_key: dict[str, SessionEvent]
     written: list[SessionEvent] = field(default_factory=list)
     # Raw event ids whose thumbnails no merged event shows any more (merged away by this fold).
     discarded_thumbnails: list[str] = field(default_factory=list)
@@ -113,11 +121,13 @@ class EventLog:
         event_count: int,
         open_events: Iterable[SessionEvent],
     ) -> EventLog:
-        return cls(session_id, stream_id, now, cursor, event_count, {e.event.label: e for e in open_events})
+        return cls(
+            session_id, stream_id, now, cursor, event_count, {event_key(e.event): e for e in open_events}
+        )
 
     @property
     def open_events(self) -> list[SessionEvent]:
-        return sorted(self.open_by_label.values(), key=lambda e: e.number)
+        return sorted(self.open_by_key.values(), key=lambda e: e.number)
 
     @property
     def events_cursor(self) -> int | None:
@@ -127,7 +137,7 @@ class EventLog:
     def add_chunk(self, detections: Iterable[Event], chunk_end_time: float, policy: MergePolicy) -> None:
         """Merge the detections of the next chunk (in chunk order), then close what can no longer grow."""
         for detection in sorted(detections, key=lambda e: (e.start_time, e.label, e.event_id)):
-            current = self.open_by_label.get(detection.label)
+            current = self.open_by_key.get(event_key(detection))
             if current is None:
                 self._open(detection)
                 continue
@@ -137,15 +147,15 @@ class EventLog:
                 widened = grown(current.event, detection)
                 self.discarded_thumbnails += unreferenced_thumbnails(current.event, detection, widened)
                 if widened is not current.event:
-                    self.open_by_label[detection.label] = self._write(current.number, "updated", widened)
+                    self.open_by_key[event_key(detection)] = self._write(current.number, "updated", widened)
                 continue
             # Either the detection starts beyond the gap (later detections start later still,
             # so the open event can no longer grow) or growing would exceed the maximum duration.
-            self.close(detection.label)
+            self.close(event_key(detection))
             self._open(detection)
-        for label, current in list(self.open_by_label.items()):
-            if current.event.end_time + policy.gap_tolerance_s < chunk_end_time:
-                self.close(label)
+        for key, current in list(self.open_by_key.items()):
+            if key[1] is None and current.event.end_time + policy.gap_tolerance_s < chunk_end_time:
+                self.close(key)
 
     def add_standalone(self, detections: Iterable[Event]) -> None:
         """Detections that arrived after their chunk was declared missing: each opens and closes."""
@@ -155,18 +165,28 @@ class EventLog:
             self._write(number, "opened", detection)
             self._write(number, "closed", detection)
 
-    def close(self, label: str) -> None:
-        current = self.open_by_label.pop(label)
+    def close(self, key: EventKey) -> None:
+        current = self.open_by_key.pop(key)
         self._write(current.number, "closed", current.event)
 
     def close_all(self) -> None:
         for current in self.open_events:
-            self.close(current.event.label)
+            self.close(event_key(current.event))
+
+    def replace(self, key: EventKey, event: Event) -> None:
+        """Write ``event`` as the new version of the open event ``key`` (unchanged: nothing written)."""
+        current = self.open_by_key[key]
+        if event != current.event:
+            self.open_by_key[key] = self._write(current.number, "updated", event)
 
     def _open(self, detection: Event) -> None:
         number = self.event_count
         self.event_count += 1
-        self.open_by_label[detection.label] = self._write(number, "opened", detection)
+        self.open_by_key[event_key(detection)] = self._write(number, "opened", detection)
+
+    def open(self, event: Event) -> None:
+        """Open ``event`` as a new merged event (its key must not be open)."""
+        self._open(event)
 
     def _write(self, number: int, lifecycle: EventLifecycle, event: Event) -> SessionEvent:
         self.cursor += 1

@@ -33,7 +33,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from aggregator.merge import EventLog, MergePolicy
+from aggregator.merge import EventLog, MergePolicy, event_key
+from aggregator.tracked import (
+    DEFAULT_MAX_LOST_S,
+    DEFAULT_MAX_TRACKS,
+    DEFAULT_MIN_FRAMES,
+    TrackPolicy,
+    fold_tracked,
+)
 from schemas.records import (
     MISSING_CHUNKS_LISTED,
     ChunkResult,
@@ -81,10 +88,17 @@ class FoldPolicy:
     reorder_window_events: int = DEFAULT_REORDER_WINDOW_EVENTS
     ending_timeout_s: float = DEFAULT_ENDING_TIMEOUT_S
     header_budget_bytes: int = DEFAULT_HEADER_BUDGET_BYTES
+    min_frames: int = DEFAULT_MIN_FRAMES
+    max_lost_s: float = DEFAULT_MAX_LOST_S
+    max_tracks: int = DEFAULT_MAX_TRACKS
 
     @property
     def merge(self) -> MergePolicy:
         return MergePolicy(self.gap_tolerance_s, self.max_event_duration_s)
+
+    @property
+    def track(self) -> TrackPolicy:
+        return TrackPolicy(self.min_frames, self.max_lost_s, self.max_tracks, self.max_event_duration_s)
 
 
 @dataclass(frozen=True)
@@ -230,6 +244,8 @@ class _Folding:
             name=start.name,
             source_url=start.source_url,
             rapid_review_query=start.rapid_review_query,
+            interpretation=start.interpretation,
+            options=start.options,
             created_by=start.created_by,
             tenant=start.tenant,
             created_at=start.requested_at,
@@ -306,15 +322,15 @@ class _Folding:
         Past the budget, waiting for late chunks is given up first (as when the reorder window
         overflows), then the open event that stopped growing longest ago is closed early.
         """
-        while self.pending or len(self.log.open_by_label) > SMALL_HEADER_OPEN_EVENTS:
+        while self.pending or len(self.log.open_by_key) > SMALL_HEADER_OPEN_EVENTS:
             if len(self.finish().to_bytes()) <= budget_bytes:
                 return
             if self.pending:
                 self._declare_missing()
                 self._drain()
             else:
-                oldest = min(self.log.open_by_label.values(), key=lambda e: (e.event.end_time, e.number))
-                self.log.close(oldest.event.label)
+                oldest = min(self.log.open_by_key.values(), key=lambda e: (e.event.end_time, e.number))
+                self.log.close(event_key(oldest.event))
 
     # ------------------------------------------------------------------ ending
 
@@ -326,6 +342,7 @@ class _Folding:
         if self.next_chunk_index < expected:  # type: ignore[operator]
             return
         self.log.close_all()
+        self.update["tracker"] = None  # no chunk will come: the tracks are over
         self._discard_thumbnails(self.pending)  # never folded: nothing shows their thumbnails
         self.update["pending_results"] = []  # results beyond the final total cannot exist
         failed = self.get("ingest_state") is IngestState.FAILED
@@ -369,7 +386,15 @@ class _Folding:
         self.bump("chunk_count")
         if result.status == "failed":
             self.bump("failed_chunk_count")
-        self.log.add_chunk(result.events, result.end_time, self.policy.merge)
+        # Targets that are objects become events through the session's tracker (aggregator.tracked);
+        # the others (absence, counts, whole frames) merge by label.
+        tracked = {target.label for target in result.tracked}
+        untracked = [event for event in result.events if event.label not in tracked]
+        self.log.add_chunk(untracked, result.end_time, self.policy.merge)
+        tracker = self.get("tracker")
+        folded = fold_tracked(self.log, tracker, result, self.policy.track, self.get("options"))  # type: ignore[arg-type]
+        if folded is not tracker:
+            self.update["tracker"] = folded
         self.update["next_chunk_index"] = result.chunk_index + 1
         self.update["analysed_time"] = result.end_time
 

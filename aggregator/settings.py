@@ -17,6 +17,7 @@ from aggregator.reducer import (
     FoldPolicy,
 )
 from aggregator.thumbnails import DEFAULT_DELETE_DELAY_S
+from aggregator.tracked import DEFAULT_MAX_LOST_S, DEFAULT_MAX_TRACKS, DEFAULT_MIN_FRAMES
 from livestream.settings import ServiceSettings
 
 DEFAULT_RETENTION_S = 30 * 24 * 3600.0
@@ -67,6 +68,26 @@ class AggregatorSettings(ServiceSettings):
         le=60 * 1024,
         description="A session header is kept under this size: past it, waiting chunks are declared "
         "missing, then the oldest open events are closed early.",
+    )
+    min_frames: int = Field(
+        default=DEFAULT_MIN_FRAMES,
+        ge=1,
+        le=20,
+        description="Sampled frames a tracked object must be seen in before it is an event (a session "
+        "may set its own: start-session's min_frames).",
+    )
+    max_lost_s: float = Field(
+        default=DEFAULT_MAX_LOST_S,
+        ge=0.0,
+        le=60.0,
+        description="How long a tracked object may go unseen and stay the same event (start-session's "
+        "max_lost_s overrides it).",
+    )
+    max_tracks: int = Field(
+        default=DEFAULT_MAX_TRACKS,
+        ge=1,
+        le=64,
+        description="Objects a session's tracker keeps at once (its state is in the session header).",
     )
     retention_s: float = Field(
         default=DEFAULT_RETENTION_S,
@@ -153,6 +174,9 @@ class AggregatorSettings(ServiceSettings):
             reorder_window_events=self.reorder_window_events,
             ending_timeout_s=self.ending_timeout_s,
             header_budget_bytes=self.header_budget_bytes,
+            min_frames=self.min_frames,
+            max_lost_s=self.max_lost_s,
+            max_tracks=self.max_tracks,
         )
 
     @property

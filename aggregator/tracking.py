@@ -78,11 +78,7 @@ from trackers.utils.kalman_filter import KalmanFilter
 from trackers.utils.motion_models import constant_velocity_transition_matrix
 
 from aggregator.errors import AggregatorError
-
-Box = tuple[float, float, float, float]
-Mean = tuple[float, float, float, float, float, float, float, float]
-# (position variance, position-velocity covariance, velocity variance), shared by the 4 corners.
-CovarianceBlock = tuple[float, float, float]
+from schemas.tracking import Box, CovarianceBlock, Track, TrackerState
 
 _DIM_X = 8
 _DIM_Z = 4
@@ -144,28 +140,6 @@ class FrameObservation(_Frozen):
 
     stream_time: float = Field(ge=0.0, allow_inf_nan=False)
     detections: tuple[Detection, ...] = ()
-
-
-class Track(_Frozen):
-    """One object's track: the Kalman posterior at ``last_seen`` and its lifecycle counters."""
-
-    track_id: int = Field(ge=1)
-    label: str
-    mean: Mean
-    covariance: CovarianceBlock
-    first_seen: float
-    last_seen: float
-    hits: int = Field(ge=1)
-    confirmed: bool
-    score: float  # of the last matched detection
-
-
-class TrackerState(_Frozen):
-    """Everything the tracker remembers between frames (kept in the session's header)."""
-
-    next_track_id: int = Field(1, ge=1)
-    last_time: float | None = None
-    tracks: tuple[Track, ...] = ()  # ordered by track_id
 
 
 class Assignment(_Frozen):

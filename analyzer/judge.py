@@ -135,6 +135,15 @@ class FrameInput:
 
 
 @dataclass(frozen=True)
+class Instance:
+    """One satisfying box of a target in one frame: an object the aggregator tracks."""
+
+    box: Box
+    confidence: float
+    detail: str
+
+
+@dataclass(frozen=True)
 class Hit:
     """A target satisfied in one frame."""
 
@@ -142,6 +151,8 @@ class Hit:
     box: Box | None  # the best satisfying box; None for absence and whole-frame targets
     count: int  # satisfying boxes (0 for absence)
     detail: str  # what was seen, for the event's description
+    # Every satisfying box, best first, for tracked targets (``is_tracked``); empty otherwise.
+    instances: tuple[Instance, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,6 +213,28 @@ def reported_targets(interpretation: Interpretation) -> list[tuple[int, str]]:
         for index in range(len(targets_of(interpretation)))
         if index not in objects_only
     ]
+
+
+def is_tracked(target: Target) -> bool:
+    """True when the target is objects, each with a box: its events are tracks of its sightings.
+
+    Not tracked: absence ("no person": nothing to track), counts ("more than 3 people": a state of
+    the frame, counted per frame) and targets answered on whole frames (a scene has no box).
+    """
+    return (
+        not target.negated
+        and target.count is None
+        and bool(target.labels)
+        and all(m.model is ModelKind.DETECTOR or m.parent is not None for m in target.labels)
+    )
+
+
+def min_duration_s(target: Target) -> float:
+    """How long a tracked object must be seen before it is an event: the query's "for at least N s"."""
+    duration = target.duration
+    if duration is None or duration.op not in (CountOp.AT_LEAST, CountOp.MORE_THAN):
+        return 0.0
+    return float(duration.seconds)
 
 
 def duration_note(target: Target) -> str | None:
@@ -561,7 +594,14 @@ def judge_frame(
         detail = f"{number} in the frame" if target.count is not None else ""
         if best is not None:
             detail = f"{detail}; best: {best.what}" if detail else best.what
-        hits[index] = Hit(round(float(confidence), 4), best.box if best else None, number, detail or "none")
+        instances = (
+            tuple(Instance(c.box, round(float(c.confidence), 4), c.what) for c in boxed)  # type: ignore[arg-type]
+            if is_tracked(target)
+            else ()
+        )
+        hits[index] = Hit(
+            round(float(confidence), 4), best.box if best else None, number, detail or "none", instances
+        )
     return JudgedFrame(frame.stream_time, hits)
 
 
@@ -584,13 +624,16 @@ __all__ = [
     "DetectionLike",
     "FrameInput",
     "Hit",
+    "Instance",
     "JudgedFrame",
     "Thresholds",
     "classify_chunk",
     "crop",
     "duration_note",
+    "is_tracked",
     "judge_chunk",
     "judge_frame",
+    "min_duration_s",
     "needs_classifier",
     "needs_crops",
     "needs_pixels",

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from analyzer.judge import DetectionLike, Hit, JudgedFrame, Thresholds
+from schemas.options import AnalysisOptions, Severity, severity_for
 from schemas.records import (
     ChunkRecord,
     Event,
-    Severity,
+    Sighting,
     describe_event,
     event_id_for,
     format_mmss,
@@ -45,9 +46,6 @@ class FrameDetections:
 class ScoringPolicy:
     threshold: float = 0.5
     max_gap_frames: int = 1
-    # Severity says how sure we are, since the query does not say how bad a sighting is.
-    high_confidence: float = 0.8
-    medium_confidence: float = 0.6
     # The image classifier (``analyzer.judge``): a target's labels must hold this much probability
     # among the top ``classifier_top_k`` classes of a crop or frame. 0.15 keeps a tabby cat whose
     # probability EfficientNet-Lite0 spreads over three cat breeds (0.40 / 0.32 / 0.19 on
@@ -58,20 +56,24 @@ class ScoringPolicy:
     # objects nobody asked for would be pure noise.
     open_query_threshold: float = 0.6
 
-    def thresholds(self, *, open_query: bool = False) -> Thresholds:
-        detection = max(self.threshold, self.open_query_threshold) if open_query else self.threshold
+    def thresholds(self, *, open_query: bool = False, options: AnalysisOptions | None = None) -> Thresholds:
+        """The session's thresholds: its own ``detection_threshold`` when it set one."""
+        if options is not None and options.detection_threshold is not None:
+            detection = options.detection_threshold
+        elif open_query:
+            detection = max(self.threshold, self.open_query_threshold)
+        else:
+            detection = self.threshold
         return Thresholds(
             detection=detection,
             classifier_probability=self.classifier_min_probability,
             classifier_top_k=self.classifier_top_k,
         )
 
-    def severity(self, confidence: float) -> Severity:
-        if confidence >= self.high_confidence:
-            return Severity.HIGH
-        if confidence >= self.medium_confidence:
-            return Severity.MEDIUM
-        return Severity.LOW
+    @staticmethod
+    def severity(confidence: float, options: AnalysisOptions | None = None) -> Severity:
+        """The documented rule (``schemas.options.severity_for``), with the session's thresholds."""
+        return severity_for(confidence, options)
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def score_judged(
                     type=EVENT_TYPE,
                     label=target.label,
                     description=description,
-                    severity=policy.severity(confidence),
+                    severity=policy.severity(confidence, chunk.options),
                     confidence=confidence,
                     stream_time=start,
                     start_time=start,
@@ -177,6 +179,31 @@ def score_judged(
             )
     events.sort(key=lambda e: (e.start_time, e.label))
     return events
+
+
+def sightings_of(frames: Sequence[JudgedFrame], targets: Sequence[ReportedTarget]) -> list[Sighting]:
+    """Every satisfying box of every tracked target in every frame, for the aggregator's tracker.
+
+    Only targets whose hits carry instances (``judge.is_tracked``) have any; sorted by stream time,
+    then target order, then confidence (best first).
+    """
+    sightings: list[Sighting] = []
+    for frame in sorted(frames, key=lambda f: f.stream_time):
+        for target in targets:
+            hit = frame.hits.get(target.index)
+            if hit is None:
+                continue
+            sightings += [
+                Sighting(
+                    label=target.label,
+                    stream_time=frame.stream_time,
+                    box=tuple(round(float(v), 4) for v in instance.box),  # type: ignore[arg-type]
+                    confidence=instance.confidence,
+                    detail=instance.detail,
+                )
+                for instance in hit.instances
+            ]
+    return sightings
 
 
 def score_chunk(

@@ -78,7 +78,9 @@ from analyzer.judge import (
     ClassifierLike,
     FrameInput,
     duration_note,
+    is_tracked,
     judge_chunk,
+    min_duration_s,
     needs_classifier,
     needs_crops,
     needs_pixels,
@@ -86,7 +88,7 @@ from analyzer.judge import (
     targets_of,
 )
 from analyzer.models import MODEL_INPUT_SIZE
-from analyzer.scoring import ReportedTarget, ScoringPolicy, score_judged
+from analyzer.scoring import ReportedTarget, ScoringPolicy, score_judged, sightings_of
 from analyzer.settings import AnalyzerSettings
 from analyzer.thumbnails import ThumbnailWriter
 from analyzer.understanding.runtime import shared_interpreter
@@ -94,7 +96,7 @@ from livestream.errors import LivestreamError, RecordError
 from livestream.kafka.resilience import Backoff, BrokerWatch, probe_metadata, stop_client
 from livestream.kafka.serde import decode_value, encode_key, encode_value, key_text
 from schemas.interpretation import Interpretation, Target
-from schemas.records import ChunkRecord, ChunkResult, DeadLetter, chunk_id_for
+from schemas.records import ChunkRecord, ChunkResult, DeadLetter, TrackedTarget, chunk_id_for
 from schemas.topics import CHUNK_TOPIC_MAX_MESSAGE_BYTES, Topics
 
 log = logging.getLogger("analyzer")
@@ -175,6 +177,13 @@ class ChunkAnalyzer:
                 for index, label in reported_targets(interpretation)
             ]
             targets = [r.label for r in reported]
+            tracked = [
+                TrackedTarget(
+                    label=r.label, min_duration_s=min_duration_s(targets_of(interpretation)[r.index])
+                )
+                for r in reported
+                if is_tracked(targets_of(interpretation)[r.index])
+            ]
             pixels = needs_pixels(interpretation)
             # Crops for the classifier want every pixel; the detector alone is happy with 300x300.
             images = [
@@ -186,9 +195,10 @@ class ChunkAnalyzer:
                 for frame, dets, image in zip(chunk.frames, detections, images, strict=True)
             ]
             classifier = self.classifier() if needs_classifier(interpretation) and frames else None
-            thresholds = self._policy.thresholds(open_query=interpretation.open_query)
+            thresholds = self._policy.thresholds(open_query=interpretation.open_query, options=chunk.options)
             judged = judge_chunk(interpretation, frames, classifier, thresholds)
             events = score_judged(chunk, judged, reported, analysis_id, self._policy)
+            sightings = sightings_of(judged, reported)
             status, error = "ok", None
         except (LivestreamError, OSError, ValueError) as exc:
             if isinstance(exc, DetectorError) and exc.retryable:
@@ -196,6 +206,7 @@ class ChunkAnalyzer:
             # Logged once here, where the failure becomes a failed ChunkResult.
             log.warning("chunk %s of session %s failed: %s", chunk.chunk_id, chunk.session_id, exc)
             events, status, error = [], "failed", str(exc)
+            tracked, sightings = [], []
         return ChunkResult(
             session_id=chunk.session_id,
             stream_id=chunk.stream_id,
@@ -211,6 +222,9 @@ class ChunkAnalyzer:
             analyzer_id=self._analyzer_id,
             targets=targets,
             events=events,
+            frame_times=sorted(frame.stream_time for frame in chunk.frames),
+            tracked=tracked,
+            sightings=sightings,
             inference_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 

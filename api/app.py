@@ -200,6 +200,7 @@ async def start_session(
             source_url=form.source_url,
             rapid_review_query=form.rapid_review_query,
             interpretation=interpretation,
+            options=form.analysis_options,
             created_by=caller.key_id,
             tenant=caller.tenant,
         )
@@ -217,6 +218,7 @@ async def start_session(
         stream_id=command.stream_id,
         status=SessionStatus.INITIALIZING,
         interpretation=interpretation,
+        options=command.options,
     )
 
 

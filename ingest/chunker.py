@@ -155,5 +155,6 @@ def build_chunk_record(chunk: Chunk, command: StartSession, frames: list[Frame])
         media_sequences=list(chunk.media_sequences),
         rapid_review_query=command.rapid_review_query,
         interpretation=command.interpretation,
+        options=command.options,
         frames=frames,
     )

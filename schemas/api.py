@@ -8,10 +8,11 @@ from enum import StrEnum
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from schemas.interpretation import Interpretation
+from schemas.options import AnalysisOptions
 from schemas.records import SessionEvent, SessionHeader, SessionState, SessionStatus
 
 STREAM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -54,6 +55,34 @@ class StartSessionForm(BaseModel):
     name: str = Field(max_length=200)
     rapid_review_query: str | None = Field(default=None, max_length=1000)
     stream_id: str | None = None
+    # Optional per-session thresholds (``schemas.options.AnalysisOptions``; absent: the defaults).
+    detection_threshold: float | None = None
+    min_frames: int | None = None
+    max_lost_s: float | None = None
+    severity_high: float | None = None
+    severity_medium: float | None = None
+
+    @property
+    def analysis_options(self) -> AnalysisOptions | None:
+        """The session's options, None when it set none (checked when the form is validated)."""
+        values = {name: getattr(self, name) for name in AnalysisOptions.model_fields}
+        if all(value is None for value in values.values()):
+            return None
+        return AnalysisOptions(**values)
+
+    @model_validator(mode="after")
+    def _options(self) -> StartSessionForm:
+        try:
+            _ = self.analysis_options
+        except ValidationError as exc:
+            reasons = "; ".join(
+                f"{'.'.join(str(p) for p in error['loc']) or 'options'}: {error['msg']}"
+                for error in exc.errors()
+            )
+            raise PydanticCustomError(
+                "invalid_field", "invalid analysis options: {reasons}", {"reasons": reasons}
+            ) from None
+        return self
 
     @field_validator("source_url")
     @classmethod
@@ -137,6 +166,7 @@ class StartSessionResponse(BaseModel):
     status: SessionStatus = SessionStatus.INITIALIZING
     # What will be detected, and what will not (``schemas.interpretation``).
     interpretation: Interpretation | None = None
+    options: AnalysisOptions | None = None  # the session's own thresholds, when it set any
 
 
 class EndSessionResponse(BaseModel):

@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas.interpretation import Interpretation
+from schemas.options import AnalysisOptions, Severity
+from schemas.tracking import TrackerState
 
 # 2: the session-state topic carries SessionHeader (lists moved to session-chunks/-events).
 # 3: ``capture_time`` of chunks and events is stream time (float seconds), as NomadicML
@@ -80,6 +82,8 @@ class StartSession(Record):
     # What the query asks for in the models' terms (``schemas.interpretation``), computed once by
     # the API; None only in records older than schema version 5 (consumers interpret the query).
     interpretation: Interpretation | None = None
+    # Per-session thresholds (``schemas.options``); None: the services' defaults.
+    options: AnalysisOptions | None = None
     created_by: str | None = None
     tenant: str | None = None
     requested_at: datetime = Field(default_factory=utcnow)
@@ -188,6 +192,7 @@ class ChunkRecord(Record):
     media_sequences: list[int]
     rapid_review_query: str | None = None
     interpretation: Interpretation | None = None  # the session's, copied from its StartSession
+    options: AnalysisOptions | None = None  # the session's, copied from its StartSession
     frames: list[Frame]
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -233,12 +238,6 @@ class IngestCheckpoint(Record):
 # --------------------------------------------------------------------------- events
 
 
-class Severity(StrEnum):
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-
-
 class Event(Record):
     """One detected event: a query target seen over a span of stream time.
 
@@ -280,14 +279,50 @@ class Event(Record):
     # time of that frame. None: no thumbnail was stored (disabled, or the store failed).
     thumbnail_event_id: str | None = None
     thumbnail_time: float | None = None
+    # The tracked object this event is one appearance of (``aggregator.tracking``): set on the
+    # session's merged events of tracked targets (session-events, the API, SSE); ids count from 1
+    # per session and are never reused. None on the analyzer's per-chunk events (events topic),
+    # which know no identity across chunks, and on targets that are not objects (absence, counts,
+    # whole-frame classifier labels).
+    track_id: int | None = None
 
 
 def event_id_for(session_id: str, chunk_index: int, label: str, start_time: float) -> str:
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{session_id}/{chunk_index}/{label}/{start_time:.3f}"))
 
 
+class Sighting(BaseModel):
+    """One object satisfying a tracked target in one sampled frame (analyzer -> aggregator's tracker)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    label: str  # the target's event label (a ``TrackedTarget``'s)
+    stream_time: float
+    box: tuple[float, float, float, float]  # normalised x1, y1, x2, y2
+    confidence: float
+    detail: str = ""  # what was seen ("car 0.90, red on 94% of its central pixels")
+
+
+class TrackedTarget(BaseModel):
+    """A target whose session events are tracks: its event label and how long a track must last."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    label: str
+    # The query's "for at least N s": a track becomes an event once it spans this long (0: at once,
+    # after the session's ``min_frames``).
+    min_duration_s: float = 0.0
+
+
 class ChunkResult(Record):
-    """Analyzer -> aggregator: the outcome of one chunk, with its events (also on the events topic)."""
+    """Analyzer -> aggregator: the outcome of one chunk, with its events (also on the events topic).
+
+    Targets that are objects (a box per instance: no absence, no count, not a whole-frame label)
+    are *tracked*: they are listed in ``tracked`` and every satisfying box of every
+    sampled frame (``frame_times``) is a ``Sighting``. The
+    aggregator builds those targets' session events from tracks of the sightings; ``events`` still
+    holds every target's per-chunk events (the events topic), and their thumbnails.
+    """
 
     session_id: str
     stream_id: str
@@ -303,6 +338,9 @@ class ChunkResult(Record):
     analyzer_id: str | None = None  # which replica analysed the chunk (operations, scale-out)
     targets: list[str]
     events: list[Event]
+    frame_times: list[float] = Field(default_factory=list)
+    tracked: list[TrackedTarget] = Field(default_factory=list)
+    sightings: list[Sighting] = Field(default_factory=list)
     inference_ms: float
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -395,6 +433,7 @@ class SessionHeader(Record):
     source_url: str
     rapid_review_query: str | None = None
     interpretation: Interpretation | None = None
+    options: AnalysisOptions | None = None
     status: SessionStatus
     status_reason: str | None = None
     created_by: str | None = None
@@ -418,6 +457,9 @@ class SessionHeader(Record):
     events_cursor: int = 0
     open_events: list[SessionEvent] = Field(default_factory=list)
     pending_results: list[ChunkResult] = Field(default_factory=list)
+    # The session's multi-object tracker (``aggregator.tracking``), None until a tracked target
+    # was sighted. Bounded by the tracker's ``max_tracks``.
+    tracker: TrackerState | None = None
     manifest_path: str | None = None
 
 
@@ -447,6 +489,7 @@ def initial_header(start: StartSession, updated_at: datetime) -> SessionHeader:
         source_url=start.source_url,
         rapid_review_query=start.rapid_review_query,
         interpretation=start.interpretation,
+        options=start.options,
         status=SessionStatus.INITIALIZING,
         created_by=start.created_by,
         tenant=start.tenant,

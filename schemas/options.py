@@ -1,0 +1,84 @@
+"""Per-session analysis options: optional start-session parameters, and the severity rule.
+
+Every field is optional; ``None`` means the service's default (the analyzer's and aggregator's
+settings, whose defaults are the constants below). A session's options are fixed at its start:
+the API validates them, ``StartSession`` carries them to ingest (which copies them onto every
+``ChunkRecord``, so analyzers stay stateless) and to the aggregator (which keeps them in the
+session's header, where its tracker reads them).
+
+Severity rule (``severity_for``): the query says what to look for, not how bad a sighting is, so
+severity says how sure the system is: ``high`` at a confidence of ``severity_high`` or more,
+``medium`` at ``severity_medium`` or more, else ``low``. A merged event keeps the highest severity
+it reached.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_SEVERITY_HIGH = 0.8
+DEFAULT_SEVERITY_MEDIUM = 0.6
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class AnalysisOptions(BaseModel):
+    """What a session may tune; None everywhere is the services' defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    detection_threshold: float | None = Field(
+        default=None,
+        ge=0.05,
+        le=0.99,
+        description="Detector score an object needs in a frame to count as seen (analyzer default "
+        "0.5; 0.6 for an empty query).",
+    )
+    min_frames: int | None = Field(
+        default=None,
+        ge=1,
+        le=20,
+        description="Sampled frames an object must be tracked in before it becomes an event "
+        "(aggregator default 2: a single-frame detection is never an event).",
+    )
+    max_lost_s: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=60.0,
+        description="How long a tracked object may go unseen and still be the same event (default 3 s).",
+    )
+    severity_high: float | None = Field(default=None, ge=0.0, le=1.0, description="Default 0.8.")
+    severity_medium: float | None = Field(default=None, ge=0.0, le=1.0, description="Default 0.6.")
+
+    @model_validator(mode="after")
+    def _severity_order(self) -> AnalysisOptions:
+        high = DEFAULT_SEVERITY_HIGH if self.severity_high is None else self.severity_high
+        medium = DEFAULT_SEVERITY_MEDIUM if self.severity_medium is None else self.severity_medium
+        if medium > high:
+            raise ValueError(f"severity_medium ({medium}) must not exceed severity_high ({high})")
+        return self
+
+    @property
+    def is_default(self) -> bool:
+        return self == AnalysisOptions()
+
+
+def severity_for(confidence: float, options: AnalysisOptions | None = None) -> Severity:
+    """The documented severity rule (module docstring), with the session's thresholds if it set them."""
+    high = options.severity_high if options and options.severity_high is not None else DEFAULT_SEVERITY_HIGH
+    medium = (
+        options.severity_medium
+        if options and options.severity_medium is not None
+        else DEFAULT_SEVERITY_MEDIUM
+    )
+    if confidence >= high:
+        return Severity.HIGH
+    if confidence >= medium:
+        return Severity.MEDIUM
+    return Severity.LOW
