@@ -55,6 +55,7 @@ DEFAULT_MAX_LOST_S = 3.0
 # 16 tracks of state (~7 KB) and 16 open events (~1.5 KB each) keep the header far below its budget.
 DEFAULT_MAX_TRACKS = 16
 TRACKED_EVENT_TYPE = "detection"
+TENTATIVE_MAX_LOST_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ class TrackPolicy:
             max_lost_seconds=self.max_lost_s,
             max_tracks=self.max_tracks,
             new_track_min_score=0.0,
+            # One missed frame at ~2 fps (bikes.mp4's cyclists flicker); a lone false detection
+            # still needs a second one near it within that time to confirm.
+            tentative_max_lost_seconds=TENTATIVE_MAX_LOST_S,
         )
 
 
@@ -123,16 +127,31 @@ def fold_tracked(
             Detection(label=s.label, score=min(max(s.confidence, 0.0), 1.0), box=_clipped(s.box))  # type: ignore[arg-type]
             for s in sightings
         )
+        before = {track.track_id: track for track in state.tracks}
         state, assignments = update(state, FrameObservation(stream_time=now, detections=detections), settings)
         tracks = {track.track_id: track for track in state.tracks}
         for assignment in assignments:
-            if assignment.track_id is None or not assignment.confirmed:
+            if assignment.track_id is None:
                 continue
             sighting = sightings[assignment.detection_index]
-            first_seen = tracks[assignment.track_id].first_seen
-            if now - first_seen < targets[sighting.label].min_duration_s:
+            chunk.sighted((sighting.label, assignment.track_id), sighting)
+            if not assignment.confirmed:
                 continue
-            chunk.seen((sighting.label, assignment.track_id), sighting, first_seen, frame_end)
+            track = tracks[assignment.track_id]
+            min_duration = targets[sighting.label].min_duration_s
+            if now - track.first_seen < min_duration:
+                continue
+            # An object that qualified at its previous sighting already had its event; if that
+            # one is closed (the header's budget closed it early), the next starts here, not at
+            # the track's first sighting, so the two never overlap.
+            previous = before.get(track.track_id)
+            qualified_before = (
+                previous is not None
+                and previous.hits >= policy.min_frames
+                and previous.last_seen - previous.first_seen >= min_duration
+            )
+            start = now if qualified_before else track.first_seen
+            chunk.seen((sighting.label, assignment.track_id), sighting, start, frame_end)
     chunk.flush()
 
     # Close what can no longer grow: tracks the tracker dropped or lost past max_lost_s.
@@ -164,6 +183,16 @@ class _ChunkEvents:
     def __post_init__(self) -> None:
         self.working: dict[EventKey, Event] = {}
         self.new: set[EventKey] = set()
+        self.seen_at: dict[EventKey, set[float]] = {}  # frames of this chunk each object was seen in
+        # The most confident sighting of each object whose frame and box are a run's thumbnail.
+        self.exact: dict[EventKey, tuple[float, Event]] = {}
+
+    def sighted(self, key: EventKey, sighting: Sighting) -> None:
+        """A sighting of the object ``key`` (confirmed or not yet): frames and thumbnails it may show."""
+        self.seen_at.setdefault(key, set()).add(sighting.stream_time)
+        exact = self._exact_thumbnail(sighting)
+        if exact is not None and (key not in self.exact or sighting.confidence > self.exact[key][0]):
+            self.exact[key] = (sighting.confidence, exact)
 
     def seen(self, key: EventKey, sighting: Sighting, first_seen: float, frame_end: float) -> None:
         current = self.working.get(key)
@@ -197,6 +226,8 @@ class _ChunkEvents:
         event = self.working.pop(key, None)
         if event is None:
             return
+        if event.thumbnail_event_id is None:
+            event = self._with_run_thumbnail(key, event)
         if key in self.new:
             self.new.discard(key)
             self.log.open(event)
@@ -228,8 +259,6 @@ class _ChunkEvents:
         if template is None:
             return None  # an analyzer always sends the per-chunk event of a sighting; nothing to copy
         thumbnail = self._exact_thumbnail(sighting)
-        if thumbnail is None and template.thumbnail_time is not None and start <= template.thumbnail_time:
-            thumbnail = template  # a frame the object was seen in (module docstring)
         confidence = round(float(sighting.confidence), 4)
         result = self.result
         return Event(
@@ -258,6 +287,24 @@ class _ChunkEvents:
             thumbnail_event_id=thumbnail.thumbnail_event_id if thumbnail else None,
             thumbnail_time=thumbnail.thumbnail_time if thumbnail else None,
             track_id=track_id,
+            created_at=self.log.now,  # the fold's clock: a re-fold writes the same record
+        )
+
+    def _with_run_thumbnail(self, key: EventKey, event: Event) -> Event:
+        """``event`` (without a thumbnail) showing one of this chunk: its object's own (a sighting
+        of it is the thumbnail's frame and box), else the run thumbnail of a frame it was seen in."""
+        chosen = self.exact[key][1] if key in self.exact else None
+        if chosen is None:
+            seen_at = self.seen_at.get(key, set())
+            runs = self.raw_by_label.get(key[0], [])
+            chosen = next(
+                (raw for raw in runs if raw.thumbnail_event_id is not None and raw.thumbnail_time in seen_at),
+                None,
+            )
+        if chosen is None:
+            return event
+        return event.model_copy(
+            update={"thumbnail_event_id": chosen.thumbnail_event_id, "thumbnail_time": chosen.thumbnail_time}
         )
 
     def _grown(self, event: Event, sighting: Sighting, frame_end: float) -> Event:

@@ -46,8 +46,9 @@ Rules (all in stream time, seconds; boxes normalised to the frame, ``x1 < x2``, 
   next id from ``TrackerState.next_track_id`` (ids count from 1 and are never reused), in the
   order highest score first, then detection index. Weaker unmatched detections get no track.
 * Confirmation: a track is confirmed once it has been matched in ``min_hits`` frames (counting
-  its first); confirmation is permanent. A tentative track that misses one frame is dropped, so
-  a single-frame false detection never confirms when ``min_hits >= 2``.
+  its first); confirmation is permanent. A tentative track that is not matched for longer than
+  ``tentative_max_lost_seconds`` (default 0: at its first miss) is dropped, so a single-frame
+  false detection never confirms when ``min_hits >= 2``.
 * Loss: a confirmed track that is not matched is *lost*; it may still be matched again (same
   id) until ``stream_time - last_seen > max_lost_seconds``, when it is dropped. An object that
   returns after that gets a new id.
@@ -111,6 +112,8 @@ class TrackerSettings(_Frozen):
     new_track_min_score: float = Field(0.3, ge=0.0, le=1.0)
     min_hits: int = Field(2, ge=1)
     max_lost_seconds: float = Field(3.0, ge=0.0)
+    # A detector flickers on real footage: a new object seen in every other frame should confirm.
+    tentative_max_lost_seconds: float = Field(0.0, ge=0.0)
     max_tracks: int = Field(16, ge=1)
     # Detector box jitter, in frame widths (standard deviation of each corner).
     measurement_std: float = Field(0.02, gt=0.0)
@@ -188,8 +191,12 @@ def update(
             updated[tracks[r].track_id] = _matched(tracks[r], filters[r], detection, now, settings)
             track_for[det_idx[c]] = tracks[r].track_id
 
-    # Unmatched tentative tracks die at their first miss; confirmed ones stay, lost, for a while.
-    survivors = [updated.get(t.track_id, t) for t in kept if t.track_id in updated or t.confirmed]
+    # Unmatched tentative tracks die after a short grace; confirmed ones stay, lost, for a while.
+    survivors = [
+        updated.get(t.track_id, t)
+        for t in kept
+        if t.track_id in updated or t.confirmed or now - t.last_seen <= settings.tentative_max_lost_seconds
+    ]
 
     next_id = state.next_track_id
     unmatched = [i for i in range(len(detections)) if i not in track_for]

@@ -32,6 +32,8 @@ class Case:
     kind: str  # what the case covers (single, identity, count, attribute, relation, ...)
     # Time in which the answer is neither clearly true nor false (see eval.metrics).
     maybe: tuple[Interval, ...] = ()
+    # Objects the query's events must show at once (each tracked event is one object); None: not judged.
+    at_once: int | None = None
 
 
 def during(script: Script, *scene_names: str) -> tuple[Interval, ...]:
@@ -132,8 +134,9 @@ def cases() -> list[Case]:
         windows: tuple[Interval, ...],
         kind: str,
         maybe: tuple[Interval, ...] = (),
+        at_once: int | None = None,
     ) -> Case:
-        return Case(name, script, query, decision, windows, kind, maybe)
+        return Case(name, script, query, decision, windows, kind, maybe, at_once)
 
     cat, cups, both, cats, people, street = (
         s["cat-returns"],
@@ -145,7 +148,15 @@ def cases() -> list[Case]:
     )
     return [
         # --- single objects, identity (leaving and returning), synonyms, fine-grained, absence
-        case("cat", "cat-returns", "a cat", ACCEPTED, during(cat, "cat", "cat-again"), "single/returns"),
+        case(
+            "cat",
+            "cat-returns",
+            "a cat",
+            ACCEPTED,
+            during(cat, "cat", "cat-again"),
+            "single/returns",
+            at_once=1,
+        ),
         case("kitty", "cat-returns", "a kitty", ACCEPTED, during(cat, "cat", "cat-again"), "synonym"),
         case("tabby", "cat-returns", "a tabby cat", WARNED, during(cat, "cat", "cat-again"), "fine-grained"),
         case("no-cat", "cat-returns", "no cat", WARNED, absent(cat, "cat", "cat-again"), "absence"),
@@ -196,7 +207,15 @@ def cases() -> list[Case]:
         # --- two instances at once (counts)
         case("two-cats", "two-cats", "two cats", ACCEPTED, during(cats, "two-cats"), "count"),
         case("at-least-2-cats", "two-cats", "at least 2 cats", ACCEPTED, during(cats, "two-cats"), "count"),
-        case("one-cat", "two-cats", "a cat", ACCEPTED, during(cats, "one-cat", "two-cats"), "single"),
+        case(
+            "one-cat",
+            "two-cats",
+            "a cat",
+            ACCEPTED,
+            during(cats, "one-cat", "two-cats"),
+            "two instances",
+            at_once=2,
+        ),
         case("two-people", "people", "two people", ACCEPTED, during(people, "two-astronauts"), "count"),
         case(
             "person",
@@ -204,7 +223,8 @@ def cases() -> list[Case]:
             "a person",
             ACCEPTED,
             during(people, "astronaut", "two-astronauts"),
-            "single/returns",
+            "two instances",
+            at_once=2,
         ),
         case(
             "no-person",

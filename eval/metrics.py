@@ -122,6 +122,17 @@ def false_events_per_hour(
     return false * 3600.0 / absent_s
 
 
+def most_at_once(events: Sequence[Interval]) -> int:
+    """The most events open at one moment: objects seen at once, when each event is one object."""
+    edges = sorted([(start, 1) for start, _ in events] + [(end, -1) for _, end in events])
+    # Ends sort before starts at the same time (-1 < 1): touching events are not simultaneous.
+    most = current = 0
+    for _, step in edges:
+        current += step
+        most = max(most, current)
+    return most
+
+
 def counted(
     events: Sequence[Interval], windows: Sequence[Interval], maybe: Sequence[Interval]
 ) -> list[Interval]:

@@ -41,7 +41,7 @@ from nomadic import NomadicAI
 from nomadic.exceptions import APIError
 
 from eval.cases import REFUSED, Case, cases, scripts
-from eval.metrics import Interval, Scores, score
+from eval.metrics import Interval, Scores, most_at_once, score
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.broker import LocalKafkaBroker
 from livestream.stack import stack_for_tests
@@ -67,6 +67,7 @@ class Outcome:
     status: str | None = None  # the session's final status; None when refused / not started
     events: list[Interval] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    track_ids: list[int | None] = field(default_factory=list)  # per event, in ``events`` order
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     scores: Scores | None = None
@@ -119,6 +120,7 @@ def run_script(sdk: NomadicAI, script_name: str, group: list[Case]) -> list[Outc
             events = session.get("events") or []
             outcome.events = [(float(e["start_time"]), float(e["end_time"])) for e in events]
             outcome.labels = sorted({str(e.get("label")) for e in events})
+            outcome.track_ids = [e.get("track_id") for e in events]
     for outcome, ids in started:
         # A session that ran is scored even if it did not finish (its error is in the table).
         if ids is not None:
@@ -190,12 +192,24 @@ def _counts(s: Scores | None) -> str:
     return f"{s.events}{maybe} / {s.windows}"
 
 
+def _objects(o: Outcome) -> str:
+    """Objects seen at once (its events overlapping), against the case's expectation."""
+    if o.scores is None:
+        return "-"
+    most = most_at_once(o.events)
+    tracked = sum(t is not None for t in o.track_ids)
+    seen = f"{most} ({tracked} tracked)" if tracked else str(most)
+    if o.case.at_once is None:
+        return seen
+    return f"{seen} / {o.case.at_once}" + ("" if most == o.case.at_once else " **wrong**")
+
+
 def table(outcomes: list[Outcome]) -> str:
     head = (
-        "| case | query | kind | decision (expected) | events / windows | precision | recall "
-        "| temporal IoU | start error (s) | false events / h absent |"
+        "| case | query | kind | decision (expected) | events / windows | objects at once / expected "
+        "| precision | recall | temporal IoU | start error (s) | false events / h absent |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for o in outcomes:
         s = o.scores
         mark = "ok" if o.decision_ok else "**wrong**"
@@ -204,7 +218,7 @@ def table(outcomes: list[Outcome]) -> str:
             decision += f" — {o.error}"
         lines.append(
             f"| {o.case.name} | {o.case.query} | {o.case.kind} | {decision} "
-            f"| {_counts(s)} "
+            f"| {_counts(s)} | {_objects(o)} "
             f"| {_fmt(s.precision if s else None)} | {_fmt(s.recall if s else None)} "
             f"| {_fmt(s.iou if s else None)} | {_fmt(s.start_error_s if s else None, '+.1f')} "
             f"| {_fmt(s.false_per_hour if s else None, '.0f')} |"
@@ -214,12 +228,19 @@ def table(outcomes: list[Outcome]) -> str:
     lines.append(
         f"| **mean** | {len(outcomes)} cases | | {correct}/{len(outcomes)} decisions as expected "
         f"| {sum(s.events for s in scored)} / {sum(s.windows for s in scored)} "
+        f"| {_objects_summary(outcomes)} "
         f"| {_fmt(_mean([s.precision for s in scored]))} | {_fmt(_mean([s.recall for s in scored]))} "
         f"| {_fmt(_mean([s.iou for s in scored]))} "
         f"| {_fmt(_mean([s.start_error_s for s in scored]), '+.1f')} "
         f"| {_fmt(_mean([s.false_per_hour for s in scored]), '.0f')} |"
     )
     return "\n".join(lines)
+
+
+def _objects_summary(outcomes: list[Outcome]) -> str:
+    judged = [o for o in outcomes if o.case.at_once is not None and o.scores is not None]
+    right = sum(most_at_once(o.events) == o.case.at_once for o in judged)
+    return f"{right}/{len(judged)} as expected"
 
 
 def _git(*args: str) -> str:
@@ -256,6 +277,7 @@ def write_results(outcomes: list[Outcome], meta: dict[str, Any]) -> None:
                 "maybe_windows": [list(w) for w in o.case.maybe],
                 "events": [list(e) for e in o.events],
                 "event_labels": o.labels,
+                "event_track_ids": o.track_ids,
                 "scores": None if o.scores is None else asdict(o.scores),
             }
         )
@@ -279,6 +301,7 @@ def rescored(path: Path = RESULTS) -> tuple[list[Outcome], dict[str, Any]]:
             status=row["status"],
             events=[(float(start), float(end)) for start, end in row["events"]],
             labels=list(row["event_labels"]),
+            track_ids=list(row.get("event_track_ids", [])),
             warnings=list(row["warnings"]),
             error=row["error"],
         )
