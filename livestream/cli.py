@@ -186,19 +186,25 @@ def follow_session(
                     script_time = f"  (script time {(captured - source_origin).total_seconds():5.1f}s)"
                 print(
                     f"  event  {event['t_start']}-{event['t_end']}  stream_time={event['stream_time']:7.2f}s"
-                    f"  {event['label']:<10} confidence={event['confidence']:.2f}{script_time}",
+                    f"  {event['label']:<10}{_track(event)}"
+                    f" confidence={event['confidence']:.2f}{script_time}",
                     flush=True,
                 )
             elif kind == "update":
                 event = json.loads(data)
                 if event.get("lifecycle") == "closed" and event["event_id"] in printed:
                     print(
-                        f"  closed {event['t_start']}-{event['t_end']}  {event['label']:<10}"
+                        f"  closed {event['t_start']}-{event['t_end']}  {event['label']:<10}{_track(event)}"
                         f" confidence={event['confidence']:.2f}",
                         flush=True,
                     )
             elif kind == "end":
                 return
+
+
+def _track(event: dict[str, Any]) -> str:
+    """ " track N" for an event of a tracked object (one object's appearance), else nothing."""
+    return f" track {event['track_id']:<3}" if event.get("track_id") is not None else ""
 
 
 def describe_interpretation(interpretation: dict[str, Any] | None) -> str:
