@@ -186,10 +186,14 @@ class _ChunkEvents:
         self.seen_at: dict[EventKey, set[float]] = {}  # frames of this chunk each object was seen in
         # The most confident sighting of each object whose frame and box are a run's thumbnail.
         self.exact: dict[EventKey, tuple[float, Event]] = {}
+        # The most confident sighting of each object in this chunk, before confirmation included.
+        self.best: dict[EventKey, Sighting] = {}
 
     def sighted(self, key: EventKey, sighting: Sighting) -> None:
         """A sighting of the object ``key`` (confirmed or not yet): frames and thumbnails it may show."""
         self.seen_at.setdefault(key, set()).add(sighting.stream_time)
+        if key not in self.best or sighting.confidence > self.best[key].confidence:
+            self.best[key] = sighting
         exact = self._exact_thumbnail(sighting)
         if exact is not None and (key not in self.exact or sighting.confidence > self.exact[key][0]):
             self.exact[key] = (sighting.confidence, exact)
@@ -203,6 +207,11 @@ class _ChunkEvents:
             self.log.close(key)
             current, first_seen = None, sighting.stream_time
         if current is None:
+            # A new event is as confident as the object's best sighting of this chunk so far,
+            # those before its track was confirmed included.
+            best = self.best.get(key, sighting)
+            if best.confidence > sighting.confidence and best.stream_time >= first_seen:
+                sighting = best
             event = self._new_event(key, sighting, first_seen, frame_end)
             if event is not None:
                 self.working[key] = event

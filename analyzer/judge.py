@@ -64,6 +64,7 @@ An open query (no targets) is every COCO class as a plain detector target (``ope
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -174,8 +175,12 @@ class _Candidate:
 # --------------------------------------------------------------------------- targets and labels
 
 
+@functools.cache
 def open_query_targets() -> tuple[Target, ...]:
-    """Every COCO class as a plain detector target: what an empty query reports."""
+    """Every COCO class as a plain detector target: what an empty query reports.
+
+    Built once (frozen models): the judge asks for it per frame and target, and rebuilding 80
+    targets each time cost an open query ~40 ms per frame (``bench/bench_query_cost.py``)."""
     return tuple(
         Target(phrase=name, noun=name, labels=(LabelMatch(label=name, model=ModelKind.DETECTOR, score=1.0),))
         for name in COCO_CLASS_NAMES

@@ -185,16 +185,16 @@ def follow_session(
                     captured = datetime.fromisoformat(event["captured_at"])
                     script_time = f"  (script time {(captured - source_origin).total_seconds():5.1f}s)"
                 print(
-                    f"  event  {event['t_start']}-{event['t_end']}  stream_time={event['stream_time']:7.2f}s"
-                    f"  {event['label']:<10}{_track(event)}"
-                    f" confidence={event['confidence']:.2f}{script_time}",
+                    f"  event  {event['t_start']}-{event['t_end']}{_track(event)}"
+                    f"  stream_time={event['stream_time']:7.2f}s"
+                    f"  {event['label']:<10} confidence={event['confidence']:.2f}{script_time}",
                     flush=True,
                 )
             elif kind == "update":
                 event = json.loads(data)
                 if event.get("lifecycle") == "closed" and event["event_id"] in printed:
                     print(
-                        f"  closed {event['t_start']}-{event['t_end']}  {event['label']:<10}{_track(event)}"
+                        f"  closed {event['t_start']}-{event['t_end']}{_track(event)}  {event['label']:<10}"
                         f" confidence={event['confidence']:.2f}",
                         flush=True,
                     )
@@ -204,7 +204,7 @@ def follow_session(
 
 def _track(event: dict[str, Any]) -> str:
     """ " track N" for an event of a tracked object (one object's appearance), else nothing."""
-    return f" track {event['track_id']:<3}" if event.get("track_id") is not None else ""
+    return f"  track {event['track_id']:<3}" if event.get("track_id") is not None else ""
 
 
 def describe_interpretation(interpretation: dict[str, Any] | None) -> str:

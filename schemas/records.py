@@ -402,8 +402,9 @@ class SessionEvent(Record):
     record's key); ``cursor`` is the session's feed cursor when this version was written: it only
     grows, so "everything after cursor c" is the records with a larger cursor. Every event gets
     exactly one ``opened`` and one ``closed`` record (in that order, ``updated`` ones between),
-    unless the session is purged first. ``event`` keeps the ``event_id`` of the first detection
-    it merged; ``end_time``, ``confidence`` and ``description`` grow with it.
+    unless the session is purged first. ``event`` keeps its ``event_id`` for life (a tracked
+    object's own id; for untracked targets that of the first detection it merged); ``end_time``,
+    ``confidence`` and ``description`` grow with it.
     """
 
     session_id: str

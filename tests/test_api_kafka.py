@@ -798,8 +798,10 @@ async def test_nomadic_sdk_works_unchanged(
 ) -> None:
     started, first, listed = await asyncio.to_thread(sdk_start_and_read, api.base_url)
     session_id, stream_id = started["session_id"], started["stream_id"]
-    # NomadicML's fields, plus what the query was understood as (the SDK passes the dict through).
+    # NomadicML's fields, plus what the query was understood as and the session's own thresholds
+    # (none set by the SDK); the SDK passes the dict through.
     interpretation = started.pop("interpretation")
+    assert started.pop("options") is None
     assert started == {"session_id": session_id, "stream_id": stream_id, "status": "INITIALIZING"}
     assert interpretation["decision"] == "accepted"
     assert [t["phrase"] for t in interpretation["targets"]] == ["person"]

@@ -259,7 +259,14 @@ def assert_same_as_reference(run: Run, reference: Run) -> None:
     raw_ids = {e.event_id for e in run.raw}
     assert run.raw_detections == reference.raw_detections
     assert len(raw_ids) == len(run.raw_detections), (len(raw_ids), len(run.raw_detections))
-    assert set(ids) <= raw_ids
+    # Every merged event (one tracked object's appearance) rests on raw detections of its label.
+    for event in final["events"]:
+        assert any(
+            raw.label == event["label"]
+            and raw.start_time < event["end_time"]
+            and event["start_time"] < raw.end_time
+            for raw in run.raw
+        ), event
 
 
 KILLS = {
