@@ -124,7 +124,7 @@ def fold_tracked(
             continue
         frame_end = times[position + 1] if position + 1 < len(times) else max(result.end_time, now)
         detections = tuple(
-            Detection(label=s.label, score=min(max(s.confidence, 0.0), 1.0), box=_clipped(s.box))  # type: ignore[arg-type]
+            Detection(label=s.label, score=min(max(s.confidence, 0.0), 1.0), box=_clipped(s.box), weak=s.weak)  # type: ignore[arg-type]
             for s in sightings
         )
         before = {track.track_id: track for track in state.tracks}

@@ -55,6 +55,8 @@ Rules (all in stream time, seconds; boxes normalised to the frame, ``x1 < x2``, 
 * Bound: at most ``max_tracks`` tracks are kept. A new track that would exceed it evicts the
   track lost longest (smallest ``last_seen``; ties by id) among those not matched in this
   frame; if every kept track was matched in this frame, the detection gets no track.
+* Hysteresis: a ``weak`` detection is compared with confirmed tracks only and never starts a
+  track, so a score hovering just below the threshold keeps an object seen but cannot make one.
 * Output: one ``Assignment`` per detection, in detection order: its ``track_id`` (``None`` when
   it neither matched nor started a track) and whether that track is confirmed now.
 
@@ -129,6 +131,9 @@ class Detection(_Frozen):
     label: str = Field(min_length=1)
     score: float = Field(ge=0.0, le=1.0)
     box: Box  # normalised x1, y1, x2, y2
+    # A weak detection (below the caller's detection threshold) may only continue a confirmed
+    # track: it neither starts a track nor matches a tentative one (hysteresis).
+    weak: bool = False
 
     @model_validator(mode="after")
     def _box_is_well_formed(self) -> Detection:
@@ -183,6 +188,11 @@ def update(
         )
         observed = np.array([detections[i].box for i in det_idx], dtype=np.float64)
         cost = _cost_matrix(predicted, centre_var, observed, settings)
+        for c, i in enumerate(det_idx):
+            if detections[i].weak:
+                for r, track in enumerate(tracks):
+                    if not track.confirmed:
+                        cost[r, c] = _INFEASIBLE
         rows, cols = linear_sum_assignment(cost)
         for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
             if cost[r, c] >= _INFEASIBLE:
@@ -202,7 +212,7 @@ def update(
     unmatched = [i for i in range(len(detections)) if i not in track_for]
     for i in sorted(unmatched, key=lambda i: (-detections[i].score, i)):
         detection = detections[i]
-        if detection.score < settings.new_track_min_score:
+        if detection.weak or detection.score < settings.new_track_min_score:
             continue
         if len(survivors) >= settings.max_tracks:
             lost = [t for t in survivors if t.track_id not in updated]

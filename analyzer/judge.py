@@ -20,6 +20,8 @@ frame) that match its labels, colour and size:
 * **colour** (``analyzer.colour``): the box's named colour must be the target's.
 * **size**: the box's share of the frame's area: "small" at most ``SMALL_MAX_AREA``, "large"
   at least ``LARGE_MIN_AREA``.
+* **zone** (the session's ``zones``): the zone's box, in every frame, with confidence 1; a zone
+  the session does not define has no candidate (its relations never hold).
 
 Conditions (``Condition``; subject and object are target indexes) filter the subject's
 satisfying boxes; the objects are judged on their own labels, colour and size (their own
@@ -64,6 +66,7 @@ An open query (no targets) is every COCO class as a plain detector target (``ope
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Mapping, Sequence
@@ -124,6 +127,12 @@ class Thresholds:
     detection: float = 0.5
     classifier_probability: float = 0.15
     classifier_top_k: int = 5
+    # Hysteresis: an object already tracked stays in view down to this share of ``detection``.
+    keep_ratio: float = 0.7
+
+    @property
+    def keep(self) -> float:
+        return self.detection * self.keep_ratio
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,7 @@ class Instance:
     box: Box
     confidence: float
     detail: str
+    weak: bool = False  # below the detection threshold, above the keep threshold (``Thresholds.keep``)
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,9 @@ class Hit:
 class JudgedFrame:
     stream_time: float
     hits: Mapping[int, Hit] = field(default_factory=dict)  # target index -> hit, satisfied targets only
+    # Tracked targets: their weak boxes (below the detection threshold, above the keep threshold,
+    # satisfying everything else), which keep an object already tracked in view but start nothing.
+    weak: Mapping[int, tuple[Instance, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -170,6 +183,9 @@ class _Candidate:
     what: str  # "cup 0.91", "espresso on a cup box (p=0.89)"
     coco_label: str | None  # the detection's class (holding needs a person)
     colour: ColourReading | None = None
+    # A detector box below the detection threshold but at or above the keep threshold: it may
+    # keep an object already tracked in view (hysteresis), never start one.
+    weak: bool = False
 
 
 # --------------------------------------------------------------------------- targets and labels
@@ -371,7 +387,14 @@ def _candidates(
     frame: FrameInput,
     classifications: Classifications,
     thresholds: Thresholds,
+    zones: Mapping[str, Box],
 ) -> list[_Candidate]:
+    # A zone is where the session said it is, in every frame: one certain box.
+    found: list[_Candidate] = [
+        _Candidate(zones[m.label], 1.0, True, f"zone '{m.label}'", None)
+        for m in target.labels
+        if m.model is ModelKind.ZONE and m.label in zones
+    ]
     detector = {m.label for m in target.labels if m.model is ModelKind.DETECTOR}
     by_parent: dict[str, list[LabelMatch]] = {}
     whole: list[LabelMatch] = []
@@ -380,17 +403,18 @@ def _candidates(
             whole.append(m)
         else:
             by_parent.setdefault(m.parent, []).append(m)
-    found: list[_Candidate] = []
     for d, detection in enumerate(frame.detections):
         x0, y0, x1, y1 = detection.box
         box: Box = (float(x0), float(y0), float(x1), float(y1))
         if detection.label in detector:
+            score = float(detection.score)
             candidate = _Candidate(
                 box,
-                float(detection.score),
-                float(detection.score) >= thresholds.detection,
+                score,
+                score >= thresholds.detection,
                 f"{detection.label} {detection.score:.2f}",
                 detection.label,
+                weak=thresholds.keep <= score < thresholds.detection,
             )
         elif detection.label in by_parent and (frame_index, d) in classifications.crops:
             share, best = _share(by_parent[detection.label], classifications.crops[(frame_index, d)])
@@ -411,13 +435,10 @@ def _candidates(
             reading = read_colour(frame.image, box) if frame.image is not None else None
             if reading is None or reading.name != target.colour:
                 continue
-            candidate = _Candidate(
-                candidate.box,
-                candidate.confidence,
-                candidate.satisfies,
-                f"{candidate.what}, {reading.name} on {reading.share:.0%} of its central pixels",
-                candidate.coco_label,
-                reading,
+            candidate = dataclasses.replace(
+                candidate,
+                what=f"{candidate.what}, {reading.name} on {reading.share:.0%} of its central pixels",
+                colour=reading,
             )
         found.append(candidate)
     if whole and frame_index in classifications.frames:
@@ -518,13 +539,10 @@ def _apply_condition(
             best = max(o.confidence for o in related)
             how = "in the same frame" if by_frame or candidate.box is None else "by box geometry"
             kept.append(
-                _Candidate(
-                    candidate.box,
-                    min(candidate.confidence, best),
-                    candidate.satisfies,
-                    f"{candidate.what}; {condition.phrase} ({how})",
-                    candidate.coco_label,
-                    candidate.colour,
+                dataclasses.replace(
+                    candidate,
+                    confidence=min(candidate.confidence, best),
+                    what=f"{candidate.what}; {condition.phrase} ({how})",
                 )
             )
     return kept
@@ -560,17 +578,30 @@ def judge_frame(
     frame: FrameInput,
     classifications: Classifications,
     thresholds: Thresholds,
+    zones: Mapping[str, Box] | None = None,
 ) -> JudgedFrame:
-    """The targets ``frame`` satisfies, each with its confidence, best box and what was seen."""
+    """The targets ``frame`` satisfies, each with its confidence, best box and what was seen.
+
+    ``zones`` are the session's named regions (``AnalysisOptions.zones``) that zone targets are."""
     targets = targets_of(interpretation)
     height, width = frame.image.shape[:2] if frame.image is not None else (1, 1)
-    candidates = [_candidates(t, frame_index, frame, classifications, thresholds) for t in targets]
+    candidates = [
+        _candidates(t, frame_index, frame, classifications, thresholds, zones or {}) for t in targets
+    ]
     hits: dict[int, Hit] = {}
+    weak: dict[int, tuple[Instance, ...]] = {}
     for index, target in enumerate(targets):
         present = [c for c in candidates[index] if c.satisfies]
+        below = [c for c in candidates[index] if c.weak] if is_tracked(target) else []
         for condition in interpretation.conditions:
             if condition.subject == index:
                 present = _apply_condition(condition, present, candidates[condition.object], width, height)
+                below = _apply_condition(condition, below, candidates[condition.object], width, height)
+        if below:
+            weak[index] = tuple(
+                Instance(c.box, round(float(c.confidence), 4), c.what, weak=True)  # type: ignore[arg-type]
+                for c in sorted(below, key=lambda c: -c.confidence)
+            )
         present.sort(key=lambda c: -c.confidence)
         boxed = [c for c in present if c.box is not None]
         # Boxes are counted; a whole-frame classifier hit is one sighting (its count is not judged).
@@ -607,7 +638,7 @@ def judge_frame(
         hits[index] = Hit(
             round(float(confidence), 4), best.box if best else None, number, detail or "none", instances
         )
-    return JudgedFrame(frame.stream_time, hits)
+    return JudgedFrame(frame.stream_time, hits, weak)
 
 
 def judge_chunk(
@@ -615,11 +646,13 @@ def judge_chunk(
     frames: Sequence[FrameInput],
     classifier: ClassifierLike | None,
     thresholds: Thresholds,
+    zones: Mapping[str, Box] | None = None,
 ) -> list[JudgedFrame]:
     """Judge every frame of a chunk; the classifier runs once, on all crops and frames together."""
     classifications = classify_chunk(interpretation, frames, classifier, thresholds)
     return [
-        judge_frame(interpretation, i, frame, classifications, thresholds) for i, frame in enumerate(frames)
+        judge_frame(interpretation, i, frame, classifications, thresholds, zones)
+        for i, frame in enumerate(frames)
     ]
 
 

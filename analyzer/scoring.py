@@ -182,17 +182,17 @@ def score_judged(
 
 
 def sightings_of(frames: Sequence[JudgedFrame], targets: Sequence[ReportedTarget]) -> list[Sighting]:
-    """Every satisfying box of every tracked target in every frame, for the aggregator's tracker.
+    """Every satisfying box of every tracked target in every frame, for the aggregator's tracker,
+    then its weak boxes (``weak``: they may keep an object already tracked, never start one).
 
-    Only targets whose hits carry instances (``judge.is_tracked``) have any; sorted by stream time,
-    then target order, then confidence (best first).
+    Only tracked targets (``judge.is_tracked``) have any; sorted by stream time, then target
+    order, then strong before weak, then confidence (best first).
     """
     sightings: list[Sighting] = []
     for frame in sorted(frames, key=lambda f: f.stream_time):
         for target in targets:
             hit = frame.hits.get(target.index)
-            if hit is None:
-                continue
+            instances = [*(hit.instances if hit is not None else ()), *frame.weak.get(target.index, ())]
             sightings += [
                 Sighting(
                     label=target.label,
@@ -200,8 +200,9 @@ def sightings_of(frames: Sequence[JudgedFrame], targets: Sequence[ReportedTarget
                     box=tuple(round(float(v), 4) for v in instance.box),  # type: ignore[arg-type]
                     confidence=instance.confidence,
                     detail=instance.detail,
+                    weak=instance.weak,
                 )
-                for instance in hit.instances
+                for instance in instances
             ]
     return sightings
 

@@ -196,7 +196,8 @@ class ChunkAnalyzer:
             ]
             classifier = self.classifier() if needs_classifier(interpretation) and frames else None
             thresholds = self._policy.thresholds(open_query=interpretation.open_query, options=chunk.options)
-            judged = judge_chunk(interpretation, frames, classifier, thresholds)
+            zones = chunk.options.zones if chunk.options is not None else None
+            judged = judge_chunk(interpretation, frames, classifier, thresholds, zones)
             events = score_judged(chunk, judged, reported, analysis_id, self._policy)
             sightings = sightings_of(judged, reported)
             status, error = "ok", None

@@ -43,7 +43,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,7 +184,8 @@ async def start_session(
     # Refuse, before anything is started, a query the models cannot honestly answer (the rule is
     # in analyzer/understanding/interpretation.py: 422 with its interpretation) and a source the
     # egress policy refuses (ingest checks again at connect time, on every request and redirect hop).
-    interpretation = await interpret_query(form.rapid_review_query)
+    options = form.analysis_options
+    interpretation = await interpret_query(form.rapid_review_query, options.zones if options else None)
     await check_source_url(form.source_url, request.app.state.egress_policy)
     quota: SessionQuota = request.app.state.session_quota
     # Counting running sessions needs the whole view; without session limits a start needs none.
@@ -200,7 +201,7 @@ async def start_session(
             source_url=form.source_url,
             rapid_review_query=form.rapid_review_query,
             interpretation=interpretation,
-            options=form.analysis_options,
+            options=options,
             created_by=caller.key_id,
             tenant=caller.tenant,
         )
@@ -222,13 +223,13 @@ async def start_session(
     )
 
 
-async def interpret_query(query: str | None) -> Interpretation:
+async def interpret_query(query: str | None, zones: Collection[str] | None = None) -> Interpretation:
     """The query's interpretation, or ``QueryRefused`` (422, with the interpretation) by the rule.
 
     The interpreter is built once per process (``shared_interpreter``, warmed up at start-up);
     interpreting is CPU work (one embedding call), so both run in a worker thread.
     """
-    interpretation = await asyncio.to_thread(lambda: shared_interpreter().interpret(query))
+    interpretation = await asyncio.to_thread(lambda: shared_interpreter().interpret(query, zones or ()))
     if not interpretation.accepted:
         reasons = "; ".join(interpretation.warnings) or "nothing in it can be detected"
         raise QueryRefused(f"the query cannot be answered as written: {reasons}", interpretation)

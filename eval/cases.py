@@ -10,7 +10,8 @@ alone cannot say.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 from eval import media
 from eval.metrics import Interval, union
@@ -34,6 +35,8 @@ class Case:
     maybe: tuple[Interval, ...] = ()
     # Objects the query's events must show at once (each tracked event is one object); None: not judged.
     at_once: int | None = None
+    # Per-session options sent with start-session (form fields, e.g. zones as JSON text).
+    options: dict[str, str] = field(default_factory=dict)
 
 
 def during(script: Script, *scene_names: str) -> tuple[Interval, ...]:
@@ -135,8 +138,9 @@ def cases() -> list[Case]:
         kind: str,
         maybe: tuple[Interval, ...] = (),
         at_once: int | None = None,
+        options: dict[str, str] | None = None,
     ) -> Case:
-        return Case(name, script, query, decision, windows, kind, maybe, at_once)
+        return Case(name, script, query, decision, windows, kind, maybe, at_once, options or {})
 
     cat, cups, both, cats, people, street = (
         s["cat-returns"],
@@ -161,6 +165,15 @@ def cases() -> list[Case]:
         case("tabby", "cat-returns", "a tabby cat", WARNED, during(cat, "cat", "cat-again"), "fine-grained"),
         case("no-cat", "cat-returns", "no cat", WARNED, absent(cat, "cat", "cat-again"), "absence"),
         case("dog-absent", "cat-returns", "a dog", ACCEPTED, (), "absent target"),
+        case(
+            "cat-in-top-strip",
+            "cat-returns",
+            "a cat in the top strip",
+            ACCEPTED,
+            (),  # the cat's centre is never in the top tenth of the frame
+            "zone",
+            options={"zones": json.dumps({"top strip": [0.0, 0.0, 1.0, 0.1]})},
+        ),
         case("bat-flying", "cat-returns", "a bat flying", REFUSED, (), "refused"),
         # --- attributes on a recoloured object, synonyms and fine-grained concepts on the cup
         case(
@@ -235,6 +248,28 @@ def cases() -> list[Case]:
             "absence",
         ),
         case("someone-falling", "people", "someone falling", WARNED, (), "warned"),
+        # --- zones the session names (start option): relations to a fixed region of the frame
+        case(
+            "person-in-doorway",
+            "people",
+            "a person in the doorway",
+            ACCEPTED,
+            during(people, "two-astronauts"),  # the right-hand astronaut
+            "zone",
+            maybe=during(people, "astronaut"),  # one astronaut in the middle, on the zone's edge
+            at_once=1,
+            options={"zones": json.dumps({"doorway": [0.5, 0.0, 1.0, 1.0]})},
+        ),
+        case(
+            "two-in-doorway",
+            "people",
+            "two people in the doorway",
+            ACCEPTED,
+            (),  # two people in view, but only one of them in the doorway
+            "zone count",
+            maybe=during(people, "astronaut"),
+            options={"zones": json.dumps({"doorway": [0.5, 0.0, 1.0, 1.0]})},
+        ),
         case("space-shuttle", "people", "a space shuttle", WARNED, during(people, "rocket"), "fine-grained"),
         # --- real footage
         case(

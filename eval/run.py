@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from nomadic import NomadicAI
 from nomadic.exceptions import APIError
 
@@ -77,12 +78,32 @@ class Outcome:
         return self.decision == self.case.decision
 
 
-def _start(sdk: NomadicAI, url: str, case: Case) -> tuple[Outcome, tuple[str, str] | None]:
+def _start_with_options(api: tuple[str, str], url: str, case: Case) -> dict[str, Any]:
+    """start-session with the case's per-session options, which the SDK does not send (plain HTTP)."""
+    api_url, api_key = api
+    form = {"source_url": url, "name": f"eval-{case.name}", "rapid_review_query": case.query, **case.options}
+    response = httpx.post(
+        f"{api_url}/api/live/start-session", data=form, headers={"X-API-Key": api_key}, timeout=60
+    )
+    if response.status_code != 200:
+        body = (
+            response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+        )
+        raise APIError(response.status_code, str(body.get("detail", response.text)), body)
+    return response.json()
+
+
+def _start(
+    sdk: NomadicAI, api: tuple[str, str], url: str, case: Case
+) -> tuple[Outcome, tuple[str, str] | None]:
     outcome = Outcome(case)
     try:
-        started = sdk.livestream.start_session(
-            source_url=url, name=f"eval-{case.name}", rapid_review_query=case.query
-        )
+        if case.options:
+            started = _start_with_options(api, url, case)
+        else:
+            started = sdk.livestream.start_session(
+                source_url=url, name=f"eval-{case.name}", rapid_review_query=case.query
+            )
     except APIError as exc:
         details = exc.details if isinstance(exc.details, dict) else {}
         interpretation = details.get("interpretation") or (details.get("detail") or {}).get("interpretation")
@@ -98,11 +119,11 @@ def _start(sdk: NomadicAI, url: str, case: Case) -> tuple[Outcome, tuple[str, st
     return outcome, (started["stream_id"], started["session_id"])
 
 
-def run_script(sdk: NomadicAI, script_name: str, group: list[Case]) -> list[Outcome]:
+def run_script(sdk: NomadicAI, api: tuple[str, str], script_name: str, group: list[Case]) -> list[Outcome]:
     """One live source for the script; every case's session started on it, then awaited."""
     script = scripts()[script_name]
     with LiveHlsSource(script, segment_seconds=SEGMENT_SECONDS, window=WINDOW) as source:
-        started = [_start(sdk, source.url, case) for case in group]
+        started = [_start(sdk, api, source.url, case) for case in group]
         source.wait_finished(timeout=script.duration + 60)
         deadline = time.monotonic() + FINISH_TIMEOUT_S
         for outcome, ids in started:
@@ -156,7 +177,7 @@ def run(selected: list[Case]) -> list[Outcome]:
                     groups.setdefault(case.script_name, []).append(case)
                 for script_name, group in groups.items():
                     began = time.monotonic()
-                    outcomes += run_script(sdk, script_name, group)
+                    outcomes += run_script(sdk, (stack.api_url, stack.api_key), script_name, group)
                     print(
                         f"  {script_name}: {len(group)} cases in {time.monotonic() - began:.0f}s",
                         file=sys.stderr,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -61,6 +62,24 @@ class StartSessionForm(BaseModel):
     max_lost_s: float | None = None
     severity_high: float | None = None
     severity_medium: float | None = None
+    # JSON text in the form: {"door": [0.7, 0.2, 0.95, 0.9]} (``AnalysisOptions.zones``).
+    zones: dict[str, tuple[float, float, float, float]] | None = None
+
+    @field_validator("zones", mode="before")
+    @classmethod
+    def _zones_json(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise PydanticCustomError(
+                "invalid_field",
+                "zones must be a JSON object of name -> [x1, y1, x2, y2], e.g. {example}: {reason}",
+                {"example": '{"door": [0.7, 0.2, 0.95, 0.9]}', "reason": str(exc)},
+            ) from None
 
     @property
     def analysis_options(self) -> AnalysisOptions | None:

@@ -35,6 +35,7 @@ class ModelKind(StrEnum):
 
     DETECTOR = "detector"  # COCO classes of the SSD detector: boxes
     CLASSIFIER = "classifier"  # ImageNet-1k classes: on detection crops of a parent, or on whole frames
+    ZONE = "zone"  # a region of the frame the session named (start option ``zones``): a fixed box
 
 
 Size = Literal["small", "large"]
@@ -89,8 +90,10 @@ class Target(_Frozen):
 
     @property
     def located(self) -> bool:
-        """True when the target has boxes: detector labels, or classifier labels on a parent's crops."""
-        return all(m.model is ModelKind.DETECTOR or m.parent is not None for m in self.labels)
+        """True when the target has boxes: detector labels, classifier labels on a parent's crops, zones."""
+        return all(
+            m.model in (ModelKind.DETECTOR, ModelKind.ZONE) or m.parent is not None for m in self.labels
+        )
 
 
 class Condition(_Frozen):

@@ -14,9 +14,14 @@ it reached.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ZONE_NAME = re.compile(r"^[a-z][a-z0-9 ]{0,31}$")
+MAX_ZONES = 16
+Box = tuple[float, float, float, float]
 
 DEFAULT_SEVERITY_HIGH = 0.8
 DEFAULT_SEVERITY_MEDIUM = 0.6
@@ -55,6 +60,41 @@ class AnalysisOptions(BaseModel):
     )
     severity_high: float | None = Field(default=None, ge=0.0, le=1.0, description="Default 0.8.")
     severity_medium: float | None = Field(default=None, ge=0.0, le=1.0, description="Default 0.6.")
+    zones: dict[str, Box] | None = Field(
+        default=None,
+        description="Named regions of the frame, as fractions of its width and height "
+        "(x1, y1, x2, y2): {\"door\": [0.7, 0.2, 0.95, 0.9]}. A query's relation to a zone's name "
+        '("a person near the door") is judged on the zone\'s box.',
+    )
+
+    @field_validator("zones")
+    @classmethod
+    def _zones(cls, zones: dict[str, Box] | None) -> dict[str, Box] | None:
+        if zones is None:
+            return None
+        if len(zones) > MAX_ZONES:
+            raise ValueError(f"at most {MAX_ZONES} zones")
+        checked: dict[str, Box] = {}
+        for raw_name, box in zones.items():
+            # Queries are read as words: "loading-dock" is named "loading dock" in them.
+            words = raw_name.lower().replace("-", " ").split()
+            if len(words) > 1 and words[0] in ("the", "a", "an"):
+                words = words[1:]  # "the door" is the zone "door", as queries name it
+            name = " ".join(words)
+            if not ZONE_NAME.match(name):
+                raise ValueError(
+                    f"zone name {raw_name!r}: 1-32 letters, digits, spaces or '-', starting with a letter"
+                )
+            if name in checked:
+                raise ValueError(f"zone {name!r} is named twice")
+            x1, y1, x2, y2 = box
+            if not (0.0 <= x1 < x2 <= 1.0 and 0.0 <= y1 < y2 <= 1.0):
+                raise ValueError(
+                    f"zone {name!r}: a box is x1, y1, x2, y2 fractions of the frame with 0 <= x1 < x2 <= 1 "
+                    f"and 0 <= y1 < y2 <= 1, got {list(box)}"
+                )
+            checked[name] = (float(x1), float(y1), float(x2), float(y2))
+        return checked or None
 
     @model_validator(mode="after")
     def _severity_order(self) -> AnalysisOptions:

@@ -301,6 +301,9 @@ class Sighting(BaseModel):
     box: tuple[float, float, float, float]  # normalised x1, y1, x2, y2
     confidence: float
     detail: str = ""  # what was seen ("car 0.90, red on 94% of its central pixels")
+    # Below the session's detection threshold but above its keep threshold (hysteresis): it may
+    # keep an object already tracked in its event, never start or confirm one.
+    weak: bool = False
 
 
 class TrackedTarget(BaseModel):

@@ -619,3 +619,34 @@ def test_an_event_closed_early_for_the_header_budget_is_not_repeated_by_its_trac
     for events in by_track.values():
         for before, after in pairwise(events):
             assert after.start_time >= before.end_time, (before.start_time, before.end_time, after.start_time)
+
+
+# --------------------------------------------------------------------------- hysteresis
+
+
+def weakened(sightings: list[Sighting], confidence: float = 0.4) -> list[Sighting]:
+    """The sightings as the analyzer sends boxes below the detection threshold, above the keep one."""
+    return [s.model_copy(update={"weak": True, "confidence": confidence}) for s in sightings]
+
+
+def test_weak_sightings_keep_a_tracked_object_in_its_event() -> None:
+    # Strong 0.0-3.5, then only weak (score between the keep and detection thresholds) for 6 s:
+    # longer than max_lost_s, so without hysteresis the event would end at 4.0.
+    strong = walker(0.1, times(0.0, 3.5), 0.8)
+    weak = weakened(walker(0.1, times(4.0, 9.5), 0.8))
+    session = run([start(), *chunks_of(5, [*strong, *weak]), end(), ended(5)])
+    assert session.spans() == [(0.0, 10.0)]
+    [event] = session.events
+    assert event.confidence == 0.8  # weak sightings extend the event, they never raise it
+
+
+def test_weak_sightings_alone_never_make_an_event() -> None:
+    weak = weakened(walker(0.1, times(0.0, 7.5), 0.8))
+    session = run([start(), *chunks_of(4, weak), end(), ended(4)])
+    assert session.events == []
+    # nor confirm a track started by a single strong sighting
+    first = walker(0.1, [0.0], 0.8)
+    session = run(
+        [start(), *chunks_of(4, [*first, *weakened(walker(0.1, times(0.5, 7.5), 0.8))]), end(), ended(4)]
+    )
+    assert session.events == []

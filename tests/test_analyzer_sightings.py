@@ -247,24 +247,35 @@ def test_only_the_object_targets_of_a_mixed_query_are_tracked() -> None:
 # --------------------------------------------------------------------------- session options
 
 
-def test_the_sessions_detection_threshold_drops_a_weaker_detection_from_events_and_sightings() -> None:
+def test_the_sessions_detection_threshold_makes_a_weaker_detection_weak() -> None:
     weak = [Detection("person", 0.7, RIGHT)]
     default = analyzer(weak).analyze(chunk(A_PERSON))
     assert len(default.events) == 1 and len(default.sightings) == 3
+    assert not any(s.weak for s in default.sightings)
 
+    # 0.7 is below 0.8 but above its keep threshold (0.7 x 0.8 = 0.56): no event, weak sightings
+    # only (they may keep an object already tracked, never start one).
     strict = analyzer(weak).analyze(chunk(A_PERSON, options=AnalysisOptions(detection_threshold=0.8)))
     assert strict.status == "ok"
-    assert strict.events == [] and strict.sightings == []
+    assert strict.events == []
+    assert len(strict.sightings) == 3 and all(s.weak and s.confidence == 0.7 for s in strict.sightings)
     assert strict.tracked == [TrackedTarget(label="person")]
 
     both = [Detection("person", 0.9, LEFT), *weak]
     kept = analyzer(both).analyze(chunk(A_PERSON, options=AnalysisOptions(detection_threshold=0.8)))
-    assert {s.confidence for s in kept.sightings} == {0.9} and len(kept.sightings) == 3
+    assert {(s.confidence, s.weak) for s in kept.sightings} == {(0.9, False), (0.7, True)}
+    assert len(kept.sightings) == 6
+
+    # Below the keep threshold: no sighting at all.
+    faint = analyzer([Detection("person", 0.5, RIGHT)]).analyze(
+        chunk(A_PERSON, options=AnalysisOptions(detection_threshold=0.8))
+    )
+    assert faint.events == [] and faint.sightings == []
 
 
 def test_a_lower_detection_threshold_admits_a_weaker_detection() -> None:
     faint = [Detection("person", 0.3, RIGHT)]
-    assert analyzer(faint).analyze(chunk(A_PERSON)).sightings == []
+    assert analyzer(faint).analyze(chunk(A_PERSON)).sightings == []  # below 0.5 x 0.7 too
     lenient = analyzer(faint).analyze(chunk(A_PERSON, options=AnalysisOptions(detection_threshold=0.25)))
     assert len(lenient.sightings) == 3 and len(lenient.events) == 1
 

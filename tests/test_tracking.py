@@ -262,3 +262,24 @@ def test_state_stays_bounded_over_a_long_busy_run() -> None:
     )
     assert len(state.tracks) <= SETTINGS.max_tracks
     assert largest <= SETTINGS.max_tracks * 450 + 64
+
+
+def test_a_weak_detection_continues_a_confirmed_track_but_starts_and_confirms_nothing() -> None:
+    strong = [FrameObservation(stream_time=k * STEP, detections=(det("person", 0.2, 0.3),)) for k in range(2)]
+    state, out = run(strong)
+    assert out[-1][0].confirmed
+    track_id = out[-1][0].track_id
+    weak = Detection(label="person", score=0.4, box=(0.2, 0.3, 0.3, 0.6), weak=True)
+    state, [assignment] = update(state, FrameObservation(stream_time=1.0, detections=(weak,)), SETTINGS)
+    assert assignment.track_id == track_id and assignment.confirmed
+
+    # Alone, weak detections start no track...
+    _, out = run([FrameObservation(stream_time=k * STEP, detections=(weak,)) for k in range(4)])
+    assert all(a.track_id is None for frame in out for a in frame)
+    # ...and do not confirm a tentative one.
+    tentative, [born] = update(
+        TrackerState(), FrameObservation(stream_time=0.0, detections=(det("person", 0.2, 0.3),)), SETTINGS
+    )
+    assert born.track_id is not None and not born.confirmed
+    _, [after] = update(tentative, FrameObservation(stream_time=0.5, detections=(weak,)), SETTINGS)
+    assert after.track_id is None

@@ -13,7 +13,11 @@ Which model answers a target:
   parent ("golden retriever" on "dog" boxes), so it has boxes too;
 * ``classifier`` without a parent: an ImageNet class judged on whole frames ("forklift",
   "sliding door"). It has no box: its count and colour are dropped (with a warning), and a
-  relation involving it is read as "in the same frame" (``Condition.evaluation == "frame"``).
+  relation involving it is read as "in the same frame" (``Condition.evaluation == "frame"``);
+* ``zone``: a region of the frame the session named (start option ``zones``). The object of a
+  relation whose words (or head noun) are a zone's name is that zone ("near the door" with a
+  zone "door"; "at the front gate" with a zone "gate"), ahead of any label: the user's own
+  names come first. A zone is judged on its fixed box; it is never a target of its own.
 
 The decision rule. The principle: an answer may be *wider* than the query, with a warning
 that says so; it may never *contradict* it or answer a *different* question.
@@ -46,7 +50,7 @@ An empty query is an *open* query: no targets, ``open_query=True`` (every detect
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Literal
 
 import numpy as np
@@ -54,7 +58,13 @@ import numpy as np
 from analyzer.understanding.embedder import Embedder
 from analyzer.understanding.grammar import NounPhrase, ParsedQuery, parse
 from analyzer.understanding.resolve import Resolution, Thresholds, resolve_phrase, variants_of
-from analyzer.understanding.vocabulary import LabelIndex, VectorCache, Vocabulary, embed_checked
+from analyzer.understanding.vocabulary import (
+    LabelIndex,
+    VectorCache,
+    Vocabulary,
+    VocabularyEntry,
+    embed_checked,
+)
 from schemas.interpretation import (
     Condition,
     CountCondition,
@@ -105,7 +115,8 @@ class Interpreter:
         """(texts, entries) similarity of free texts to every label: for calibration and tests."""
         return self._index.scores(embed_checked(self._embedder, texts))
 
-    def interpret(self, query: str | None) -> Interpretation:
+    def interpret(self, query: str | None, zones: Collection[str] = ()) -> Interpretation:
+        """The query's interpretation; ``zones`` are the names of the session's zones, if any."""
         parsed = parse(query or "")
         if not parsed.tokens:
             return Interpretation(
@@ -122,10 +133,27 @@ class Interpreter:
             texts.extend(variants)
         scores = self.scores(texts) if texts else np.zeros((0, len(self.vocabulary.entries)), np.float32)
         resolutions = [
-            resolve_phrase(phrase, variants_of(phrase), scores[a:b], self.vocabulary, self.thresholds)
+            _zone_resolution(phrase, zones)
+            or resolve_phrase(phrase, variants_of(phrase), scores[a:b], self.vocabulary, self.thresholds)
             for phrase, (a, b) in zip(parsed.phrases, spans, strict=True)
         ]
         return _Builder(query, parsed, resolutions).build()
+
+
+def _zone_resolution(phrase: NounPhrase, zones: Collection[str]) -> Resolution | None:
+    """The zone a relation's object names (its words, else its head noun, singular or plural), or None."""
+    if phrase.role != "object" or not zones:
+        return None
+    names = {" ".join(zone.lower().replace("-", " ").split()) for zone in zones}
+    text = " ".join(phrase.words)
+    head = phrase.head
+    candidates = [text, head, head[:-1] if head.endswith("s") else None]
+    name = next((c for c in candidates if c and c in names), None)
+    if name is None:
+        return None
+    entry = VocabularyEntry(label=name, model=ModelKind.ZONE, parent=None, texts=(name,), index=-1)
+    unused = () if name == text else tuple(phrase.words[:-1])  # "front" of "front gate"
+    return Resolution(labels=((entry, 1.0),), name_words=tuple(name.split()), unused_modifiers=unused)
 
 
 class _Builder:
@@ -231,9 +259,23 @@ class _Builder:
             else None
         )
         name = " ".join(resolution.name_words)  # the words the labels matched on
-        for words in resolution.unused_modifiers:
+        unused_modifiers = resolution.unused_modifiers
+        if resolution.labels[0][0].model is ModelKind.ZONE:
+            # A zone is a fixed box: its colour, size and other words are not looked at.
+            for word in (phrase.colour_word, phrase.size_word, *unused_modifiers):
+                if word:
+                    self._ignore(
+                        word, f"'{word}' in '{phrase.text}' is not judged: the zone '{name}' is used"
+                    )
+            colour, size, unused_modifiers = None, None, ()
+        else:
+            size = phrase.size
+        for words in unused_modifiers:
             self._ignore(words, f"'{words}' in '{phrase.text}' is not judged: any {name} is reported")
-        located = all(e.model is ModelKind.DETECTOR or e.parent is not None for e, _ in resolution.labels)
+        located = all(
+            e.model in (ModelKind.DETECTOR, ModelKind.ZONE) or e.parent is not None
+            for e, _ in resolution.labels
+        )
         if not located:
             self.warnings.append(
                 f"'{phrase.text}' is judged by the image classifier on whole frames: no box, so no count, "
@@ -267,7 +309,7 @@ class _Builder:
             noun=phrase.fixed_noun or phrase.head,
             labels=labels,
             colour=colour,
-            size=phrase.size,
+            size=size,
             count=count,
             duration=duration,
             negated=phrase.negated,
