@@ -46,6 +46,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from aggregator.errors import AggregatorError, BrokerOutageError, TopicLayoutError
@@ -56,14 +57,17 @@ from livestream.errors import KafkaSetupError, RecordError
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.resilience import Backoff, BrokerWatch, stop_client
 from livestream.kafka.serde import decode_command, decode_value
+from livestream.metrics import LATENCY_BUCKETS_S, SIZE_BUCKETS, MetricsServer, start_metrics_server
 from schemas.records import (
     ChunkResult,
     DeadLetter,
+    EndSession,
     PurgeSession,
     SessionDeadline,
     SessionHeader,
     SessionLifecycle,
     SessionStatus,
+    StartSession,
     chunk_record_key,
     event_record_key,
 )
@@ -80,6 +84,45 @@ CRASH_EXIT_GRACE_S = 5.0
 IDLE_PROBE_INTERVAL_S = 10.0
 PROBE_GUARD_S = 5.0
 CRASH_EXIT_STATUS = 1
+
+# Prometheus metrics of this worker process (served by ``livestream.metrics`` when
+# LIVESTREAM_AGGREGATOR_METRICS_PORT is set); no per-session labels.
+RECORD_TYPES: dict[type, str] = {
+    StartSession: "start_session",
+    EndSession: "end_session",
+    SessionDeadline: "session_deadline",
+    PurgeSession: "purge_session",
+    SessionLifecycle: "lifecycle",
+    ChunkResult: "chunk_result",
+}
+RECORDS_FOLDED = Counter(
+    "livestream_aggregator_records_folded_total",
+    "Input records folded into session headers, by type; poison: undecodable or failing records "
+    "(dead-lettered and skipped).",
+    ["type"],
+)
+for _record_type in (*RECORD_TYPES.values(), "poison"):
+    RECORDS_FOLDED.labels(_record_type)  # every type is exported from the start, at 0
+RECORDS_WRITTEN = Counter(
+    "livestream_aggregator_records_written_total",
+    "Records produced and acknowledged, by kind: chunk (session-chunks), event (session-events: "
+    "each opened/updated/closed version), header (session-state), dead_letter; tombstones included.",
+    ["kind"],
+)
+for _kind in ("chunk", "event", "header", "dead_letter"):
+    RECORDS_WRITTEN.labels(_kind)
+BATCH_RECORDS = Histogram(
+    "livestream_aggregator_batch_records", "Input records per folded batch.", buckets=SIZE_BUCKETS
+)
+BATCH_SECONDS = Histogram(
+    "livestream_aggregator_batch_seconds",
+    "Time to fold one batch and write its records, acknowledgements included (broker retries too).",
+    buckets=LATENCY_BUCKETS_S,
+)
+TABLE_SESSIONS = Gauge(
+    "livestream_aggregator_sessions",
+    "Session headers in this worker's table (its partitions; ended sessions until their purge).",
+)
 
 
 def input_topic_names(topics: Topics) -> list[str]:
@@ -208,7 +251,11 @@ def build_app(settings: AggregatorSettings, thumbnails: ThumbnailJanitor | None 
         # Batches amortize the one wait for the broker's acknowledgement that each batch needs
         # (see ``write_batch``); ``within`` bounds the delay a record waits for its batch.
         async for events in stream.take_events(settings.batch_max_records, within=settings.batch_within_s):
+            started = time.perf_counter()
             await fold_batch(events)
+            BATCH_SECONDS.observe(time.perf_counter() - started)
+            BATCH_RECORDS.observe(len(events))
+            TABLE_SESSIONS.set(len(table))
 
     async def fold_batch(events: list[faust.EventT]) -> None:
         batch = _Batch()
@@ -222,6 +269,7 @@ def build_app(settings: AggregatorSettings, thumbnails: ThumbnailJanitor | None 
                 # Logged once here, dead-lettered, then skipped: its offset is acked like any other.
                 log.warning("skipping poison record (dead-lettered): %s", exc)
                 batch.dead_letter(message, event.value, exc, session_id=None)
+                RECORDS_FOLDED.labels("poison").inc()
                 continue
             session_id = record.session_id
             try:
@@ -250,7 +298,9 @@ def build_app(settings: AggregatorSettings, thumbnails: ThumbnailJanitor | None 
                     message.offset,
                 )
                 batch.dead_letter(message, event.value, exc, session_id=session_id)
+                RECORDS_FOLDED.labels("poison").inc()
                 continue
+            RECORDS_FOLDED.labels(RECORD_TYPES.get(type(record), "other")).inc()
             batch.add(session_id, message.partition, before, folded)
             if folded.changed and folded.header is not None:
                 header = folded.header
@@ -334,6 +384,8 @@ def build_app(settings: AggregatorSettings, thumbnails: ThumbnailJanitor | None 
                     for o in outputs
                 ]
                 await asyncio.gather(*futures)
+                for output in outputs:  # counted once acknowledged (a retried lot: once, on success)
+                    RECORDS_WRITTEN.labels(output.kind.replace("-", "_")).inc()
                 return
             except (KafkaError, ProducerSendError) as exc:
                 try:
@@ -407,9 +459,29 @@ def build_app(settings: AggregatorSettings, thumbnails: ThumbnailJanitor | None 
             requested[marker] = time.monotonic()
             await commands_topic.send(key=command.session_id.encode(), value=command.to_bytes())
 
+    if settings.metrics_port is not None:
+        _serve_metrics(app, settings)
     if settings.rebalance_reseek_delay_s > 0:
         _reseek_after_rebalances(app, settings.rebalance_reseek_delay_s)
     return app
+
+
+def _serve_metrics(app: faust.App, settings: AggregatorSettings) -> None:
+    """Serve the worker's metrics while the app runs (started with it, not when it is built, so
+    building an app, as the tests do, binds nothing)."""
+    running: list[MetricsServer] = []
+
+    @app.task
+    async def start_metrics() -> None:
+        # A port that cannot be bound crashes the worker with the ConfigurationError's message.
+        server = start_metrics_server("aggregator", settings.metrics_host, settings.metrics_port)
+        if server is not None:
+            running.append(server)
+
+    @app.on_before_shutdown.connect
+    async def stop_metrics(sender: faust.App, **kwargs: Any) -> None:
+        while running:
+            await asyncio.to_thread(running.pop().close)
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,18 @@ class AggregatorSettings(ServiceSettings):
     web_port: int | None = Field(
         default=None, description="Port of faust's web server (stats, table views); None disables it."
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus listener (/metrics, no authentication; see aggregator.app); "
+        "None: no listener. One per worker process.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the metrics listener binds to: loopback by default; 0.0.0.0 for a scraper "
+        "on another host, behind a firewall.",
+    )
     replication_factor: int | None = Field(
         default=None,
         ge=1,

@@ -30,6 +30,12 @@ tenant's sessions, another tenant's answer 404 like unknown ones):
   link the SDK's docs print after start-session)
 * ``GET  /`` the web app (``api/static/index.html``; its assets under ``/static/``)
 
+Prometheus metrics (``livestream_api_...``: requests by route template and status class, open SSE
+feeds, SSE messages) are never served on this port: this API is meant to be exposed and the
+scrape endpoint has no key. With ``LIVESTREAM_API_METRICS_PORT`` set, a listener of their own
+serves them (``livestream.metrics``), bound to ``LIVESTREAM_API_METRICS_HOST`` (default: the
+API's host), for the operator to keep off the public network; unset (the default), none.
+
 The SSE messages are described in ``api.feeds``. Browsers' ``EventSource`` cannot send
 headers, so the SSE routes also accept ``?token=`` (and ``?api_key=`` unless disabled) and
 ``last_event_id`` for ``Last-Event-ID``; every other route refuses credentials in the query
@@ -52,8 +58,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Form, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import Counter, Gauge, Histogram
 from sse_starlette import EventSourceResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from analyzer.understanding.runtime import shared_interpreter
 from api import playback
@@ -86,6 +93,7 @@ from api.views import SessionView
 from livestream.blobstore import BlobStore, open_blob_store
 from livestream.blobstore.settings import BlobStoreSettings
 from livestream.egress import EgressError, EgressPolicy, check_source_url
+from livestream.metrics import LATENCY_BUCKETS_S, start_metrics_server
 from schemas.api import (
     EndSessionForm,
     EndSessionResponse,
@@ -112,6 +120,92 @@ CHUNKS_PAGE_MAX = 10_000
 EVENTS_PAGE_DEFAULT = 100
 EVENTS_PAGE_MAX = 1000
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+# --------------------------------------------------------------------------- metrics
+
+# Labels stay bounded: the route's path template (never the raw URL, which holds ids), a known
+# method or "other", a status class; SSE feeds by kind ("session" or "all").
+HTTP_REQUESTS = Counter(
+    "livestream_api_http_requests_total",
+    "HTTP requests answered, by route template (unmatched: no route), method and status class (2xx..5xx).",
+    ["route", "method", "status"],
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "livestream_api_http_request_seconds",
+    "Time from a request's arrival to its response headers, by route template (an SSE feed: until "
+    "it starts streaming).",
+    ["route"],
+    buckets=LATENCY_BUCKETS_S,
+)
+SSE_SUBSCRIBERS = Gauge("livestream_api_sse_subscribers", "Open SSE feeds, by kind.", ["feed"])
+SSE_MESSAGES = Counter(
+    "livestream_api_sse_messages_total",
+    "SSE messages (detection, update, end, resync...) handed to open feeds, by kind; pings excluded.",
+    ["feed"],
+)
+for _feed in ("session", "all"):
+    SSE_SUBSCRIBERS.labels(_feed)
+    SSE_MESSAGES.labels(_feed)
+UNMATCHED_ROUTE = "unmatched"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def route_template(scope: Scope) -> str:
+    """The path template of the route that handled ``scope`` (a mount's prefix), else "unmatched"."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) and path else UNMATCHED_ROUTE
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
+
+
+class RequestMetrics:
+    """ASGI middleware counting each HTTP request when its response starts.
+
+    Pure ASGI rather than ``BaseHTTPMiddleware``, which would buffer nothing but wrap every
+    streaming (SSE) response in a task of its own. The router records the matched route in the
+    scope before any response starts, so its template is known by then; a request whose handler
+    raised without answering is counted as the 500 the outer error middleware sends.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        answered = False
+
+        def record(status: int) -> None:
+            route = route_template(scope)
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            HTTP_REQUESTS.labels(route, method, status_class(status)).inc()
+            HTTP_REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+
+        async def send_counted(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start" and not answered:
+                answered = True
+                record(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            if not answered:
+                record(500)
+
+
+async def counted_messages(content: AsyncIterator[SseMessage], feed: str) -> AsyncIterator[SseMessage]:
+    """``content``, counting each message handed on to the connection."""
+    messages = SSE_MESSAGES.labels(feed)
+    async for message in content:
+        messages.inc()
+        yield message
 
 
 # --------------------------------------------------------------------------- dependencies
@@ -153,16 +247,23 @@ def audience(scope: SessionScope | None, caller: Caller) -> Audience:
 
 
 class FeedResponse(EventSourceResponse):
-    """An SSE response that frees its key's feed slot however the stream ends."""
+    """An SSE response that frees its key's feed slot however the stream ends (and is counted
+    as an open feed of its ``feed`` kind while it streams)."""
 
-    def __init__(self, content: AsyncIterator[SseMessage], lease: FeedLease, ping: float) -> None:
-        super().__init__(content, ping=ping, headers=SSE_HEADERS)
+    def __init__(
+        self, content: AsyncIterator[SseMessage], lease: FeedLease, ping: float, *, feed: str
+    ) -> None:
+        super().__init__(counted_messages(content, feed), ping=ping, headers=SSE_HEADERS)
         self._lease = lease
+        self._feed = feed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        subscribers = SSE_SUBSCRIBERS.labels(self._feed)
+        subscribers.inc()
         try:
             await super().__call__(scope, receive, send)
         finally:
+            subscribers.dec()
             self._lease.release()
 
 
@@ -354,6 +455,7 @@ async def stream_session_events(
         with_thumbnail_urls(feed, thumbnail_links(request)),
         lease,
         ping=settings.sse_ping_seconds,
+        feed="session",
     )
 
 
@@ -376,6 +478,7 @@ async def stream_all_events(
         with_thumbnail_urls(feed, thumbnail_links(request)),
         lease,
         ping=settings.sse_ping_seconds,
+        feed="all",
     )
 
 
@@ -421,6 +524,20 @@ def create_app(settings: ApiSettings, blob_store: BlobStore | None = None) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A separate listener, never this app's port (see the module docstring); None when unset.
+        # First, so a port already taken stops the start-up before anything else is opened.
+        metrics = start_metrics_server("api", settings.effective_metrics_host, settings.metrics_port)
+        try:
+            async with _serving(app) as runtime:
+                app.state.runtime = runtime
+                yield
+        finally:
+            app.state.runtime = None
+            if metrics is not None:
+                await asyncio.to_thread(metrics.close)
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI) -> AsyncIterator[KafkaRuntime]:
         store = await StoreWorker.open(settings.store_dir, settings.store_cache_mib, settings.default_tenant)
         sessions = Sessions(
             SessionView(
@@ -438,8 +555,7 @@ def create_app(settings: ApiSettings, blob_store: BlobStore | None = None) -> Fa
             # build command, and the first start-session does not wait for them.
             await asyncio.to_thread(shared_interpreter)
             await runtime.start()
-            app.state.runtime = runtime
-            yield
+            yield runtime
         finally:
             app.state.runtime = None
             await runtime.stop()
@@ -456,6 +572,7 @@ def create_app(settings: ApiSettings, blob_store: BlobStore | None = None) -> Fa
         # authentication (and a bodiless route's answer is replaced by the 413).
         max_body_size=settings.max_body_bytes,
     )
+    app.add_middleware(RequestMetrics)
     app.state.settings = settings
     app.state.egress_policy = EgressPolicy.from_settings(settings)
     app.state.authenticator = authenticator

@@ -51,6 +51,24 @@ class ApiSettings(ServiceSettings):
         description="Same as ingest's deny list of sources.",
     )
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port uvicorn binds to (0 = any free).")
+    # Prometheus metrics: never on the public port above (this API is meant to be exposed, and
+    # the scrape endpoint has no key), but on a listener of their own that is off by default.
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of a separate Prometheus listener (/metrics, no authentication; metrics in api.app); "
+            "None: metrics are not served at all. The public port never serves them."
+        ),
+    )
+    metrics_host: str | None = Field(
+        default=None,
+        description=(
+            "Address the metrics listener binds to; None: the API's host. Set 127.0.0.1 (or a private "
+            "interface) when the API itself listens publicly and only a local scraper should read it."
+        ),
+    )
     keys: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
         repr=False,
@@ -207,6 +225,18 @@ class ApiSettings(ServiceSettings):
                     f"LIVESTREAM_API_{name} must have at least {MIN_PLAYBACK_SECRET_LENGTH} characters"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _metrics_apart(self) -> ApiSettings:
+        # One port for both would put the unauthenticated scrape endpoint on the public listener.
+        if self.metrics_port is not None and self.metrics_port != 0 and self.metrics_port == self.port:
+            raise ValueError("LIVESTREAM_API_METRICS_PORT must differ from LIVESTREAM_API_PORT")
+        return self
+
+    @property
+    def effective_metrics_host(self) -> str:
+        """Where the metrics listener binds: ``metrics_host``, else the API's own host."""
+        return self.metrics_host or self.host
 
     @field_validator("keys", mode="before")
     @classmethod

@@ -92,6 +92,7 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+from prometheus_client import Gauge
 
 from ingest.checkpoint import open_checkpoints
 from ingest.errors import BrokerOutageError, IngestError, StorageError
@@ -102,6 +103,7 @@ from ingest.storage import RecordingStorage
 from livestream.errors import RecordError
 from livestream.kafka.resilience import Backoff, BrokerWatch, probe_metadata, stop_client
 from livestream.kafka.serde import decode_command, encode_key, encode_value, key_text
+from livestream.metrics import MetricsServer, start_metrics_server
 from schemas.records import (
     ChunkRecord,
     DeadLetter,
@@ -125,6 +127,11 @@ IDLE_PROBE_INTERVAL_S = 10.0
 # A poll (asked to return within 0.5 s) or probe that takes longer than this is given up.
 POLL_GUARD_S = 2.0
 CHECKPOINT_READ_IDLE_POLLS = 20  # empty 0.5 s polls before a checkpoint read settles for less
+
+# The session-level metrics are in ``ingest.session``; this one is the service's.
+ACTIVE_SESSIONS = Gauge(
+    "livestream_ingest_active_sessions", "Sessions running in this ingest process (started or resumed)."
+)
 
 
 class KafkaRecordPublisher:
@@ -256,6 +263,7 @@ class IngestService:
         self._backoff = Backoff(settings.retry_backoff_s, settings.retry_backoff_max_s)
         # Set when the broker watch trips in a session task: ``run`` stops and raises it.
         self._gave_up = asyncio.Event()
+        self._metrics: MetricsServer | None = None
 
     async def __aenter__(self) -> IngestService:
         await self.start()
@@ -268,6 +276,8 @@ class IngestService:
 
     async def start(self) -> None:
         settings = self.settings
+        # First: a metrics port already taken stops the start-up before any session is resumed.
+        self._metrics = start_metrics_server("ingest", settings.metrics_host, settings.metrics_port)
         # The policy (egress, size caps, deadlines) of every fetch; each session gets a pool of its
         # own from it (``for_session``), so one slow source cannot starve the others.
         self._fetcher = HttpFetcher(FetchPolicy.of(settings))
@@ -538,6 +548,7 @@ class IngestService:
         self.sessions[session_id] = session
         self._partition_of[session_id] = partition
         self._tasks[session_id] = asyncio.create_task(self._run_session(session), name=f"ingest-{session_id}")
+        ACTIVE_SESSIONS.set(len(self._tasks))
         log.info(
             "session %s %s on %s", session_id, "resumed" if resume_from else "started", command.source_url
         )
@@ -620,6 +631,7 @@ class IngestService:
             self.sessions.pop(session.session_id, None)
             self._tasks.pop(session.session_id, None)
             self._partition_of.pop(session.session_id, None)
+            ACTIVE_SESSIONS.set(len(self._tasks))
             await session.fetcher.aclose()  # the session's own connection pool
 
     async def wait_idle(self) -> None:
@@ -660,6 +672,9 @@ class IngestService:
         if self._fetcher is not None:
             await self._fetcher.aclose()
             self._fetcher = None
+        if self._metrics is not None:
+            await asyncio.to_thread(self._metrics.close)
+            self._metrics = None
 
     @staticmethod
     def _require(value: T | None) -> T:

@@ -64,10 +64,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Literal, Protocol, TypeVar
+
+from prometheus_client import Counter, Histogram
 
 from ingest.checkpoint import START_MARK, SegmentMark, build_checkpoint, mark_of, resume_mark, wall_clock_gap
 from ingest.chunker import Chunk, Chunker, SampledFrame, build_chunk_record
@@ -90,6 +93,7 @@ from ingest.sampler import FrameSampler
 from ingest.settings import IngestSettings
 from ingest.storage import RecordingLimits, RecordingStorage
 from ingest.tracker import PlaylistTracker, TrackedSegment, outage_poll_delay, refresh_interval
+from livestream.metrics import LATENCY_BUCKETS_S
 from schemas.records import ChunkRecord, IngestCheckpoint, IngestState, SessionLifecycle, StartSession, utcnow
 
 log = logging.getLogger(__name__)
@@ -97,6 +101,40 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # "suspend": stop without a final report, leaving the checkpoint for whoever resumes it.
 StopReason = Literal["user", "suspend"]
+
+# Prometheus metrics of every session of this process (served by ``livestream.metrics`` when
+# LIVESTREAM_INGEST_METRICS_PORT is set). No per-session labels: sums over the process's sessions.
+SEGMENTS = Counter(
+    "livestream_ingest_segments_total",
+    "Media segments handled, by outcome: decoded; fetch_failed, decode_failed, refused (over the "
+    "decode limits): each of those is skipped (a gap) unless it is one too many in a row.",
+    ["outcome"],
+)
+MISSED_MEDIA = Counter(
+    "livestream_ingest_missed_media_seconds_total",
+    "Stream time the source dropped from its playlist before it was fetched (outages, a slow ingest).",
+)
+FRAMES_DECODED = Counter(
+    "livestream_ingest_frames_decoded_total", "Video frames decoded (every frame, kept or not)."
+)
+FRAMES_SAMPLED = Counter(
+    "livestream_ingest_frames_sampled_total", "Frames kept by the sampler, bound for the analyzers."
+)
+CHUNKS_PUBLISHED = Counter(
+    "livestream_ingest_chunks_published_total", "Chunk records produced and acknowledged by the broker."
+)
+for _outcome in ("decoded", "fetch_failed", "decode_failed", "refused"):
+    SEGMENTS.labels(_outcome)  # every outcome is exported from the start, at 0
+SEGMENT_FETCH_SECONDS = Histogram(
+    "livestream_ingest_segment_fetch_seconds",
+    "Time to download one segment (retries and redirects included), failed fetches too.",
+    buckets=LATENCY_BUCKETS_S,
+)
+SEGMENT_DECODE_SECONDS = Histogram(
+    "livestream_ingest_segment_decode_seconds",
+    "Time to decode and sample one segment (worker thread), refused and undecodable ones too.",
+    buckets=LATENCY_BUCKETS_S,
+)
 
 
 class RecordPublisher(Protocol):
@@ -422,14 +460,19 @@ class IngestSession:
         outage), False when a stop interrupted it (it is then not part of the session)."""
         segment = item.segment
         if item.missed_duration_before > 0:
+            MISSED_MEDIA.inc(item.missed_duration_before)
             await asyncio.to_thread(self.store.add_gap, item.missed_duration_before)
+        started = time.perf_counter()
         try:
             fetched = await self._until_stopped(self.fetcher.get(segment.uri, kind="segment"))
         except FetchError as exc:
+            SEGMENT_FETCH_SECONDS.observe(time.perf_counter() - started)
+            SEGMENTS.labels("fetch_failed").inc()
             await self._bad_segment(item, exc)
             return "gap" if _transient(exc) else "progress"
         if fetched is None:
             return False  # stopped mid-download: the segment is not part of the session
+        SEGMENT_FETCH_SECONDS.observe(time.perf_counter() - started)
         arrival = utcnow()
         await asyncio.to_thread(  # its wall clock: the same base as its frames' (below)
             self.store.add_segment,
@@ -448,6 +491,7 @@ class IngestSession:
             # Re-ingested media of a resumed session: frames before covered time are published.
             return stream_time >= covered - 1e-6 and self.sampler.accept(stream_time)
 
+        started = time.perf_counter()
         try:
             decoded = await asyncio.to_thread(
                 decode_segment,
@@ -459,8 +503,14 @@ class IngestSession:
                 url=segment.uri,
             )
         except DecodeError as exc:  # refused ones too: skipped like undecodable ones
+            SEGMENT_DECODE_SECONDS.observe(time.perf_counter() - started)
+            SEGMENTS.labels("refused" if isinstance(exc, DecodeRefusedError) else "decode_failed").inc()
             await self._bad_segment(item, exc, stored=True)
             return "progress"
+        SEGMENT_DECODE_SECONDS.observe(time.perf_counter() - started)
+        SEGMENTS.labels("decoded").inc()
+        FRAMES_DECODED.inc(decoded.decoded_count)
+        FRAMES_SAMPLED.inc(len(decoded.frames))
         self._bad_segments_in_a_row = 0
         self.segments_decoded += 1
         wall_clock_base = segment.program_date_time or arrival
@@ -553,6 +603,7 @@ class IngestSession:
             )
             await self.publisher.publish_chunk(record)  # returns after the broker's ack
             self.chunks_published += 1
+            CHUNKS_PUBLISHED.inc()
 
     async def _flush(self) -> None:
         await self._publish(self.chunker.flush(self.tracker.stream_time))

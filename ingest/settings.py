@@ -182,3 +182,20 @@ class IngestSettings(ServiceSettings):
         default=4, ge=1, description="Connection pool size of one session's fetcher."
     )
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
+    # Prometheus metrics (defined in ingest.session; livestream.metrics): off unless a port is set.
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of the Prometheus listener (/metrics, no authentication); None: no listener. "
+            "One per process: give each replica on a host its own."
+        ),
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description=(
+            "Address the metrics listener binds to (ingest has no other listener): loopback by "
+            "default; 0.0.0.0 for a scraper on another host, behind a firewall."
+        ),
+    )

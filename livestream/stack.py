@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from livestream.kafka.broker import LocalKafkaBroker, SupervisedBroker, free_port
+from livestream.metrics import metrics_url
 from livestream.processes import (
     ChildProcess,
     ChildSpec,
@@ -42,6 +43,7 @@ __all__ = ["SERVICES", "CrashLoopError", "Stack", "StackError", "stack_for_tests
 log = logging.getLogger("livestream.stack")
 
 SERVICES = ("aggregator", "analyzer", "ingest", "api")  # start order; stop runs in reverse
+METRICS_HOST = "127.0.0.1"  # the stack's listeners are all on loopback
 
 
 @dataclass
@@ -62,6 +64,9 @@ class Stack:
     # Signs playback URLs unless the environment sets LIVESTREAM_API_PLAYBACK_SECRET: one secret
     # per stack, so the URLs survive the supervisor restarting the API process.
     playback_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    # Prometheus listener port of each instance (by instance name, see ``instances``), passed as
+    # LIVESTREAM_<SERVICE>_METRICS_PORT on loopback; an instance not named here serves none.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     supervisor: Supervisor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +75,11 @@ class Stack:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        """The ``/metrics`` URL of each instance given a metrics port, by instance name."""
+        return {name: metrics_url(METRICS_HOST, port) for name, port in self.metrics_ports.items()}
 
     @property
     def processes(self) -> dict[str, subprocess.Popen[bytes]]:
@@ -158,6 +168,12 @@ class Stack:
         for name, module in self.instances():
             # A restarted analyzer replica keeps its instance id: the spec is fixed here.
             child_env = env | {"LIVESTREAM_ANALYZER_INSTANCE_ID": name} if module == "analyzer" else env
+            if name in self.metrics_ports:
+                prefix = f"LIVESTREAM_{module.upper()}_METRICS"
+                child_env = child_env | {
+                    f"{prefix}_PORT": str(self.metrics_ports[name]),
+                    f"{prefix}_HOST": METRICS_HOST,
+                }
             spec = ChildSpec(name, [sys.executable, "-m", module], child_env, self.log_path(name))
             self.supervisor.add(ChildProcess(spec))
         self.wait_ready(ready_timeout)
@@ -216,10 +232,12 @@ def stack_for_tests(
     extra_env: dict[str, str] | None = None,
     ready_timeout: float = 120.0,
     broker: LocalKafkaBroker | None = None,
+    metrics: bool = True,
 ) -> Iterator[Stack]:
     """A running, supervised stack on a free API port with a generated key.
 
-    Prints each log's tail when it stops.
+    With ``metrics`` every instance serves Prometheus metrics on a free loopback port of its own
+    (``Stack.metrics_urls``). Prints each log's tail when it stops.
     """
     stack = Stack(
         bootstrap_servers=bootstrap_servers,
@@ -233,6 +251,9 @@ def stack_for_tests(
         extra_env={"LIVESTREAM_INGEST_ALLOW_PRIVATE_SOURCES": "true", **(extra_env or {})},
         broker=broker,
     )
+    if metrics:
+        names = [name for name, _module in stack.instances()]
+        stack.metrics_ports = dict(zip(names, _free_ports(len(names), taken={stack.api_port}), strict=True))
     try:
         stack.start(ready_timeout=ready_timeout)
         stack.supervise_in_background()
@@ -247,3 +268,13 @@ def stack_for_tests(
         stack.stop()
         for name, _module in stack.instances():
             print(f"--- {name} log tail ---\n{stack.log_tail(name, 15)}")
+
+
+def _free_ports(count: int, taken: set[int]) -> list[int]:
+    """``count`` distinct free loopback ports, none of ``taken`` (the OS may hand one out twice)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in taken and port not in ports:
+            ports.append(port)
+    return ports
