@@ -19,7 +19,9 @@ from livestream.service import run_service
 
 
 async def _main(settings: AnalyzerSettings) -> None:
-    detector = ObjectDetector.load(settings.model_path or default_model_path(), settings.providers)
+    detector = ObjectDetector.load(
+        settings.model_path or default_model_path(), settings.providers, max_batch=settings.inference_batch
+    )
     policy = ScoringPolicy(
         threshold=settings.threshold,
         max_gap_frames=settings.max_gap_frames,
@@ -39,7 +41,13 @@ async def _main(settings: AnalyzerSettings) -> None:
         if settings.thumbnails
         else None
     )
-    analyzer = ChunkAnalyzer(detector, policy, settings.instance_id, load_classifier=load_classifier)
+    analyzer = ChunkAnalyzer(
+        detector,
+        policy,
+        settings.instance_id,
+        load_classifier=load_classifier,
+        decode_threads=settings.decode_threads,
+    )
     service = AnalyzerService(settings, analyzer, thumbnails)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,13 +1,17 @@
 """Analyzer service: a consumer group on the chunk topic producing events and chunk results.
 
-Per chunk record, in this order:
-  1. decode + inference in a worker thread (the event loop keeps heartbeating Kafka);
+Chunk records are handled in batches of up to ``batch_max_chunks`` (of any sessions and
+partitions: what one poll returns, topped up for ``batch_max_wait_ms``). Per batch, in order:
+  1. decode + inference in a worker thread (the event loop keeps heartbeating Kafka): every
+     frame of every chunk in one detector call (``ChunkAnalyzer.analyze_many``);
   1b. the events' thumbnails rendered and stored in the blob store, in the same worker thread
      (``analyzer.thumbnails``), so no produced event names a thumbnail that is not stored;
-  2. produce the chunk's events to the events topic, then its ChunkResult (which repeats the
-     events) to the chunk-results topic, and await the broker's acks for all of them;
-  3. commit the chunk's offset.
-A crash before 3 redelivers the chunk to some analyzer of the group, which re-produces the
+  2. produce each chunk's events to the events topic, then its ChunkResult (which repeats the
+     events) to the chunk-results topic, and await the broker's acks for all of the batch;
+  3. commit the batch's offsets (the highest of each partition, plus one).
+Steps 2-3 of a batch run while the next batch is analysed (step 1), never before the previous
+batch's step 3: commits stay in order per partition and the model is not idle while acks come.
+A crash before 3 redelivers the batch's chunks to some analyzer of the group, which re-produces the
 same records (and rewrites the same thumbnails, keyed by event id): event ids are deterministic
 (``schemas.records.event_id_for``) and the aggregator folds chunk results idempotently by chunk
 index, so the guarantee is at-least-once delivery with idempotent consumers; consumers of the
@@ -62,7 +66,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -71,8 +75,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, KafkaTimeoutError
 from PIL import Image
 
+from analyzer import metrics
 from analyzer.classifier import ImageClassifier
-from analyzer.detector import ObjectDetector
+from analyzer.detector import Detection, ObjectDetector
 from analyzer.errors import BrokerOutageError, DetectorError, QueryError
 from analyzer.judge import (
     ClassifierLike,
@@ -95,8 +100,17 @@ from analyzer.understanding.runtime import shared_interpreter
 from livestream.errors import LivestreamError, RecordError
 from livestream.kafka.resilience import Backoff, BrokerWatch, probe_metadata, stop_client
 from livestream.kafka.serde import decode_value, encode_key, encode_value, key_text
+from livestream.metrics import MetricsServer, start_metrics_server
 from schemas.interpretation import Interpretation, Target
-from schemas.records import ChunkRecord, ChunkResult, DeadLetter, TrackedTarget, chunk_id_for
+from schemas.records import (
+    ChunkRecord,
+    ChunkResult,
+    DeadLetter,
+    Event,
+    Sighting,
+    TrackedTarget,
+    chunk_id_for,
+)
 from schemas.topics import CHUNK_TOPIC_MAX_MESSAGE_BYTES, Topics
 
 log = logging.getLogger("analyzer")
@@ -112,6 +126,7 @@ IDLE_PROBE_INTERVAL_S = 10.0
 # A poll (asked to return within 0.5 s) or probe that takes longer than this is given up.
 POLL_GUARD_S = 2.0
 COMMIT_GUARD_S = 10.0
+DEFAULT_DECODE_THREADS = 2
 # Distinct queries whose interpretation is kept (records without one: schema version < 5).
 INTERPRETATION_CACHE_SIZE = 256
 
@@ -139,8 +154,11 @@ class ChunkAnalyzer:
         classifier: ClassifierLike | None = None,
         load_classifier: Callable[[], ClassifierLike] | None = None,
         interpret: Callable[[str | None], Interpretation] | None = None,
+        decode_threads: int = DEFAULT_DECODE_THREADS,
     ) -> None:
         self._detector = detector
+        # JPEG decoding releases the GIL (libjpeg): a chunk's frames decode side by side.
+        self._decode_pool = ThreadPoolExecutor(max_workers=max(1, decode_threads), thread_name_prefix="jpeg")
         self._policy = policy
         self._analyzer_id = analyzer_id
         self._classifier = classifier
@@ -164,50 +182,131 @@ class ChunkAnalyzer:
             return self._classifier
 
     def analyze(self, chunk: ChunkRecord) -> ChunkResult:
-        analysis_id = uuid.uuid4().hex
+        """One chunk's result, as ``analyze_many`` gives it (the service's one-at-a-time path)."""
+        return self._analyze_chunks([chunk])[0]
+
+    def analyze_many(self, chunks: Sequence[ChunkRecord]) -> list[ChunkResult]:
+        """The results of ``chunks``, analysed together (see ``_analyze_chunks``)."""
+        return self._analyze_chunks(chunks)
+
+    def _analyze_chunks(self, chunks: Sequence[ChunkRecord]) -> list[ChunkResult]:
+        """The results of ``chunks`` (any sessions), their frames detected in one batch.
+
+        Per chunk: interpretation and JPEG decoding (in the decode pool), then one detector call
+        for every frame of every chunk (the detector splits it into ``max_batch`` runs), then per
+        chunk the judge, scoring and sightings. A chunk's handled failure (a bad JPEG, a refused
+        query) is its own ``failed`` result and spares the others. A retryable detector error
+        (``DetectorError.retryable``) or any unexpected exception propagates for the whole
+        batch: the service then analyses the batch's chunks one at a time under its retry rules,
+        so a poison chunk is found and dead-lettered alone.
+        """
         started = time.perf_counter()
-        targets: list[str] = []
+        prepared: list[_Prepared | ChunkResult] = []
+        for chunk in chunks:
+            try:
+                prepared.append(self._prepare(chunk))
+            except (LivestreamError, OSError, ValueError) as exc:
+                prepared.append(self._failed(chunk, exc, started))
+        ready = [p for p in prepared if isinstance(p, _Prepared)]
+        images = [image for p in ready for image in p.images]
+        detected = time.perf_counter()
         try:
-            interpretation = self.interpretation_of(chunk)
-            if not interpretation.accepted:
-                # The API refuses such queries at start; an older record may still carry one.
-                raise QueryError(f"query refused: {'; '.join(interpretation.warnings)}")
-            reported = [
-                ReportedTarget(index, label, _notes(targets_of(interpretation)[index]))
-                for index, label in reported_targets(interpretation)
-            ]
-            targets = [r.label for r in reported]
-            tracked = [
-                TrackedTarget(
-                    label=r.label, min_duration_s=min_duration_s(targets_of(interpretation)[r.index])
-                )
-                for r in reported
-                if is_tracked(targets_of(interpretation)[r.index])
-            ]
-            pixels = needs_pixels(interpretation)
-            # Crops for the classifier want every pixel; the detector alone is happy with 300x300.
-            images = [
-                _decode_jpeg(frame.jpeg, full_size=needs_crops(interpretation)) for frame in chunk.frames
-            ]
             detections = self._detector.detect(images) if images else []
-            frames = [
-                FrameInput(frame.stream_time, dets, image if pixels else None)
-                for frame, dets, image in zip(chunk.frames, detections, images, strict=True)
-            ]
-            classifier = self.classifier() if needs_classifier(interpretation) and frames else None
-            thresholds = self._policy.thresholds(open_query=interpretation.open_query, options=chunk.options)
-            zones = chunk.options.zones if chunk.options is not None else None
-            judged = judge_chunk(interpretation, frames, classifier, thresholds, zones)
-            events = score_judged(chunk, judged, reported, analysis_id, self._policy)
-            sightings = sightings_of(judged, reported)
-            status, error = "ok", None
-        except (LivestreamError, OSError, ValueError) as exc:
-            if isinstance(exc, DetectorError) and exc.retryable:
+        except DetectorError as exc:
+            if exc.retryable:
                 raise  # the service retries it with backoff (AnalyzerService._analyze)
-            # Logged once here, where the failure becomes a failed ChunkResult.
-            log.warning("chunk %s of session %s failed: %s", chunk.chunk_id, chunk.session_id, exc)
-            events, status, error = [], "failed", str(exc)
-            tracked, sightings = [], []
+            # Deterministic for this input: each chunk of the batch reports it.
+            return [
+                p if isinstance(p, ChunkResult) else self._failed(p.chunk, exc, started) for p in prepared
+            ]
+        detector_ms = (time.perf_counter() - detected) * 1000
+        position = 0
+        results: list[ChunkResult] = []
+        for item in prepared:
+            if isinstance(item, ChunkResult):
+                results.append(item)
+                continue
+            count = len(item.images)
+            share = detector_ms * count / len(images) if images else 0.0
+            own = detections[position : position + count]
+            position += count
+            try:
+                results.append(self._finish(item, own, share))
+            except (LivestreamError, OSError, ValueError) as exc:
+                if isinstance(exc, DetectorError) and exc.retryable:
+                    raise
+                results.append(self._failed(item.chunk, exc, item.started))
+        return results
+
+    def _prepare(self, chunk: ChunkRecord) -> _Prepared:
+        started = time.perf_counter()
+        interpretation = self.interpretation_of(chunk)
+        if not interpretation.accepted:
+            # The API refuses such queries at start; an older record may still carry one.
+            raise QueryError(f"query refused: {'; '.join(interpretation.warnings)}")
+        all_targets = targets_of(interpretation)
+        reported = [
+            ReportedTarget(index, label, _notes(all_targets[index]))
+            for index, label in reported_targets(interpretation)
+        ]
+        tracked = [
+            TrackedTarget(label=r.label, min_duration_s=min_duration_s(all_targets[r.index]))
+            for r in reported
+            if is_tracked(all_targets[r.index])
+        ]
+        # Crops for the classifier want every pixel; the detector alone is happy with 300x300.
+        decode = functools.partial(_decode_jpeg, full_size=needs_crops(interpretation))
+        images = list(self._decode_pool.map(decode, [frame.jpeg for frame in chunk.frames]))
+        return _Prepared(chunk, interpretation, reported, tracked, images, started)
+
+    def _finish(
+        self, item: _Prepared, detections: Sequence[Sequence[Detection]], detector_ms: float
+    ) -> ChunkResult:
+        finishing = time.perf_counter()
+        chunk, interpretation = item.chunk, item.interpretation
+        analysis_id = uuid.uuid4().hex
+        pixels = needs_pixels(interpretation)
+        frames = [
+            FrameInput(frame.stream_time, dets, image if pixels else None)
+            for frame, dets, image in zip(chunk.frames, detections, item.images, strict=True)
+        ]
+        classifier = self.classifier() if needs_classifier(interpretation) and frames else None
+        thresholds = self._policy.thresholds(open_query=interpretation.open_query, options=chunk.options)
+        zones = chunk.options.zones if chunk.options is not None else None
+        judged = judge_chunk(interpretation, frames, classifier, thresholds, zones)
+        events = score_judged(chunk, judged, item.reported, analysis_id, self._policy)
+        own_ms = (time.perf_counter() - finishing) * 1000 + item.prepare_ms
+        return self._result(
+            chunk,
+            analysis_id,
+            targets=[r.label for r in item.reported],
+            events=events,
+            tracked=item.tracked,
+            sightings=sightings_of(judged, item.reported),
+            # Its own decode, judge and scoring, and its frames' share of the batch's detector call.
+            inference_ms=own_ms + detector_ms,
+        )
+
+    def _failed(self, chunk: ChunkRecord, exc: Exception, started: float) -> ChunkResult:
+        # Logged once here, where the failure becomes a failed ChunkResult.
+        log.warning("chunk %s of session %s failed: %s", chunk.chunk_id, chunk.session_id, exc)
+        result = self._result(
+            chunk, uuid.uuid4().hex, inference_ms=(time.perf_counter() - started) * 1000, error=str(exc)
+        )
+        return result
+
+    def _result(
+        self,
+        chunk: ChunkRecord,
+        analysis_id: str,
+        *,
+        inference_ms: float,
+        targets: list[str] | None = None,
+        events: list[Event] | None = None,
+        tracked: list[TrackedTarget] | None = None,
+        sightings: list[Sighting] | None = None,
+        error: str | None = None,
+    ) -> ChunkResult:
         return ChunkResult(
             session_id=chunk.session_id,
             stream_id=chunk.stream_id,
@@ -217,16 +316,16 @@ class ChunkAnalyzer:
             start_time=chunk.start_time,
             end_time=chunk.end_time,
             frame_count=len(chunk.frames),
-            status=status,
+            status="failed" if error is not None else "ok",
             error=error,
             model=self._detector.model_name,
             analyzer_id=self._analyzer_id,
-            targets=targets,
-            events=events,
+            targets=targets or [],
+            events=events or [],
             frame_times=sorted(frame.stream_time for frame in chunk.frames),
-            tracked=tracked,
-            sightings=sightings,
-            inference_ms=round((time.perf_counter() - started) * 1000, 1),
+            tracked=tracked or [],
+            sightings=sightings or [],
+            inference_ms=round(inference_ms, 1),
         )
 
     def failed_result(self, chunk: ChunkIdentity, error: str) -> ChunkResult:
@@ -292,6 +391,10 @@ def chunk_identity(key: bytes | None, value: bytes | None) -> ChunkIdentity | No
     )
 
 
+def _shown(offsets: dict[TopicPartition, int]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in sorted(offsets.items()))
+
+
 def _seconds(value: object) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
@@ -315,6 +418,21 @@ def _decode_jpeg(data: bytes, *, full_size: bool = False) -> np.ndarray:
             # smallest DCT scale still at least that large (up to 8x less work on big frames).
             image.draft("RGB", (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE))
         return np.asarray(image.convert("RGB"))
+
+
+@dataclass
+class _Prepared:
+    """A chunk ready for the detector: its interpretation, targets and decoded frames."""
+
+    chunk: ChunkRecord
+    interpretation: Interpretation
+    reported: list[ReportedTarget]
+    tracked: list[TrackedTarget]
+    images: list[np.ndarray]
+    started: float  # perf_counter when its preparation began
+
+    def __post_init__(self) -> None:
+        self.prepare_ms = (time.perf_counter() - self.started) * 1000
 
 
 @dataclass(frozen=True)
@@ -353,7 +471,7 @@ class AnalyzerService:
             client_id=settings.instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=settings.max_poll_records,
+            max_poll_records=settings.batch_max_chunks,
             max_poll_interval_ms=settings.max_poll_interval_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
@@ -364,6 +482,10 @@ class AnalyzerService:
             enable_idempotence=True,
             linger_ms=5,
             max_request_size=MAX_REQUEST_BYTES,
+        )
+        # First: a metrics port already taken stops the start-up before anything is consumed.
+        server: MetricsServer | None = start_metrics_server(
+            "analyzer", settings.metrics_host, settings.metrics_port
         )
         try:
             await producer.start()
@@ -376,36 +498,164 @@ class AnalyzerService:
             await stop_client("consumer", consumer.stop(), log)
             await stop_client("producer", producer.stop(), log)
             self._executor.shutdown(wait=False, cancel_futures=True)
+            if server is not None:
+                await asyncio.to_thread(server.close)
 
     async def _loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+        """Poll a batch, analyse it, then publish and commit it while the next batch is analysed.
+
+        Order (per batch): results produced and acknowledged, then the batch's offsets committed
+        (``_publish_and_commit``), strictly after the previous batch's; a batch's analysis may
+        overlap its predecessor's publishing only, so the model is not idle while acks come.
+        """
         probe_every = min(IDLE_PROBE_INTERVAL_S, self._settings.broker_outage_limit_s / 4)
         last_probe = time.monotonic()
-        while not self._stopping.is_set():
+        publishing: asyncio.Task[bool] | None = None
+        try:
+            while not self._stopping.is_set():
+                records = await self._poll_batch(consumer)
+                if records is None:
+                    await self._pause(self._backoff.delay(self._broker.failures))
+                    continue
+                if not records:
+                    if time.monotonic() - last_probe >= probe_every:
+                        # An idle consumer sees an outage as empty polls (aiokafka retries
+                        # quietly): ask for metadata now and then, so it counts towards the limit.
+                        last_probe = time.monotonic()
+                        await self._probe(consumer)
+                    continue
+                await self._observe_lag(consumer)
+                results = await self._analyze_batch(records, producer)
+                if results is None:
+                    return  # stopped while retrying: the batch stays uncommitted
+                if publishing is not None and not await publishing:
+                    return
+                publishing = asyncio.create_task(
+                    self._publish_and_commit(records, results, consumer, producer)
+                )
+        finally:
+            if publishing is not None:
+                await publishing  # bounded: it returns once stopped (``_pause``)
+
+    async def _poll_batch(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord] | None:
+        """Up to ``batch_max_chunks`` records: what one poll returns, topped up for at most
+        ``batch_max_wait_ms`` when it returned fewer. None after a fetch error (retried by the caller)."""
+        settings = self._settings
+        records: list[ConsumerRecord] = []
+        deadline: float | None = None
+        while len(records) < settings.batch_max_chunks:
+            if deadline is None:
+                timeout_ms = 500
+            else:
+                timeout_ms = int((deadline - time.monotonic()) * 1000)
+                if timeout_ms <= 0:
+                    break
             try:
                 # Bounded: while the group coordinator is unreachable, getmany waits for a
                 # rejoin that cannot happen.
-                batches = await asyncio.wait_for(consumer.getmany(timeout_ms=500), POLL_GUARD_S)
+                batches = await asyncio.wait_for(
+                    consumer.getmany(
+                        timeout_ms=timeout_ms, max_records=settings.batch_max_chunks - len(records)
+                    ),
+                    POLL_GUARD_S,
+                )
             except TimeoutError:
                 batches = {}
             except KafkaError as exc:
                 # aiokafka reconnects by itself; what surfaces here is retried within the limit.
                 self._broker.failed(exc, "fetch chunks")
                 log.warning("fetching chunks failed (%s: %s), retrying", type(exc).__name__, exc)
-                await self._pause(self._backoff.delay(self._broker.failures))
+                return records or None
+            for partition_records in batches.values():
+                records.extend(partition_records)
+            if not records:
+                break  # idle
+            if deadline is None:
+                deadline = time.monotonic() + settings.batch_max_wait_ms / 1000
+        return records
+
+    async def _analyze_batch(
+        self, records: list[ConsumerRecord], producer: AIOKafkaProducer
+    ) -> list[ChunkResult] | None:
+        """The results of ``records`` (in their order), thumbnails stored; None when stopped.
+
+        Undecodable records are dead-lettered and reported failed on the way (``_handle_undecodable``).
+        The decodable chunks are analysed together (``ChunkAnalyzer.analyze_many``); if that
+        raises, each is analysed alone under the retry rules of the module docstring.
+        """
+        chunks: list[tuple[ConsumerRecord, ChunkRecord]] = []
+        for record in records:
+            try:
+                chunks.append(
+                    (
+                        record,
+                        decode_value(ChunkRecord, record.value, topic=record.topic, offset=record.offset),
+                    )
+                )
+            except RecordError as exc:
+                if not await self._handle_undecodable(record, exc, producer):
+                    return None
+        if not chunks:
+            return []
+        frames = sum(len(chunk.frames) for _, chunk in chunks)
+        metrics.BATCH_CHUNKS.observe(len(chunks))
+        metrics.BATCH_FRAMES.observe(frames)
+        began = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._analyzer.analyze_many, [chunk for _, chunk in chunks]
+            )
+        except Exception as exc:  # the batch's fallback: one chunk at a time, retry rules apply
+            log.info("batch of %d chunks failed as a whole (%s), analysing them one by one", len(chunks), exc)
+            results = []
+            for record, chunk in chunks:
+                result = await self._analyze(chunk, record, producer)
+                if result is None:
+                    return None
+                results.append(result)
+        if self._thumbnails is not None:
+            # Stored before the events that name them are produced (step 1b of the docstring).
+            for position, ((_, chunk), result) in enumerate(zip(chunks, results, strict=True)):
+                if result.events:
+                    results[position] = await loop.run_in_executor(
+                        self._executor, self._thumbnails.attach, chunk, result
+                    )
+        metrics.FRAMES_INFERRED.inc(frames)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - began)
+        return results
+
+    async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Records left per assigned partition (high watermark minus position), for the lag gauge."""
+        for partition in consumer.assignment():
+            highwater = consumer.highwater(partition)
+            if highwater is None:
                 continue
-            if not batches and time.monotonic() - last_probe >= probe_every:
-                # An idle consumer sees an outage as empty polls (aiokafka retries quietly): ask
-                # for metadata now and then, so an outage counts towards the limit even then.
-                last_probe = time.monotonic()
-                await self._probe(consumer)
-            for partition, records in batches.items():
-                for record in records:
-                    if self._stopping.is_set():
-                        return
-                    if not await self._handle(record, producer):
-                        return  # stopped while retrying: the chunk stays uncommitted
-                    if not await self._commit(consumer, partition, record.offset + 1):
-                        return
+            try:
+                position = await asyncio.wait_for(consumer.position(partition), POLL_GUARD_S)
+            except (TimeoutError, KafkaError, IllegalStateError):
+                continue  # a partition being revoked or reset: no reading this time
+            metrics.CONSUMER_LAG.labels(str(partition.partition)).set(max(0, highwater - position))
+
+    async def _publish_and_commit(
+        self,
+        records: list[ConsumerRecord],
+        results: list[ChunkResult],
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+    ) -> bool:
+        """Steps 2 and 3 for a batch: produce every result (acknowledged), then commit its offsets."""
+        if results and not await self._publish(results, producer):
+            return False
+        now_ms = time.time() * 1000
+        for record in records:
+            # The chunk record's broker timestamp (its produce time) to the result's acknowledgement.
+            metrics.CHUNK_AGE_SECONDS.observe(max(0.0, now_ms - record.timestamp) / 1000)
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            partition = TopicPartition(record.topic, record.partition)
+            offsets[partition] = max(offsets.get(partition, 0), record.offset + 1)
+        return await self._commit(consumer, offsets)
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> None:
         """Ask the cluster for metadata; a failure (or no answer) counts towards the outage limit."""
@@ -415,44 +665,29 @@ class AnalyzerService:
         else:
             self._broker.failed(error, "reach the broker")
 
-    async def _commit(self, consumer: AIOKafkaConsumer, partition: TopicPartition, offset: int) -> bool:
-        """Commit ``offset``, retrying broker errors; False when stopped before it was committed."""
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:
+        """Commit ``offsets``, retrying broker errors; False when stopped before they were committed."""
         while True:
             try:
                 try:
                     # Bounded: aiokafka's commit waits for a group coordinator indefinitely.
-                    await asyncio.wait_for(consumer.commit({partition: offset}), COMMIT_GUARD_S)
+                    await asyncio.wait_for(consumer.commit(offsets), COMMIT_GUARD_S)
                 except TimeoutError as exc:
                     raise KafkaTimeoutError(f"no commit answer within {COMMIT_GUARD_S:.0f} s") from exc
             except (CommitFailedError, IllegalStateError) as exc:
-                # The partition moved to another replica while this chunk was analysed
-                # (scale-out, a slow poll, a broker restart): its new owner redelivers the chunk
-                # and re-produces the same records, which consumers de-duplicate.
-                log.warning("chunk offset %d of %s not committed: %s", offset - 1, partition, exc)
+                # A partition moved to another replica while these chunks were analysed
+                # (scale-out, a slow poll, a broker restart): its new owner redelivers them and
+                # re-produces the same records, which consumers de-duplicate.
+                log.warning("chunk offsets %s not committed: %s", _shown(offsets), exc)
                 return True
             except KafkaError as exc:
                 self._broker.failed(exc, "commit offsets")
-                log.warning("committing offset %d of %s failed (%s), retrying", offset, partition, exc)
+                log.warning("committing offsets %s failed (%s), retrying", _shown(offsets), exc)
                 if not await self._pause(self._backoff.delay(self._broker.failures)):
                     return False
                 continue
             self._broker.succeeded()
             return True
-
-    async def _handle(self, record: ConsumerRecord, producer: AIOKafkaProducer) -> bool:
-        """Analyse one chunk record and publish what it gave; False when stopped before the end."""
-        try:
-            chunk = decode_value(ChunkRecord, record.value, topic=record.topic, offset=record.offset)
-        except RecordError as exc:
-            return await self._handle_undecodable(record, exc, producer)
-        result = await self._analyze(chunk, record, producer)
-        if result is None:
-            return False
-        if self._thumbnails is not None and result.events:
-            # Stored before the events that name them are produced (step 1b of the docstring).
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, self._thumbnails.attach, chunk, result)
-        return await self._publish(result, producer)
 
     async def _handle_undecodable(
         self, record: ConsumerRecord, exc: RecordError, producer: AIOKafkaProducer
@@ -462,6 +697,7 @@ class AnalyzerService:
         letter = self._dead_letter(record, exc, attempts=1, session_id=session_id)
         if not await self._produce([letter], producer):
             return False
+        metrics.DEAD_LETTERS.inc()
         if identity is None:
             # No trustworthy session to report to: dead-lettered, logged, skipped.
             log.error("skipping undecodable chunk record (dead-lettered): %s", exc)
@@ -474,7 +710,7 @@ class AnalyzerService:
             exc,
         )
         error = f"undecodable chunk record (dead-lettered): {exc}"
-        return await self._publish(self._analyzer.failed_result(identity, error), producer)
+        return await self._publish([self._analyzer.failed_result(identity, error)], producer)
 
     async def _analyze(
         self, chunk: ChunkRecord, record: ConsumerRecord, producer: AIOKafkaProducer
@@ -544,6 +780,7 @@ class AnalyzerService:
         letter = self._dead_letter(record, exc, attempts=attempts, session_id=chunk.session_id)
         if not await self._produce([letter], producer):
             return None
+        metrics.DEAD_LETTERS.inc()
         error = f"unexpected error after {attempts} attempts (dead-lettered): {type(exc).__name__}: {exc}"
         return self._analyzer.failed_result(ChunkIdentity.of(chunk), error)
 
@@ -571,21 +808,27 @@ class AnalyzerService:
         # Keyed like the record, so a session's dead letters share its partition.
         return Outgoing(self._topics.dead_letter, encode_value(letter), record.key)
 
-    async def _publish(self, result: ChunkResult, producer: AIOKafkaProducer) -> bool:
-        key = encode_key(result.session_id)
-        outgoing = [Outgoing(self._topics.events, encode_value(e), key) for e in result.events]
-        outgoing.append(Outgoing(self._topics.chunk_results, encode_value(result), key))
+    async def _publish(self, results: list[ChunkResult], producer: AIOKafkaProducer) -> bool:
+        """Produce each result's events, then the result itself, for every result; await every ack."""
+        outgoing: list[Outgoing] = []
+        for result in results:
+            key = encode_key(result.session_id)
+            outgoing += [Outgoing(self._topics.events, encode_value(e), key) for e in result.events]
+            outgoing.append(Outgoing(self._topics.chunk_results, encode_value(result), key))
         if not await self._produce(outgoing, producer):
             return False
-        log.info(
-            "session %s chunk %d: %d frames, %d events, %.0f ms (%s)",
-            result.session_id,
-            result.chunk_index,
-            result.frame_count,
-            len(result.events),
-            result.inference_ms,
-            result.status,
-        )
+        for result in results:
+            metrics.CHUNKS.labels(result.status).inc()
+            metrics.EVENTS.inc(len(result.events))
+            log.info(
+                "session %s chunk %d: %d frames, %d events, %.0f ms (%s)",
+                result.session_id,
+                result.chunk_index,
+                result.frame_count,
+                len(result.events),
+                result.inference_ms,
+                result.status,
+            )
         return True
 
     async def _produce(self, outgoing: list[Outgoing], producer: AIOKafkaProducer) -> bool:

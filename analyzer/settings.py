@@ -49,8 +49,35 @@ class AnalyzerSettings(ServiceSettings):
         ge=1,
         description="onnxruntime intra-op threads of the image classifier (default: as the detector's).",
     )
-    # Chunks are ~1 MB: fetch few at a time so one poll's work stays well inside max_poll_interval.
-    max_poll_records: int = Field(default=4, ge=1)
+    # Batching (analyzer/service.py): chunks of any sessions are analysed together, their frames
+    # in one detector call; results are produced and committed per batch.
+    batch_max_chunks: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Chunk records analysed together (about 4 frames each at 2 fps and 2 s chunks); "
+        "raise it for GPU providers, whose batches want hundreds of frames.",
+    )
+    batch_max_wait_ms: int = Field(
+        default=20,
+        ge=0,
+        le=5000,
+        description="How long a batch that is not full waits for more chunk records after its first.",
+    )
+    inference_batch: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="Frames per onnxruntime run of the detector (CPU gains nothing past ~4, "
+        "bench/bench_detector.py; GPUs want 64-256).",
+    )
+    decode_threads: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Threads decoding a batch's JPEG frames (libjpeg releases the GIL).",
+    )
+    # Chunks are ~1 MB: a poll fetches at most a batch (batch_max_chunks), well inside max_poll_interval.
     max_poll_interval_ms: int = 300_000
     # Failure handling (the rules are written in analyzer/service.py).
     max_attempts: int = Field(
@@ -81,4 +108,17 @@ class AnalyzerSettings(ServiceSettings):
         "blob store LIVESTREAM_STORAGE_* configure (see analyzer/thumbnails.py).",
     )
     thumbnail_jpeg_quality: int = Field(default=85, ge=20, le=95, description="JPEG quality of thumbnails.")
+    # Prometheus metrics (defined in analyzer.metrics; livestream.metrics): off unless a port is set.
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus listener (/metrics, no authentication); None: no listener. "
+        "One per process: give each replica on a host its own.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the metrics listener binds to: loopback by default; 0.0.0.0 for a scraper "
+        "on another host, behind a firewall.",
+    )
     log_level: str = "INFO"

@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -64,11 +64,11 @@ class SlowAnalyzer(ChunkAnalyzer):
         super().__init__(detector, ScoringPolicy())
         self.slow_chunk_started = threading.Event()
 
-    def analyze(self, chunk: ChunkRecord) -> ChunkResult:
-        if chunk.chunk_index == 1:
+    def analyze_many(self, chunks: Sequence[ChunkRecord]) -> list[ChunkResult]:
+        if any(chunk.chunk_index == 1 for chunk in chunks):
             self.slow_chunk_started.set()
             time.sleep(1.0)
-        return super().analyze(chunk)
+        return super().analyze_many(chunks)
 
 
 @pytest.fixture

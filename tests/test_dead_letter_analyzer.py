@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -86,6 +87,15 @@ class FaultyAnalyzer(ChunkAnalyzer):
         if fault is not None:
             raise fault
         return super().analyze(chunk)
+
+    def analyze_many(self, chunks: Sequence[ChunkRecord]) -> list[ChunkResult]:
+        # A batch holding a chunk with a planned fault fails as a whole, as a real poison chunk
+        # would: the service then analyses its chunks one by one (``analyze``), where the fault
+        # is raised and counted per chunk.
+        with self._lock:
+            if any(self._faults.get((c.session_id, c.chunk_index)) for c in chunks):
+                raise RuntimeError("a chunk of the batch has a planned fault")
+        return super().analyze_many(chunks)
 
 
 @pytest.fixture(scope="module")

@@ -220,6 +220,21 @@ def test_every_service_exports_its_metrics_after_a_session(metrics_stack: Stack)
     assert value(aggregator, "livestream_aggregator_batch_seconds_count") >= 1
     assert value(aggregator, "livestream_aggregator_sessions") >= 1  # kept until its retention ends
 
+    analyzer = scrape(stack.metrics_urls["analyzer"])
+    assert value(analyzer, "livestream_analyzer_chunks_total", status="ok") == chunks
+    assert value(analyzer, "livestream_analyzer_frames_inferred_total") >= value(
+        ingest, "livestream_ingest_frames_sampled_total"
+    )
+    assert value(analyzer, "livestream_analyzer_batch_chunks_count") >= 1
+    assert value(analyzer, "livestream_analyzer_batch_chunks_sum") == chunks
+    assert value(analyzer, "livestream_analyzer_batch_frames_sum") >= chunks
+    assert value(analyzer, "livestream_analyzer_batch_seconds_count") >= 1
+    assert value(analyzer, "livestream_analyzer_chunk_age_seconds_count") == chunks
+    assert value(analyzer, "livestream_analyzer_events_total") >= 0
+    assert value(analyzer, "livestream_analyzer_dead_letters_total") == 0
+    lags = [v for labels, v in analyzer.get("livestream_analyzer_consumer_lag_records", [])]
+    assert lags and all(v >= 0 for v in lags)
+
     api_metrics = scrape(stack.metrics_urls["api"])
     start = {"route": "/api/live/start-session", "method": "POST", "status": "2xx"}
     assert value(api_metrics, "livestream_api_http_requests_total", **start) == 1
