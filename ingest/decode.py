@@ -40,8 +40,8 @@ shared 2-core machine, so +-20%; "decoded" frames per segment of 50):
 | veryfast, 2 B-frames, GOP 25 | 2 fps | 173 | 103 | 21 | 33, 40 ms |
 | veryfast, 2 B-frames, GOP 25 | 1 fps | 149 | 25 | 2 | 33, 0 ms |
 
-So ``"exact"`` is the choice at every sampling rate: 30-50% less decoding CPU at 2 fps, about
-70% at 1 fps, 80-95% at 0.5 fps (where it decodes what ``"nonkey"`` does, when that is
+So ``"exact"`` is the choice at every sampling rate: 30-50% less decoding CPU at 2 fps, 40-85%
+at 1 fps, 80-95% at 0.5 fps (where it decodes what ``"nonkey"`` does, when that is
 exact), with the same output. ``"nonref"`` saves less (25-40% with B-frames, nothing without)
 and moves frames; ``"nonkey"`` is wrong below the GOP. Thread types (SLICE, FRAME, none vs
 AUTO) change CPU by no more than the noise; AUTO stays. Decoder options, on a full decode:
