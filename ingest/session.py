@@ -501,6 +501,7 @@ class IngestSession:
                 max_pixels=self.settings.decode_max_pixels,
                 max_frames=frame_budget(segment.duration, self.settings.decode_max_fps),
                 url=segment.uri,
+                skip=self.settings.decode_skip,
             )
         except DecodeError as exc:  # refused ones too: skipped like undecodable ones
             SEGMENT_DECODE_SECONDS.observe(time.perf_counter() - started)

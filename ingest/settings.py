@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from ingest.decode import SkipMode
 from livestream.blobstore.settings import DEFAULT_LOCAL_DIR
 from livestream.egress import SourceRuleList
 from livestream.settings import ServiceSettings
@@ -116,6 +117,13 @@ class IngestSettings(ServiceSettings):
         default=120.0,
         gt=0,
         description="A segment holding more than 4 x its EXTINF duration x this many frames is refused.",
+    )
+    decode_skip: SkipMode = Field(
+        default="exact",
+        description="Frames decoded (ingest/decode.py, figures in bench/README.md): 'exact' decodes only "
+        "the sampled frames and the H.264 frames they depend on (the same frames and pixels as a full "
+        "decode; other codecs fall back to it); 'none' decodes every frame; 'nonref' skips "
+        "non-reference frames (kept frames move by up to one B-frame run); 'nonkey' keyframes only.",
     )
     max_crash_resumes: int = Field(
         default=3,
