@@ -20,7 +20,10 @@ from livestream.service import run_service
 
 async def _main(settings: AnalyzerSettings) -> None:
     detector = ObjectDetector.load(
-        settings.model_path or default_model_path(), settings.providers, max_batch=settings.inference_batch
+        settings.model_path or default_model_path(),
+        settings.providers,
+        max_batch=settings.inference_batch,
+        pipeline=settings.detector_pipeline,
     )
     policy = ScoringPolicy(
         threshold=settings.threshold,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -26,6 +27,12 @@ class AnalyzerSettings(ServiceSettings):
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
         description='onnxruntime providers in order, e.g. ["CUDAExecutionProvider","CPUExecutionProvider"].',
+    )
+    detector_pipeline: Literal["network", "graph"] = Field(
+        default="network",
+        description="'network': the detector's network alone, with scaling, box decoding and NMS "
+        "batched in numpy (analyzer/ssd_network.py); 'graph': the whole exported graph (same "
+        "detections, slower: its TF loops run per image).",
     )
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     max_gap_frames: int = Field(default=1, ge=0)

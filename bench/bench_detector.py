@@ -43,17 +43,28 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="time per batch size")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     parser.add_argument("--batch-sizes", default="1,2,4,8")
+    parser.add_argument(
+        "--pipelines", default="network,graph", help="detector pipelines to compare (analyzer/ssd_network.py)"
+    )
     args = parser.parse_args()
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     threads = args.threads or default_intra_op_threads()
-    detector = ObjectDetector.load(intra_op_threads=threads, max_batch=max(batch_sizes))
     frames = load_frames(64)
-    print(f"{detector.model_name} on {detector.providers[0]}, {threads} intra-op threads, 640x272 frames")
-    print(f"{'batch':>5}  {'frames/s':>9}  {'ms/frame':>9}")
-    for batch_size in batch_sizes:
-        fps = measure(detector, frames, batch_size, args.seconds)
-        print(f"{batch_size:>5}  {fps:>9.1f}  {1000 / fps:>9.1f}")
+    for pipeline in args.pipelines.split(","):
+        detector = ObjectDetector.load(
+            intra_op_threads=threads,
+            max_batch=max(batch_sizes),
+            pipeline=pipeline,  # type: ignore[arg-type]
+        )
+        print(
+            f"{detector.model_name} ({pipeline} pipeline) on {detector.providers[0]}, "
+            f"{threads} intra-op threads, 640x272 frames"
+        )
+        print(f"{'batch':>5}  {'frames/s':>9}  {'ms/frame':>9}")
+        for batch_size in batch_sizes:
+            fps = measure(detector, frames, batch_size, args.seconds)
+            print(f"{batch_size:>5}  {fps:>9.1f}  {1000 / fps:>9.1f}")
 
 
 if __name__ == "__main__":
