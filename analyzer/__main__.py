@@ -24,6 +24,7 @@ async def _main(settings: AnalyzerSettings) -> None:
         settings.providers,
         max_batch=settings.inference_batch,
         pipeline=settings.detector_pipeline,
+        intra_op_threads=settings.intra_op_threads,
     )
     policy = ScoringPolicy(
         threshold=settings.threshold,
@@ -35,7 +36,7 @@ async def _main(settings: AnalyzerSettings) -> None:
 
     def load_classifier() -> ImageClassifier:
         # Loaded on the first chunk whose query needs it, in the inference thread.
-        threads = settings.classifier_threads or default_intra_op_threads()
+        threads = settings.classifier_threads or settings.intra_op_threads or default_intra_op_threads()
         return ImageClassifier.load(providers=settings.providers, intra_op_threads=threads)
 
     # Thumbnails go where the recordings are (same LIVESTREAM_STORAGE_* settings as ingest and API).

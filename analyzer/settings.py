@@ -51,6 +51,14 @@ class AnalyzerSettings(ServiceSettings):
         le=1.0,
         description="Detection score an empty query (every COCO class) needs: nobody asked for them.",
     )
+    intra_op_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="onnxruntime intra-op threads of the detector (default: the machine's cores, at most "
+        "8). Several replicas on one machine should share the cores: `livestream --analyzers N up` "
+        "gives each cores // N.",
+    )
     classifier_threads: int | None = Field(
         default=None,
         ge=1,

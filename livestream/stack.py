@@ -165,9 +165,14 @@ class Stack:
         if self.broker is not None:
             self.supervisor.add(SupervisedBroker(self.broker), already_running=True)
         env = self.env()
+        analyzer_threads = analyzer_thread_budget(self.analyzer_replicas, env)
         for name, module in self.instances():
             # A restarted analyzer replica keeps its instance id: the spec is fixed here.
-            child_env = env | {"LIVESTREAM_ANALYZER_INSTANCE_ID": name} if module == "analyzer" else env
+            child_env = (
+                env | {"LIVESTREAM_ANALYZER_INSTANCE_ID": name} | analyzer_threads
+                if module == "analyzer"
+                else env
+            )
             if name in self.metrics_ports:
                 prefix = f"LIVESTREAM_{module.upper()}_METRICS"
                 child_env = child_env | {
@@ -219,6 +224,24 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def analyzer_thread_budget(replicas: int, env: dict[str, str], cores: int | None = None) -> dict[str, str]:
+    """The thread rule for several analyzer replicas on one machine: they share its cores.
+
+    Each replica's onnxruntime runs (detector and classifier) get ``cores // replicas`` intra-op
+    threads (at least 1) and its JPEG decoding one thread, so N replicas do not oversubscribe
+    the cores N times over (each would otherwise take them all). One replica keeps the defaults;
+    a value set in the environment is kept as it is.
+    """
+    if replicas <= 1:
+        return {}
+    cores = cores or os.cpu_count() or 1
+    budget = {
+        "LIVESTREAM_ANALYZER_INTRA_OP_THREADS": str(max(1, cores // replicas)),
+        "LIVESTREAM_ANALYZER_DECODE_THREADS": "1",
+    }
+    return {name: value for name, value in budget.items() if name not in env}
 
 
 @contextlib.contextmanager
