@@ -6,7 +6,7 @@ CACHE ?= $(HOME)/.cache/livestream-analytics
 URL ?=
 QUERY ?= detect a person, a cat or a cup
 
-.PHONY: install webapp models broker run up test lint schemas clean eval
+.PHONY: install webapp models broker run up test lint schemas clean eval bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ test: install models
 
 # Quality on scripted live streams with ground truth (real broker, stack and models; ~3 min):
 # prints the table, writes eval/results/latest.json and the README's Quality table.
+# Capacity: concurrent live streams on the real stack until it no longer keeps up (README, Capacity).
+bench: install models
+	$(PY) bench/capacity.py --json bench/results/capacity.json
+
 eval: install models
 	$(PY) -m eval --write-readme
 

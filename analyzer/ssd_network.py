@@ -29,12 +29,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from analyzer.errors import DetectorError
+
+if TYPE_CHECKING:
+    import onnx
 
 NETWORK_INPUT = "Preprocessor/sub:0"
 BOX_ENCODINGS = "concat:0"
@@ -63,6 +65,11 @@ class Network:
 
 def extract_network(model_path: str | Path) -> Network:
     """Cut the network out of the exported detector graph (module docstring)."""
+    # Imported here: the rest of this module (scaling, decoding, NMS) needs numpy only, so a
+    # benchmark machine without the onnx package can run a network cut elsewhere (bench/gpu.sh).
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
     model = onnx.load(str(model_path))
     graph = model.graph
     constants = {tensor.name: tensor for tensor in graph.initializer}

@@ -1,28 +1,36 @@
 #!/usr/bin/env bash
-# Run bench/bench_gpu.py on a lent GPU machine (the `device` tool's machine: CUDA, torch, but no
-# onnxruntime-gpu). The onnxruntime-gpu wheel (1.31.1, CUDA 13 build, ~256 MB) cannot travel in
-# one call: split it here into parts of at most 56 MB (`bench/gpu.sh split WHEEL DIR`), send one
-# part per call while the machine stays warm (each call carries its part under $PART_DIR and
-# runs `bench/gpu.sh receive`, which moves it to a temporary folder that outlives the call), then
-# `bench/gpu.sh run` reassembles the wheel, checks its sha256, installs it with `pip --target`
-# beside this checkout and runs the benchmark with the CUDA provider. The model travels the
-# same way if the machine has no `make models` cache (its ONNX file is ~66 MB: two parts).
+# Run bench/bench_gpu.py on a lent GPU machine (the `device` tool's machine: CUDA and torch, but
+# no onnxruntime-gpu, no onnx package, no models, no network). What it needs travels in parts of
+# at most 56 MB over consecutive calls while the machine stays warm (it is released 30 s after a
+# call); parts wait in a temporary folder there that outlives each call.
 #
-#   here:    bench/gpu.sh split onnxruntime_gpu-1.31.1-...whl parts/   # writes parts/ + SHA256
-#   device:  bench/gpu.sh receive parts/<part>                          # once per part, while warm
-#   device:  bench/gpu.sh run [bench_gpu.py args]                       # assemble, install, measure
+#   here:    bench/gpu.sh bundle parts/                  # bench_gpu.py prepare + split into parts/
+#            bench/gpu.sh split onnxruntime_gpu-1.31.1-*.whl parts/
+#   device:  bench/gpu.sh receive parts/<some parts>     # one call per <= 56 MB, while warm
+#   device:  bench/gpu.sh run [bench_gpu.py run args]    # assemble, check sha256, pip --target, measure
 set -euo pipefail
 
 STAGE="${GPU_STAGE_DIR:-/tmp/livestream-gpu}"
 PART_BYTES=$((56 * 1000 * 1000))
 
+split_file() {  # FILE DIR: parts FILE.part-01.. in DIR, its sha256 appended to DIR/SHA256SUMS
+  local file="$1" out="$2"
+  mkdir -p "$out"
+  split --bytes="$PART_BYTES" --numeric-suffixes=1 --suffix-length=2 "$file" "$out/$(basename "$file").part-"
+  (cd "$(dirname "$file")" && sha256sum "$(basename "$file")") >> "$out/SHA256SUMS"
+}
+
 case "${1:-}" in
-  split)
-    wheel="$2"; out="$3"
-    mkdir -p "$out"
-    split --bytes="$PART_BYTES" --numeric-suffixes=1 --suffix-length=2 "$wheel" "$out/$(basename "$wheel").part-"
-    (cd "$(dirname "$wheel")" && sha256sum "$(basename "$wheel")") > "$out/SHA256"
+  bundle)
+    out="$2"
+    bundle="$(mktemp -d)"
+    .venv/bin/python bench/bench_gpu.py prepare "$bundle"
+    for file in "$bundle"/*; do split_file "$file" "$out"; done
     ls -l "$out"
+    ;;
+  split)
+    split_file "$2" "$3"
+    ls -l "$3"
     ;;
   receive)
     mkdir -p "$STAGE"
@@ -31,19 +39,24 @@ case "${1:-}" in
     ;;
   run)
     shift
-    sums="$STAGE/SHA256"
-    [ -f "$sums" ] || { echo "no $sums: send the SHA256 file with the parts" >&2; exit 2; }
-    wheel_name="$(awk '{print $2}' "$sums")"
-    cat "$STAGE/$wheel_name".part-* > "$STAGE/$wheel_name"
-    (cd "$STAGE" && sha256sum --check SHA256)
-    target="$STAGE/site"
-    if [ ! -d "$target/onnxruntime" ]; then
-      python -m pip install --quiet --no-deps --target "$target" "$STAGE/$wheel_name"
+    cd_back="$PWD"
+    cd "$STAGE"
+    [ -f SHA256SUMS ] || { echo "no SHA256SUMS in $STAGE: send it with the parts" >&2; exit 2; }
+    while read -r _ name; do
+      [ -f "$name" ] || cat "$name".part-* > "$name"
+    done < SHA256SUMS
+    sha256sum --check SHA256SUMS
+    mkdir -p bundle
+    for name in network.onnx anchors.npy frames.npy; do mv -f "$name" bundle/ 2>/dev/null || true; done
+    wheel="$(ls onnxruntime_gpu-*.whl 2>/dev/null | head -1 || true)"
+    if [ -n "$wheel" ] && [ ! -d site/onnxruntime ]; then
+      python -m pip install --quiet --no-deps --target site "$wheel"
     fi
-    PYTHONPATH="$target:$PWD" python bench/bench_gpu.py "$@"
+    cd "$cd_back"
+    PYTHONPATH="$STAGE/site:$PWD" python bench/bench_gpu.py run "$STAGE/bundle" "$@"
     ;;
   *)
-    echo "usage: bench/gpu.sh split WHEEL DIR | receive PART... | run [bench_gpu.py args]" >&2
+    echo "usage: bench/gpu.sh bundle DIR | split FILE DIR | receive PART... | run [args]" >&2
     exit 2
     ;;
 esac
