@@ -1,7 +1,8 @@
 """Capacity: how many concurrent 720p live streams the real stack keeps up with on this machine.
 
 Run: ``.venv/bin/python bench/capacity.py [--streams 1,2,4,6,...] [--duration 60] [--quick]
-[--json FILE]`` (``make bench``; ``--quick``: N = 1, 2 with 20 s streams, a smoke run).
+[--live-sources] [--json FILE]`` (``make bench``; ``--quick``: N = 1, 2 with 20 s streams, a
+smoke run).
 
 What it does (everything on loopback, nothing reached outside the machine):
 
@@ -10,9 +11,21 @@ What it does (everything on loopback, nothing reached outside the machine):
    models, metrics on), with ingest joining every session at the first segment
    (``LIVESTREAM_INGEST_LIVE_EDGE_SEGMENTS``) so stream time is the source's script time;
 2. one short warm-up session (model sessions, topics, consumer groups), not measured;
-3. rounds with N concurrent live test sources (``LiveHlsSource``: 1280x720, 25 fps, 2 s
-   segments, H.264; a script that cycles cat / gray / cup / gray, so "a cat" has ground truth)
-   and one session per source with the query "a cat", N rising; each round measures:
+3. rounds with N concurrent live test sources (1280x720, 25 fps, 2 s segments, H.264; a script
+   that cycles cat / gray / cup / gray, so "a cat" has ground truth) and one session per source
+   with the query "a cat", N rising. By default the sources are ``ReplayHlsSource`` s
+   (``livestream.testsource.replay``): the script is rendered and x264-encoded ONCE, before the
+   stack starts and outside every round, by the test source's own renderer and segmenter, and
+   each of the N sources serves those same segment bytes from memory on 127.0.0.1 as a live
+   stream of its own (its own start, a playlist growing in real time with
+   ``#EXT-X-PROGRAM-DATE-TIME`` per segment, ``#EXT-X-ENDLIST`` at the end). Encoding 720p25 in
+   real time costs ~0.3-0.4 cores per stream, more than the whole stack, so live sources would
+   make the benchmark measure the sources; serving static bytes costs next to nothing.
+   ``--live-sources`` uses ``LiveHlsSource`` (real-time encoding in this process) instead.
+   Ingest still fetches and decodes real H.264 for every stream: the N streams carry identical
+   bytes, but each is decoded separately by its own session, so decode cost is real (only CPU
+   cache effects could differ from N distinct streams, and a 2 s 720p segment's decode working
+   set is far larger than any cache, so they are negligible). Each round measures:
 
    * **keeping up**: each session's *finish delay* (from the source's last segment, the one with
      ``#EXT-X-ENDLIST``, to the session's ``end`` message on its SSE feed) and the *lag growth*:
@@ -25,13 +38,14 @@ What it does (everything on loopback, nothing reached outside the machine):
      most ``--max-lag-growth-s`` (2 s);
    * **CPU seconds per stream-minute per service**: utime + stime from ``/proc/<pid>/stat`` of
      each service process (``Stack.processes``), the broker's JVM (``LocalKafkaBroker.pid``) and
-     this process (the N test sources' rendering and encoding, the HTTP servers, the SSE
-     clients), between the round's start and its end, divided by N x the stream minutes;
+     this process (the N test sources' HTTP servers, plus their rendering and encoding with
+     ``--live-sources``, the SSE clients), between the round's start and its end, divided by
+     N x the stream minutes;
    * **end-to-end latency**: for every ``detection`` message on the sessions' SSE feeds
      (``/api/live/live-sessions/{stream_id}/{session_id}/events/stream``), from the moment the
      source published the segment holding the event's first frame (``captured_at``, which comes
      from the segment's ``#EXT-X-PROGRAM-DATE-TIME``; publication times are watched from
-     ``LiveHlsSource.segments_published``) to the message's arrival; p50/p95/p99. It includes
+     the sources' ``segments_published``) to the message's arrival; p50/p95/p99. It includes
      the wait for the rest of the chunk (``--chunk-seconds``) and for the second sighting an
      event needs before it opens;
    * **the stage that saturates first**: each process's CPU in cores over the round, frames
@@ -40,17 +54,18 @@ What it does (everything on loopback, nothing reached outside the machine):
    * **ingest decode efficiency**: frames ingest decoded per CPU second of the whole ingest
      process, divided by frames decoded per CPU second by PyAV alone
      (``ingest.decode.decode_segment`` with ingest's sampling, skip mode and frame width, in a
-     separate process, on the segments of up to ``--baseline-streams`` of the round's sources,
-     after the round so it runs on an idle stack). Target: >= 0.8.
+     separate process, on the segments of up to ``--baseline-streams`` of the round's sources
+     (replayed: the same bytes that many times), after the round so it runs on an idle stack).
+     Target: >= 0.8.
 
 Raising N stops at the first round that does not keep up, or that is *source-bound*: a test
-source published a segment more than one segment duration late (this process could not encode N
-live 720p sources in real time on the cores it shares with the stack), so more streams would
-measure the machine, not the stack. Latencies and delays are measured from the actual
-publication times either way. Prints a markdown table and the JSON
-(``--json FILE`` writes it too). A default run takes about 12-15 minutes when every round
-keeps up, less when one does not. Its figures are only capacity figures on a machine that
-runs nothing else: the test sources are encoded by this process on the same cores.
+source published a segment more than one segment duration late (this process could not even
+play N live sources in real time on the cores it shares with the stack: with ``--live-sources``
+it happens at N = 2 on 2 cores), so more streams would measure the machine, not the stack.
+Latencies and delays are measured from the actual publication times either way. Prints a
+markdown table and the JSON (``--json FILE`` writes it too). A default run takes about 12-15
+minutes when every round keeps up (plus ~20 s to encode the script once), less when one does
+not. Its figures are only capacity figures on a machine that runs nothing else.
 """
 
 from __future__ import annotations
@@ -81,6 +96,7 @@ from livestream.kafka.admin import ensure_topics
 from livestream.kafka.broker import LocalKafkaBroker
 from livestream.stack import Stack, stack_for_tests
 from livestream.testsource import LiveHlsSource, Photo, Scene, Script, Solid
+from livestream.testsource.replay import EncodedStream, ReplayHlsSource, encode_script
 from schemas.records import SessionChunk
 from schemas.topics import Topics
 
@@ -207,10 +223,13 @@ async def scrape_counters(client: httpx.AsyncClient, urls: dict[str, str]) -> di
 # --------------------------------------------------------------------------- one live stream
 
 
+Source = LiveHlsSource | ReplayHlsSource
+
+
 class PublicationWatcher:
     """Wall-clock time at which each source published each segment (polled every 20 ms)."""
 
-    def __init__(self, sources: list[LiveHlsSource]) -> None:
+    def __init__(self, sources: list[Source]) -> None:
         self.sources = sources
         self.published: list[list[float]] = [[] for _ in sources]
         self._stop = threading.Event()
@@ -378,22 +397,30 @@ async def run_round(
     topics: Topics,
     streams: int,
     config: Config,
+    encoded: EncodedStream | None,
     *,
     warmup: bool = False,
 ) -> dict[str, Any]:
+    """One round of ``streams`` sessions; the sources replay ``encoded`` (None: live sources
+    that render and encode the script in this process, in real time)."""
     script = capacity_script(config.duration)
     total_segments = math.ceil(config.duration / SEGMENT_SECONDS)
-    sources = [
-        LiveHlsSource(
-            script,
-            segment_seconds=SEGMENT_SECONDS,
-            fps=FPS,
-            width=WIDTH,
-            height=HEIGHT,
-            window=total_segments + 2,  # the playlist keeps every segment: no file is deleted mid-round
-        )
-        for _ in range(streams)
-    ]
+    sources: list[Source]
+    if encoded is not None:
+        # The playlist keeps every segment (the default window), as the live sources' does here.
+        sources = [ReplayHlsSource(encoded) for _ in range(streams)]
+    else:
+        sources = [
+            LiveHlsSource(
+                script,
+                segment_seconds=SEGMENT_SECONDS,
+                fps=FPS,
+                width=WIDTH,
+                height=HEIGHT,
+                window=total_segments + 2,  # the playlist keeps every segment: no file is deleted mid-round
+            )
+            for _ in range(streams)
+        ]
     runs = [SessionRun(index) for index in range(streams)]
     headers = {"Authorization": f"Bearer {stack.api_key}"}
     follower = ChunkFollower(broker.bootstrap_servers, topics.session_chunks)
@@ -455,11 +482,14 @@ async def run_round(
             ended = time.time()
             cpu_after = cpu_snapshot(pids)
             series.append((ended, await scrape_counters(scraper, stack.metrics_urls)))
-            # Segment bytes for the decode-only baseline, read before the sources delete them.
+            # Segment bytes for the decode-only baseline, read before the sources delete them
+            # (replayed streams: the same bytes for every source).
             baseline_input = [
-                [path.read_bytes() for path in sorted(source.out_dir.glob("segment_*.ts"))]
+                [segment.data for segment in encoded.segments]
+                if encoded is not None
+                else [path.read_bytes() for path in sorted(source.out_dir.glob("segment_*.ts"))]
                 for source in sources[: config.baseline_streams]
-                if source.out_dir is not None
+                if encoded is not None or source.out_dir is not None
             ]
             started_at = [source.started_at for source in sources]
         finally:
@@ -764,6 +794,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "run_dir": str(run_dir),
     }
     began = time.monotonic()
+    warm = Config(**{**vars(config), "duration": 6.0})
+    encoded: dict[float, EncodedStream | None] = {warm.duration: None, config.duration: None}
+    meta["sources"] = "live (LiveHlsSource)" if args.live_sources else "replay (ReplayHlsSource)"
+    if not args.live_sources:
+        # Encoded once, before the stack starts and outside every round: each round's N sources
+        # serve these same segment bytes, each as a live stream of its own.
+        for seconds in encoded:
+            encoded[seconds] = encode_script(
+                capacity_script(seconds), segment_seconds=SEGMENT_SECONDS, fps=FPS, width=WIDTH, height=HEIGHT
+            )
+        meta["encode_s"] = round(time.monotonic() - began, 1)
+        print(f"script encoded once in {meta['encode_s']:.0f}s", file=sys.stderr, flush=True)
     stack_output = (run_dir / "stack-output.log").open("w")
     try:
         with contextlib.redirect_stdout(stack_output), LocalKafkaBroker(base_dir=run_dir) as broker:
@@ -785,11 +827,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     file=sys.stderr,
                     flush=True,
                 )
-                warm = Config(**{**vars(config), "duration": 6.0})
-                meta["warmup"] = asyncio.run(run_round(stack, broker, topics, 1, warm, warmup=True))
+                meta["warmup"] = asyncio.run(
+                    run_round(stack, broker, topics, 1, warm, encoded[warm.duration], warmup=True)
+                )
                 for n in counts:
                     print(f"round: {n} stream(s) of {config.duration:.0f}s ...", file=sys.stderr, flush=True)
-                    result = asyncio.run(run_round(stack, broker, topics, n, config))
+                    result = asyncio.run(
+                        run_round(stack, broker, topics, n, config, encoded[config.duration])
+                    )
                     rounds.append(result)
                     print(
                         f"  keeps up: {result['keeps_up']}; "
@@ -842,6 +887,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--finish-grace-s", type=float, default=50.0, help="extra wait for late sessions")
     parser.add_argument("--baseline-streams", type=int, default=2, help="streams decoded by the baseline")
+    parser.add_argument(
+        "--live-sources",
+        action="store_true",
+        help="LiveHlsSource (render and x264-encode every stream in real time in this process) "
+        "instead of replaying one encoding",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
     args.streams = args.streams or (QUICK_STREAMS if args.quick else DEFAULT_STREAMS)
