@@ -282,6 +282,7 @@ class _Folding:
             self.update["manifest_path"] = report.manifest_path
         if self.status.terminal:
             return
+        self._copy_lag(report)
         if report.state is IngestState.ACTIVE:
             if self.status is SessionStatus.INITIALIZING:
                 self._set_status(SessionStatus.ACTIVE)
@@ -293,6 +294,20 @@ class _Folding:
             self.update["status_reason"] = self.update["ingest_reason"]
         if self.status is not SessionStatus.ENDING:
             self._set_status(SessionStatus.ENDING)
+
+    def _copy_lag(self, report: SessionLifecycle) -> None:
+        """Ingest's overload view (fields it left None are kept). The totals never go back: a
+        resumed ingest run restarts them from its checkpoint, which may be a little behind."""
+        if report.lag_s is not None:
+            self.update["ingest_lag_s"] = report.lag_s
+        if report.skipping is not None:
+            self.update["ingest_skipping"] = report.skipping
+        if report.sample_fps is not None:
+            self.update["sample_fps"] = report.sample_fps
+        if report.skipped_s is not None:
+            self.update["skipped_time_s"] = max(report.skipped_s, self.get("skipped_time_s") or 0.0)  # type: ignore[type-var]
+        if report.lag_actions is not None:
+            self.update["lag_actions"] = max(report.lag_actions, self.get("lag_actions") or 0)  # type: ignore[type-var]
 
     def on_chunk_result(self, result: ChunkResult) -> None:
         if self.status.terminal:

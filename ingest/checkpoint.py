@@ -35,6 +35,7 @@ class SegmentMark:
     segments_decoded: int
     manifest_entries: int
     segments_yielded: int
+    skipped_s: float = 0.0  # stream time skipped by the overload policy up to this segment
 
 
 START_MARK = SegmentMark(None, 0.0, None, None, 0, 0, 0)
@@ -55,6 +56,7 @@ def build_checkpoint(
     chunk_seconds: float,
     mark: SegmentMark,
     crash_resumes: int = 0,
+    lag_actions: int = 0,
 ) -> IngestCheckpoint:
     return IngestCheckpoint(
         session_id=command.session_id,
@@ -70,6 +72,8 @@ def build_checkpoint(
         segments_decoded=mark.segments_decoded,
         manifest_entries=mark.manifest_entries,
         crash_resumes=crash_resumes,
+        skipped_s=mark.skipped_s,
+        lag_actions=lag_actions,
     )
 
 
@@ -82,6 +86,7 @@ def mark_of(checkpoint: IngestCheckpoint, segments_yielded: int = 0) -> SegmentM
         segments_decoded=checkpoint.segments_decoded,
         manifest_entries=checkpoint.manifest_entries,
         segments_yielded=segments_yielded,
+        skipped_s=checkpoint.skipped_s,
     )
 
 

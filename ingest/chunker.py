@@ -139,8 +139,17 @@ class Chunker:
         return chunk
 
 
-def build_chunk_record(chunk: Chunk, command: StartSession, frames: list[Frame]) -> ChunkRecord:
-    """The ChunkRecord of ``chunk`` for the session started by ``command`` (frames already encoded)."""
+def build_chunk_record(
+    chunk: Chunk,
+    command: StartSession,
+    frames: list[Frame],
+    *,
+    skipped_s: float = 0.0,
+    sample_fps: float | None = None,
+) -> ChunkRecord:
+    """The ChunkRecord of ``chunk`` for the session started by ``command`` (frames already encoded);
+    ``skipped_s``: its stream time the overload policy skipped, ``sample_fps``: the sampling rate
+    in force when it was completed."""
     captured_at = chunk.captured_at if chunk.captured_at.tzinfo else chunk.captured_at.replace(tzinfo=UTC)
     return ChunkRecord(
         session_id=command.session_id,
@@ -157,4 +166,6 @@ def build_chunk_record(chunk: Chunk, command: StartSession, frames: list[Frame])
         interpretation=command.interpretation,
         options=command.options,
         frames=frames,
+        skipped_s=skipped_s,
+        sample_fps=sample_fps,
     )

@@ -65,6 +65,11 @@ consumer group (offset reset to earliest) does not restart days-old sessions, an
 waited out an ingest outage does not hang INITIALIZING. Resumed sessions are not subject to
 that age limit.
 
+Overload: a background task (``_watch_lag``) asks the broker every ``lag_check_interval_s`` for
+the analyzer group's committed offsets on the chunk partitions the sessions published to (one
+request per process; a failure skips the round and never counts as an outage) and steps every
+session's lag policy with them (``ingest.lag``, ``IngestSession.observe_lag``).
+
 Local recordings are bounded (``storage``): per-session size and age caps, and a total size cap
 across the storage directory kept as a running count (one scan of the directory at start-up,
 before any session resumes).
@@ -91,13 +96,15 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+from aiokafka.structs import RecordMetadata
 from prometheus_client import Gauge
 
 from ingest.checkpoint import open_checkpoints
 from ingest.errors import BrokerOutageError, IngestError, StorageError
 from ingest.fetch import FetchPolicy, HttpFetcher
-from ingest.session import IngestSession
+from ingest.session import ChunkPosition, IngestSession
 from ingest.settings import IngestSettings
 from ingest.storage import RecordingStorage
 from livestream.errors import RecordError
@@ -132,6 +139,11 @@ CHECKPOINT_READ_IDLE_POLLS = 20  # empty 0.5 s polls before a checkpoint read se
 ACTIVE_SESSIONS = Gauge(
     "livestream_ingest_active_sessions", "Sessions running in this ingest process (started or resumed)."
 )
+MAX_SESSION_LAG = Gauge(
+    "livestream_ingest_max_session_lag_seconds",
+    "Largest lag among this process's sessions at the last measurement: stream time between a "
+    "source's live edge and what the analyzers took over (ingest.lag); 0 without sessions.",
+)
 
 
 class KafkaRecordPublisher:
@@ -152,8 +164,11 @@ class KafkaRecordPublisher:
         self.watch = watch
         self.backoff = backoff
 
-    async def publish_chunk(self, record: ChunkRecord) -> None:
-        await self._send(self.topics.chunks, record.session_id, encode_value(record), "publish a chunk")
+    async def publish_chunk(self, record: ChunkRecord) -> ChunkPosition:
+        metadata = await self._send(
+            self.topics.chunks, record.session_id, encode_value(record), "publish a chunk"
+        )
+        return metadata.partition, metadata.offset
 
     async def publish_lifecycle(self, record: SessionLifecycle) -> None:
         await self._send(
@@ -174,14 +189,16 @@ class KafkaRecordPublisher:
     async def publish_dead_letter(self, letter: DeadLetter, key: bytes | None) -> None:
         await self._send_raw(self.topics.dead_letter, key, encode_value(letter), "write a dead letter")
 
-    async def _send(self, topic: str, session_id: str, value: bytes | None, doing: str) -> None:
-        await self._send_raw(topic, encode_key(session_id), value, doing)
+    async def _send(self, topic: str, session_id: str, value: bytes | None, doing: str) -> RecordMetadata:
+        return await self._send_raw(topic, encode_key(session_id), value, doing)
 
-    async def _send_raw(self, topic: str, key: bytes | None, value: bytes | None, doing: str) -> None:
+    async def _send_raw(
+        self, topic: str, key: bytes | None, value: bytes | None, doing: str
+    ) -> RecordMetadata:
         while True:
             self.watch.check()  # once the service gave up on the broker, nothing waits again
             try:
-                await self.producer.send_and_wait(topic, key=key, value=value)
+                metadata = await self.producer.send_and_wait(topic, key=key, value=value)
             except KafkaError as exc:
                 if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
                     raise  # e.g. a record too large: retrying cannot help
@@ -193,7 +210,7 @@ class KafkaRecordPublisher:
                 await asyncio.sleep(delay)
             else:
                 self.watch.succeeded()
-                return
+                return metadata
 
 
 class _CommandPartitionsListener(ConsumerRebalanceListener):
@@ -238,6 +255,17 @@ async def read_open_checkpoints(
     ]
 
 
+async def committed_offsets(
+    admin: AIOKafkaAdminClient, group_id: str, topic: str, partitions: set[int]
+) -> dict[int, int]:
+    """The committed offsets of consumer group ``group_id`` on these partitions of ``topic``
+    (-1 where it has none: a group that never committed, or does not exist yet)."""
+    answer = await admin.list_consumer_group_offsets(
+        group_id, partitions=[TopicPartition(topic, number) for number in sorted(partitions)]
+    )
+    return {tp.partition: meta.offset for tp, meta in answer.items() if tp.topic == topic}
+
+
 class IngestService:
     """Use as ``async with IngestService(settings) as service: await service.run(stop_event)``."""
 
@@ -264,6 +292,7 @@ class IngestService:
         # Set when the broker watch trips in a session task: ``run`` stops and raises it.
         self._gave_up = asyncio.Event()
         self._metrics: MetricsServer | None = None
+        self._lag_watch: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> IngestService:
         await self.start()
@@ -321,6 +350,7 @@ class IngestService:
             await stop_client("checkpoint reader", self._checkpoint_reader.stop(), log)
             await stop_client("producer", self._producer.stop(), log)
             raise
+        self._lag_watch = asyncio.create_task(self._watch_lag(), name="ingest-lag-watch")
         log.info(
             "ingest consuming %s as group %s on %s",
             self.topics.session_commands,
@@ -634,6 +664,71 @@ class IngestService:
             ACTIVE_SESSIONS.set(len(self._tasks))
             await session.fetcher.aclose()  # the session's own connection pool
 
+    # ------------------------------------------------------------------ lag
+
+    async def _watch_lag(self) -> None:
+        """Every ``lag_check_interval_s``: the analyzer group's committed offsets on the chunk
+        partitions this process's sessions published to (one request), then each session's lag
+        and policy step (``IngestSession.observe_lag``) and the process's largest lag.
+
+        Auxiliary: a failing request (the broker away, the group coordinator moving) skips the
+        round, so the policies keep their state; it never counts towards the outage limit (the
+        sessions' own produce calls do). The admin client is (re)connected on demand.
+        """
+        settings = self.settings
+        interval = settings.lag_check_interval_s
+        loop = asyncio.get_running_loop()
+        admin: AIOKafkaAdminClient | None = None
+        failing = False
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                sessions = list(self.sessions.values())
+                partitions: set[int] = set().union(*(session.chunk_lag.partitions for session in sessions))
+                committed: dict[int, int] = {}
+                if partitions:
+                    try:
+                        if admin is None:
+                            admin = AIOKafkaAdminClient(
+                                bootstrap_servers=settings.kafka_bootstrap_servers,
+                                client_id=f"{settings.group_id}-lag",
+                                request_timeout_ms=int(max(1.0, interval) * 1000),
+                            )
+                            await asyncio.wait_for(admin.start(), POLL_GUARD_S + interval)
+                        committed = await asyncio.wait_for(
+                            committed_offsets(
+                                admin, settings.analyzer_group_id, self.topics.chunks, partitions
+                            ),
+                            POLL_GUARD_S + interval,
+                        )
+                    except (KafkaError, OSError, TimeoutError) as exc:
+                        if not failing:
+                            log.warning(
+                                "could not read the analyzers' committed offsets (%s: %s); lags not "
+                                "measured until it works again",
+                                type(exc).__name__,
+                                exc,
+                            )
+                        failing = True
+                        if admin is not None:
+                            await stop_client("lag admin client", admin.close(), log)
+                            admin = None
+                        continue
+                    if failing:
+                        log.info("reading the analyzers' committed offsets works again")
+                    failing = False
+                now = loop.time()
+                lags = [0.0]
+                for session in sessions:
+                    try:
+                        lags.append(session.observe_lag(committed, now))
+                    except Exception:  # a bug: its session keeps running, without the policy's help
+                        log.exception("session %s: could not measure its lag", session.session_id)
+                MAX_SESSION_LAG.set(max(lags))
+        finally:
+            if admin is not None:
+                await stop_client("lag admin client", admin.close(), log)
+
     async def wait_idle(self) -> None:
         """Wait until every running session has finished (tests, draining)."""
         while self._tasks:
@@ -656,6 +751,10 @@ class IngestService:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def stop(self) -> None:
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            await asyncio.gather(self._lag_watch, return_exceptions=True)
+            self._lag_watch = None
         await self._suspend(list(self._tasks))
         # Each client is closed on its own, bounded (stop_client): after a broker restart or
         # outage one of them may fail to close, which must not keep the others open.

@@ -47,6 +47,16 @@ Failures: any exception out of the session's own work (a typed ``IngestError`` o
 nobody foresaw) ends the session FAILED with a reason and its final count, logged once here;
 only cancellation (a crash, as far as the session knows) and a failing final report escape.
 
+Overload (``ingest.lag``, ``lag_policy``): the service measures each session's lag against the
+analyzer group's committed offsets (``observe_lag``, every ``lag_check_interval_s``), which steps
+the session's policy state; this task applies it before each segment: ``thin`` sets the
+sampler's rate, ``skip`` turns segments into gaps with empty chunks (``_skip_segment``).
+Neither changes the order of effects above: skipped segments are marked and checkpointed like
+ingested ones, chunk indexes stay contiguous, and the checkpoint carries the skipped time and
+the count of policy actions. Lag, skipped time, rate and actions go to the aggregator in the
+lifecycle reports (an extra ACTIVE one when they change materially, at most every
+``lag_report_interval_s``).
+
 Outages (``_follow``): a source that stops answering (refresh fails) or stops growing for
 ``stall_target_durations`` is polled with capped exponential backoff. When it comes back, the
 session continues after its last segment when the source still lists it, else at the source's
@@ -65,7 +75,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Literal, Protocol, TypeVar
@@ -88,6 +98,17 @@ from ingest.errors import (
     StorageError,
 )
 from ingest.fetch import Fetched, HttpFetcher
+from ingest.lag import (
+    COUNTED_ACTIONS,
+    MATERIAL_LAG_CHANGE_S,
+    ChunkLag,
+    LagPolicy,
+    LagReport,
+    LagState,
+    next_state,
+    overlap,
+    report_due,
+)
 from ingest.playlist import MasterPlaylist, MediaPlaylist, PlaylistLimits, choose_variant, parse_playlist
 from ingest.sampler import FrameSampler
 from ingest.settings import IngestSettings
@@ -123,6 +144,18 @@ FRAMES_SAMPLED = Counter(
 CHUNKS_PUBLISHED = Counter(
     "livestream_ingest_chunks_published_total", "Chunk records produced and acknowledged by the broker."
 )
+LAG_ACTIONS = Counter(
+    "livestream_ingest_lag_actions_total",
+    "Overload policy actions on lagging sessions (ingest.lag): skip = a session began skipping "
+    "segments, thin = a session's sampling rate halved.",
+    ["policy"],
+)
+for _policy in sorted(COUNTED_ACTIONS):
+    LAG_ACTIONS.labels(_policy)
+SKIPPED_SECONDS = Counter(
+    "livestream_ingest_skipped_seconds_total",
+    "Stream time not fetched because the analyzers were too far behind (the skip overload policy).",
+)
 for _outcome in ("decoded", "fetch_failed", "decode_failed", "refused"):
     SEGMENTS.labels(_outcome)  # every outcome is exported from the start, at 0
 SEGMENT_FETCH_SECONDS = Histogram(
@@ -137,10 +170,18 @@ SEGMENT_DECODE_SECONDS = Histogram(
 )
 
 
-class RecordPublisher(Protocol):
-    """Where a session's records go; each call returns once the broker acknowledged the record."""
+# Where the broker put a chunk record: (partition, offset).
+ChunkPosition = tuple[int, int]
 
-    async def publish_chunk(self, record: ChunkRecord) -> None: ...
+
+class RecordPublisher(Protocol):
+    """Where a session's records go; each call returns once the broker acknowledged the record.
+
+    ``publish_chunk`` returns the record's (partition, offset), which the session's lag is
+    measured against (None: unknown, e.g. a test double; the lag then counts only ingest's own
+    delay)."""
+
+    async def publish_chunk(self, record: ChunkRecord) -> ChunkPosition | None: ...
 
     async def publish_lifecycle(self, record: SessionLifecycle) -> None: ...
 
@@ -195,6 +236,16 @@ class IngestSession:
         # and the chunk the previous run crashed in (None: no crash to get past).
         self._crash_resumes = 1
         self._crash_chunk: int | None = None
+        # Overload policy (``ingest.lag``): the service measures the lag (``observe_lag``), this
+        # task applies the state between segments (sampling rate, skipping).
+        self.lag_policy = LagPolicy.of(settings)
+        self.lag_state = LagState.initial(self.lag_policy)
+        self.chunk_lag = ChunkLag()
+        self.lag_s: float | None = None  # None until first measured
+        self.skipped_s = 0.0  # stream time skipped by the policy over the session
+        self._skipped_spans: list[tuple[float, float]] = []  # skipped, not yet in a published chunk
+        self._lag_reported: LagReport | None = None
+        self._lag_reported_at = time.monotonic()
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -210,6 +261,12 @@ class IngestSession:
         self._marks = [mark]
         self._crash_resumes = checkpoint.crash_resumes + 1
         self._crash_chunk = checkpoint.next_chunk_index if checkpoint.crash_resumes > 0 else None
+        # Skipped time up to the resume point (the media after it is ingested or skipped again).
+        # Chunks the interrupted run published but the analyzers had not committed are not
+        # known here: the lag counts from the resume on (see ``observe_lag``).
+        self.skipped_s = mark.skipped_s
+        self.lag_state = LagState.initial(self.lag_policy, checkpoint.lag_actions)
+        self.chunk_lag = ChunkLag(analysed_to=checkpoint.covered_time)
         # The anchor dates chunks without frames, as before the interruption.
         anchor_clock = mark.program_date_time or mark.ingested_at
         anchor = (mark.stream_time, anchor_clock) if anchor_clock is not None else None
@@ -382,6 +439,8 @@ class IngestSession:
                     await self._save_checkpoint()
                 if ingested == "progress":
                     last_progress = loop.time()
+                await self._report_lag_if_due()
+            await self._report_lag_if_due()
             if self._stop.is_set():
                 return self._stop_reason or "user"
             quiet_for = loop.time() - last_progress
@@ -462,6 +521,11 @@ class IngestSession:
         if item.missed_duration_before > 0:
             MISSED_MEDIA.inc(item.missed_duration_before)
             await asyncio.to_thread(self.store.add_gap, item.missed_duration_before)
+        # The policy's state changes between segments only (the decode thread uses the sampler).
+        if self.sampler.fps != self.lag_state.sample_fps:
+            self.sampler.set_fps(self.lag_state.sample_fps)
+        if self.lag_state.skipping:
+            return await self._skip_segment(item)
         started = time.perf_counter()
         try:
             fetched = await self._until_stopped(self.fetcher.get(segment.uri, kind="segment"))
@@ -529,6 +593,25 @@ class IngestSession:
         self._mark(item, arrival)
         return "progress"
 
+    async def _skip_segment(self, item: TrackedSegment) -> Literal["progress"]:
+        """The ``skip`` policy: the analyzers are too far behind, so this segment is not fetched.
+
+        Like an unfetchable segment it is a gap in the recording (``#EXT-X-GAP``) and its chunks
+        are published without frames (chunk indexes stay contiguous, and the analyzers get
+        through them at once); the chunks covering it say how much of them was skipped
+        (``ChunkRecord.skipped_s``). It counts as progress: the source is fine. A crash during a
+        skip resumes after the last checkpointed segment, skipped or not, with the policy at
+        rest: the segments after it are fetched again if the source still lists them, until the
+        next lag measurement (every ``lag_check_interval_s``) starts skipping again."""
+        duration = item.segment.duration
+        SKIPPED_SECONDS.inc(duration)
+        self.skipped_s += duration
+        self._skipped_spans.append((item.stream_start, item.stream_end))
+        await asyncio.to_thread(self.store.add_gap, duration, item.discontinuity)
+        await self._publish(self.chunker.advance_to(item.stream_end))
+        self._mark(item, utcnow())
+        return "progress"
+
     async def _bad_segment(self, item: TrackedSegment, error: IngestError, *, stored: bool = False) -> None:
         """A segment that cannot be fetched, decoded or afforded: a gap, unless too many come in a
         row (transient fetch failures are an outage: they never count)."""
@@ -565,6 +648,7 @@ class IngestSession:
                 segments_decoded=self.segments_decoded,
                 manifest_entries=self.store.entry_count,
                 segments_yielded=item.ordinal + 1,
+                skipped_s=self.skipped_s,
             )
         )
 
@@ -584,7 +668,12 @@ class IngestSession:
         if self.checkpoints is None:
             return
         checkpoint = build_checkpoint(
-            self.command, self.chunks_published, self.settings.chunk_seconds, mark, self._crash_resumes
+            self.command,
+            self.chunks_published,
+            self.settings.chunk_seconds,
+            mark,
+            self._crash_resumes,
+            lag_actions=self.lag_state.actions,
         )
         await self.checkpoints.save_checkpoint(checkpoint)
 
@@ -593,16 +682,26 @@ class IngestSession:
     async def _publish(self, chunks: list[Chunk]) -> None:
         for chunk in chunks:
             images = [(frame.stream_time, frame.image) for frame in chunk.frames]
+            skipped = overlap(self._skipped_spans, chunk.start_time, chunk.end_time)
+            self._skipped_spans = [span for span in self._skipped_spans if span[1] > chunk.end_time]
             record = await asyncio.to_thread(
                 encode_chunk,
                 images,
-                functools.partial(build_chunk_record, chunk, self.command),
+                functools.partial(
+                    build_chunk_record,
+                    chunk,
+                    self.command,
+                    skipped_s=round(skipped, 6),
+                    sample_fps=self.sampler.fps,
+                ),
                 max_width=self.settings.max_frame_width,
                 quality=self.settings.jpeg_quality,
                 session_id=self.session_id,
                 chunk_index=chunk.index,
             )
-            await self.publisher.publish_chunk(record)  # returns after the broker's ack
+            position = await self.publisher.publish_chunk(record)  # returns after the broker's ack
+            if position is not None:
+                self.chunk_lag.published(*position, chunk.start_time, chunk.end_time)
             self.chunks_published += 1
             CHUNKS_PUBLISHED.inc()
 
@@ -629,8 +728,14 @@ class IngestSession:
             ended_by=ended_by,
             chunks_published=self.chunks_published,
             manifest_path=str(self.store.manifest_path.resolve()) if self._store_open else None,
+            lag_s=self.lag_s,
+            skipping=self.lag_state.skipping,
+            skipped_s=self.skipped_s,
+            sample_fps=self.sampler.fps,
+            lag_actions=self.lag_state.actions,
         )
         await self.publisher.publish_lifecycle(report)
+        self._lag_reported, self._lag_reported_at = self._lag_report(), time.monotonic()
         if state is not IngestState.ACTIVE:
             self.final_report = report
             # Only after the final report is acked: a crash in between resumes the session.
@@ -644,6 +749,65 @@ class IngestSession:
             f", reason={reason}" if reason else f", ended_by={ended_by}" if ended_by else "",
         )
         return report
+
+    # ------------------------------------------------------------------ overload policy
+
+    def observe_lag(self, committed: Mapping[int, int], now: float) -> float:
+        """Measure the lag against the analyzer group's ``committed`` offsets (by partition of the
+        chunk topic) and step the overload policy (``ingest.lag``); return the lag.
+
+        Called by the service on the event loop between this task's awaits; it only changes
+        state, which ``_ingest_segment`` applies before the next segment. The source's live edge
+        is the end of the newest segment the playlist listed. After a resume, chunks published
+        by the interrupted run are taken as analysed (their offsets were not kept): the lag is
+        underestimated until the analyzers are past them.
+        """
+        self.chunk_lag.committed(committed)
+        lag = self.chunk_lag.lag(self.tracker.stream_time)
+        self.lag_s = round(lag, 3)
+        step = next_state(self.lag_policy, self.lag_state, lag, now)
+        self.lag_state = step.state
+        if step.action is not None:
+            if step.action in COUNTED_ACTIONS:
+                LAG_ACTIONS.labels(step.action).inc()
+            what = {
+                "skip": "skipping segments until the analyzers catch up",
+                "resume": "the analyzers caught up: fetching segments again at the live edge",
+                "thin": f"sampling rate lowered to {step.state.sample_fps:g} fps",
+                "restore": f"sampling rate back to {step.state.sample_fps:g} fps",
+            }[step.action]
+            log.warning(
+                "session %s: lag %.1fs (max %gs, policy %s): %s",
+                self.session_id,
+                lag,
+                self.lag_policy.max_lag_s,
+                self.lag_policy.policy,
+                what,
+            )
+        return lag
+
+    def _lag_report(self) -> LagReport:
+        return LagReport(
+            lag_s=self.lag_s or 0.0,
+            skipped_s=self.skipped_s,
+            sample_fps=self.sampler.fps,
+            lag_actions=self.lag_state.actions,
+            skipping=self.lag_state.skipping,
+        )
+
+    async def _report_lag_if_due(self) -> None:
+        """An ACTIVE report when the lag view changed materially (rate-limited, ``report_due``)."""
+        if self.lag_s is None:
+            return
+        due = report_due(
+            self._lag_reported,
+            self._lag_report(),
+            time.monotonic() - self._lag_reported_at,
+            self.settings.lag_report_interval_s,
+            max(MATERIAL_LAG_CHANGE_S, self.lag_policy.max_lag_s / 10),
+        )
+        if due:
+            await self._report(IngestState.ACTIVE)
 
     # ------------------------------------------------------------------ waiting
 

@@ -125,6 +125,50 @@ class IngestSettings(ServiceSettings):
         "decode; other codecs fall back to it); 'none' decodes every frame; 'nonref' skips "
         "non-reference frames (kept frames move by up to one B-frame run); 'nonkey' keyframes only.",
     )
+    # Overload policy (ingest.lag): what a session does when the analyzers fall behind it.
+    analyzer_group_id: str = Field(
+        default="livestream-analyzer",
+        description="The analyzers' consumer group on the chunk topic (LIVESTREAM_ANALYZER_GROUP_ID), whose "
+        "committed offsets say which chunks have been analysed.",
+    )
+    lag_check_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often ingest asks the broker for the analyzer group's committed offsets and "
+        "re-measures every session's lag (one request per process).",
+    )
+    lag_policy: Literal["queue", "skip", "thin"] = Field(
+        default="queue",
+        description="What a session does when its lag (source live edge minus the stream time the "
+        "analyzers took over) exceeds max_lag_s: 'queue' lets chunks wait up to max_lag_s, then "
+        "lag_fallback_policy acts; 'skip' stops fetching segments (a gap in the recording, empty "
+        "chunks) until the lag is below max_lag_s/2, then goes on at the live edge; 'thin' halves the "
+        "sampling rate (down to thin_min_fps) until the lag is below max_lag_s/2.",
+    )
+    max_lag_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Lag past which the policy acts; keep it well above chunk_seconds plus a few segment "
+        "durations (the lag of a session nobody is behind).",
+    )
+    lag_fallback_policy: Literal["skip", "thin"] = Field(
+        default="skip", description="What 'queue' turns into once a session's lag exceeds max_lag_s."
+    )
+    thin_min_fps: float = Field(
+        default=0.5, gt=0, description="Lowest sampling rate 'thin' goes down to (frames per second)."
+    )
+    thin_step_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="Least time between two halvings of a lagging session's sampling rate (the analyzers "
+        "need that long to show the effect); a halving also needs the lag not to have fallen since.",
+    )
+    lag_report_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="A session reports a material change of its lag, skipped time, sampling rate or "
+        "policy actions to the aggregator (an ACTIVE lifecycle report) at most this often.",
+    )
     max_crash_resumes: int = Field(
         default=3,
         ge=1,

@@ -155,6 +155,17 @@ class SessionLifecycle(Record):
     ended_by: Literal["stream", "user"] | None = None
     chunks_published: int = 0
     manifest_path: str | None = None
+    # The overload policy's view of the session (``ingest.lag``), None from ingest versions
+    # without it: the latest measured lag (source live edge minus the stream time the analyzers
+    # took over), whether the ``skip`` policy is skipping segments now, stream time it skipped
+    # so far, the current sampling rate (lowered by ``thin``) and how many times the policy
+    # acted (skips begun, rate halvings). Ingest sends an ACTIVE report when they change
+    # materially, at most every ``lag_report_interval_s``.
+    lag_s: float | None = None
+    skipping: bool | None = None
+    skipped_s: float | None = None
+    sample_fps: float | None = None
+    lag_actions: int | None = None
     at: datetime = Field(default_factory=utcnow)
 
 
@@ -194,6 +205,11 @@ class ChunkRecord(Record):
     interpretation: Interpretation | None = None  # the session's, copied from its StartSession
     options: AnalysisOptions | None = None  # the session's, copied from its StartSession
     frames: list[Frame]
+    # Stream time of this chunk that ingest did not fetch because the analyzers were too far
+    # behind (the ``skip`` overload policy; a gap in the recording too), and the sampling rate
+    # its frames were taken at (lower than configured while ``thin`` acts; None: not recorded).
+    skipped_s: float = 0.0
+    sample_fps: float | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -232,6 +248,10 @@ class IngestCheckpoint(Record):
     # itself before its work starts, and a clean suspension writes it back without, so only
     # runs that died keep counting. Ingest quarantines a session (FAILED) at its limit.
     crash_resumes: int = 0
+    # Overload policy totals (``ingest.lag``) carried across resumes: stream time skipped up to
+    # the resume point, and the policy's actions so far.
+    skipped_s: float = 0.0
+    lag_actions: int = 0
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -465,6 +485,15 @@ class SessionHeader(Record):
     # was sighted. Bounded by the tracker's ``max_tracks``.
     tracker: TrackerState | None = None
     manifest_path: str | None = None
+    # Ingest's overload view of the session (copied from its latest lifecycle report carrying
+    # them; None until one did): lag in seconds of stream time, whether ingest is skipping
+    # segments now and the stream time it skipped (the ``skip`` policy), the current sampling
+    # rate (``thin``), and how many times the policy acted.
+    ingest_lag_s: float | None = None
+    ingest_skipping: bool | None = None
+    skipped_time_s: float | None = None
+    sample_fps: float | None = None
+    lag_actions: int | None = None
 
 
 MISSING_CHUNKS_LISTED = 256
