@@ -34,7 +34,7 @@ def test_metrics_url_scrapes_wildcard_hosts_on_loopback() -> None:
     assert metrics_url("127.0.0.1", 9100) == "http://127.0.0.1:9100/metrics"
     assert metrics_url("0.0.0.0", 9100) == "http://127.0.0.1:9100/metrics"
     assert metrics_url("::", 9100) == "http://[::1]:9100/metrics"
-    assert metrics_url("10.0.0.5", 1) == "http://10.0.0.5:1/metrics"
+    assert metrics_url("127.0.0.5", 1) == "http://127.0.0.5:1/metrics"  # any other host as it is
 
 
 def test_no_port_no_listener() -> None:
