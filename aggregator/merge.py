@@ -7,8 +7,9 @@ spans overlap or are separated by at most ``gap_tolerance_s`` are one merged eve
 The reducer feeds chunks to ``EventLog.add_chunk`` strictly in chunk order (results that arrive
 early wait in the session's reorder window), which is what keeps this cheap *and* exact:
 
-* only the newest merged event of each label can still grow, so at most one event per label is
-  *open*; every other event is *closed* and immutable, and never needs to be looked at again;
+* only the newest merged event of each label (of each tracked object: ``aggregator.tracked``)
+  can still grow, so at most one event per label (per object) is *open*; every other event
+  is *closed* and immutable, and never needs to be looked at again;
 * an open event closes as soon as no later chunk can reach it: once the analysed stream time
   passes its end by more than the gap tolerance (every later detection starts after that), or
   when growing it would make it longer than ``max_event_duration_s`` (then the detection that

@@ -6,7 +6,8 @@ unknown session creates a placeholder header, and a session becomes terminal onl
 chunk ingest reported has been folded (or, after the ending timeout, declared missing): nobody
 sees FINISHED (where the SDK stops reading events) before the last events.
 
-Bounded state. The header holds counters, the open merged events (at most one per label) and
+Bounded state. The header holds counters, the open merged events (at most one per label, or per
+tracked object: ``aggregator.tracked``), the tracker's state (at most ``max_tracks`` objects) and
 the reorder window; everything that accumulates is written out once, as ``SessionChunk`` and
 ``SessionEvent`` records (see ``aggregator.merge``), so folding a chunk costs the same on day 7
 as in minute 1. Chunk results are folded strictly in chunk order: a result that arrives before
