@@ -34,9 +34,11 @@ from api.tenants import KeyRing, TenantKeys
 from livestream.errors import LivestreamError
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.broker import LocalKafkaBroker, free_port
+from livestream.livestatus import Load, load_line
+from livestream.livestatus import scrape as scrape_load
 from livestream.processes import ProcessStatus
 from livestream.redact import redact_url
-from livestream.stack import Stack
+from livestream.stack import Stack, free_ports
 from schemas.topics import Topics
 
 log = logging.getLogger("livestream")
@@ -62,6 +64,10 @@ class CliSettings(BaseSettings):
         validation_alias=AliasChoices("LIVESTREAM_STATUS_INTERVAL_S"),
         description="`livestream up` prints the services' status this often, and whenever it changes.",
     )
+
+
+# `up` prints its load line (sessions, lag, frames/s) this often while it changes.
+LOAD_INTERVAL_S = 10.0
 
 
 def configured_api_keys() -> TenantKeys:
@@ -123,6 +129,10 @@ def running_stack(args: argparse.Namespace, api_key: str, api_env: dict[str, str
             extra_env=api_env,
             broker=broker,
         )
+        # Every instance serves its metrics on a loopback port of its own (``up`` reads them for
+        # its load line; so can a local Prometheus).
+        names = [name for name, _module in stack.instances()]
+        stack.metrics_ports = dict(zip(names, free_ports(len(names), taken={stack.api_port}), strict=True))
         print(f"starting services (logs in {run_dir / 'logs'})...", flush=True)
         try:
             stack.start()
@@ -304,8 +314,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     with running_stack(args, api_key, api_env) as stack:
         print(f"API on {stack.api_url} (Ctrl-C to stop; status in {stack.status_file})", flush=True)
+        print(
+            "metrics: " + ", ".join(f"{name} {url}" for name, url in stack.metrics_urls.items()), flush=True
+        )
         printed: tuple[tuple[str, str, int], ...] = ()
         printed_at = time.monotonic()
+        load_urls = {n: u for n, u in stack.metrics_urls.items() if n.startswith(("ingest", "analyzer"))}
+        load: tuple[Load, float] | None = None  # the last scrape and when
+        load_printed = ""
         try:
             while not stop:
                 stack.supervise()  # raises the crash loop the background supervisor found
@@ -315,6 +331,13 @@ def cmd_up(args: argparse.Namespace) -> int:
                     stack.write_status(statuses)  # first: whoever reads the line finds the file current
                     print(f"{datetime.now():%H:%M:%S} {stack.status_line(statuses)}", flush=True)
                     printed, printed_at = status_key(statuses), now
+                if load is None or now - load[1] >= LOAD_INTERVAL_S:
+                    current = scrape_load(load_urls)
+                    line = load_line(current, load[0] if load else None, now - load[1] if load else 0.0)
+                    if line != load_printed:  # an idle stack prints it once
+                        print(f"{datetime.now():%H:%M:%S} {line}", flush=True)
+                        load_printed = line
+                    load = (current, now)
                 time.sleep(1)
         except KeyboardInterrupt:
             pass

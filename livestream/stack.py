@@ -276,7 +276,7 @@ def stack_for_tests(
     )
     if metrics:
         names = [name for name, _module in stack.instances()]
-        stack.metrics_ports = dict(zip(names, _free_ports(len(names), taken={stack.api_port}), strict=True))
+        stack.metrics_ports = dict(zip(names, free_ports(len(names), taken={stack.api_port}), strict=True))
     try:
         stack.start(ready_timeout=ready_timeout)
         stack.supervise_in_background()
@@ -293,7 +293,7 @@ def stack_for_tests(
             print(f"--- {name} log tail ---\n{stack.log_tail(name, 15)}")
 
 
-def _free_ports(count: int, taken: set[int]) -> list[int]:
+def free_ports(count: int, taken: set[int]) -> list[int]:
     """``count`` distinct free loopback ports, none of ``taken`` (the OS may hand one out twice)."""
     ports: list[int] = []
     while len(ports) < count:
