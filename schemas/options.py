@@ -98,27 +98,27 @@ class AnalysisOptions(BaseModel):
 
     @model_validator(mode="after")
     def _severity_order(self) -> AnalysisOptions:
-        high = DEFAULT_SEVERITY_HIGH if self.severity_high is None else self.severity_high
-        medium = DEFAULT_SEVERITY_MEDIUM if self.severity_medium is None else self.severity_medium
+        high, medium = self.severity_thresholds
         if medium > high:
             raise ValueError(f"severity_medium ({medium}) must not exceed severity_high ({high})")
         return self
 
     @property
-    def is_default(self) -> bool:
-        return self == AnalysisOptions()
+    def severity_thresholds(self) -> tuple[float, float]:
+        """(high, medium): the session's own, else the defaults."""
+        high = DEFAULT_SEVERITY_HIGH if self.severity_high is None else self.severity_high
+        medium = DEFAULT_SEVERITY_MEDIUM if self.severity_medium is None else self.severity_medium
+        return high, medium
 
 
 def severity_for(confidence: float, options: AnalysisOptions | None = None) -> Severity:
     """The documented severity rule (module docstring), with the session's thresholds if it set them."""
-    high = options.severity_high if options and options.severity_high is not None else DEFAULT_SEVERITY_HIGH
-    medium = (
-        options.severity_medium
-        if options and options.severity_medium is not None
-        else DEFAULT_SEVERITY_MEDIUM
-    )
+    high, medium = (options or _DEFAULTS).severity_thresholds
     if confidence >= high:
         return Severity.HIGH
     if confidence >= medium:
         return Severity.MEDIUM
     return Severity.LOW
+
+
+_DEFAULTS = AnalysisOptions()
