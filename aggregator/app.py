@@ -37,7 +37,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,6 +58,7 @@ from livestream.kafka.admin import ensure_topics
 from livestream.kafka.resilience import Backoff, BrokerWatch, stop_client
 from livestream.kafka.serde import decode_command, decode_value
 from livestream.metrics import LATENCY_BUCKETS_S, SIZE_BUCKETS, MetricsServer, start_metrics_server
+from livestream.stages import StageTimes, observe, stages_from_headers
 from schemas.records import (
     ChunkResult,
     DeadLetter,
@@ -301,7 +302,7 @@ def build_app(settings: AggregatorSettings, thumbnails: ThumbnailJanitor | None 
                 RECORDS_FOLDED.labels("poison").inc()
                 continue
             RECORDS_FOLDED.labels(RECORD_TYPES.get(type(record), "other")).inc()
-            batch.add(session_id, message.partition, before, folded)
+            batch.add(session_id, message.partition, before, folded, stages_from_headers(event.headers))
             if folded.changed and folded.header is not None:
                 header = folded.header
                 # Status changes at info; every chunk of every session at debug.
@@ -348,7 +349,13 @@ def build_app(settings: AggregatorSettings, thumbnails: ThumbnailJanitor | None 
         in place (``send_acked``), so the order holds; the worker crashes only past the limit,
         which is a crash before 4.
         """
-        await send_acked(batch.outputs)
+        folded_at = time.time()
+        await send_acked(
+            [
+                replace(o, stages=observe(o.stages, "state_folded", folded_at)) if o.stages else o
+                for o in batch.outputs
+            ]
+        )
         if thumbnails is not None:
             for session_id, event_ids in batch.discarded_thumbnails:
                 thumbnails.discard(session_id, event_ids)
@@ -380,7 +387,12 @@ def build_app(settings: AggregatorSettings, thumbnails: ThumbnailJanitor | None 
         while True:
             try:
                 futures = [
-                    await output_topics[o.kind].send(key=o.key, value=o.value, partition=o.partition)
+                    await output_topics[o.kind].send(
+                        key=o.key,
+                        value=o.value,
+                        partition=o.partition,
+                        headers=[o.stages.header()] if o.stages else None,
+                    )
                     for o in outputs
                 ]
                 await asyncio.gather(*futures)
@@ -490,6 +502,10 @@ class _Output:
     key: bytes | None
     value: bytes | None  # None: tombstone
     partition: int
+    # The stage stamps of the input record it was folded from (chunk and event records only;
+    # none when that record had none): sent as its ``livestream-stages`` header, ``state_folded``
+    # stamped when the batch is written.
+    stages: StageTimes | None = None
 
 
 class _Batch:
@@ -529,18 +545,32 @@ class _Batch:
         # Keyed like the record, in its partition: a session's dead letters sit with its records.
         self.outputs.append(_Output("dead-letter", key, letter.to_bytes(), message.partition))
 
-    def add(self, session_id: str, partition: int, before: SessionHeader | None, folded: FoldResult) -> None:
+    def add(
+        self,
+        session_id: str,
+        partition: int,
+        before: SessionHeader | None,
+        folded: FoldResult,
+        stages: StageTimes | None = None,
+    ) -> None:
+        stamped = stages if stages and stages.stamps else None
         if folded.purged and before is not None:
             for kind, key in record_keys(before):
                 self.outputs.append(_Output(kind, key.encode(), None, partition))
         self.outputs += [
             _Output(
-                "chunk", chunk_record_key(c.session_id, c.chunk.chunk_index).encode(), c.to_bytes(), partition
+                "chunk",
+                chunk_record_key(c.session_id, c.chunk.chunk_index).encode(),
+                c.to_bytes(),
+                partition,
+                stamped,
             )
             for c in folded.chunks
         ]
         self.outputs += [
-            _Output("event", event_record_key(e.session_id, e.number).encode(), e.to_bytes(), partition)
+            _Output(
+                "event", event_record_key(e.session_id, e.number).encode(), e.to_bytes(), partition, stamped
+            )
             for e in folded.events
         ]
         if folded.discarded_thumbnails:

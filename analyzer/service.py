@@ -101,6 +101,7 @@ from livestream.errors import LivestreamError, RecordError
 from livestream.kafka.resilience import Backoff, BrokerWatch, probe_metadata, stop_client
 from livestream.kafka.serde import decode_value, encode_key, encode_value, key_text
 from livestream.metrics import MetricsServer, start_metrics_server
+from livestream.stages import StageTimes, observe, stages_from_headers
 from schemas.interpretation import Interpretation, Target
 from schemas.records import (
     ChunkRecord,
@@ -440,6 +441,11 @@ class Outgoing:
     topic: str
     value: bytes
     key: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+# A chunk's stage stamps (``livestream.stages``) by (session_id, chunk_index), for its result's headers.
+BatchStages = dict[tuple[str, int], StageTimes]
 
 
 class AnalyzerService:
@@ -524,14 +530,16 @@ class AnalyzerService:
                         last_probe = time.monotonic()
                         await self._probe(consumer)
                     continue
+                polled_at = time.time()
                 await self._observe_lag(consumer)
-                results = await self._analyze_batch(records, producer)
-                if results is None:
+                analysed = await self._analyze_batch(records, producer, polled_at)
+                if analysed is None:
                     return  # stopped while retrying: the batch stays uncommitted
+                results, stages = analysed
                 if publishing is not None and not await publishing:
                     return
                 publishing = asyncio.create_task(
-                    self._publish_and_commit(records, results, consumer, producer)
+                    self._publish_and_commit(records, results, stages, consumer, producer)
                 )
         finally:
             if publishing is not None:
@@ -575,9 +583,10 @@ class AnalyzerService:
         return records
 
     async def _analyze_batch(
-        self, records: list[ConsumerRecord], producer: AIOKafkaProducer
-    ) -> list[ChunkResult] | None:
-        """The results of ``records`` (in their order), thumbnails stored; None when stopped.
+        self, records: list[ConsumerRecord], producer: AIOKafkaProducer, polled_at: float
+    ) -> tuple[list[ChunkResult], BatchStages] | None:
+        """The results of ``records`` (in their order), thumbnails stored, and the chunks' stage
+        stamps up to ``chunk_inferred``; None when stopped.
 
         Undecodable records are dead-lettered and reported failed on the way (``_handle_undecodable``).
         The decodable chunks are analysed together (``ChunkAnalyzer.analyze_many``); if that
@@ -596,7 +605,7 @@ class AnalyzerService:
                 if not await self._handle_undecodable(record, exc, producer):
                     return None
         if not chunks:
-            return []
+            return [], {}
         frames = sum(len(chunk.frames) for _, chunk in chunks)
         metrics.BATCH_CHUNKS.observe(len(chunks))
         metrics.BATCH_FRAMES.observe(frames)
@@ -623,7 +632,16 @@ class AnalyzerService:
                     )
         metrics.FRAMES_INFERRED.inc(frames)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - began)
-        return results
+        inferred_at = time.time()
+        stages = {
+            (chunk.session_id, chunk.chunk_index): observe(
+                observe(stages_from_headers(record.headers), "chunk_consumed", polled_at),
+                "chunk_inferred",
+                inferred_at,
+            )
+            for record, chunk in chunks
+        }
+        return results, stages
 
     async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Records left per assigned partition (high watermark minus position), for the lag gauge."""
@@ -641,11 +659,12 @@ class AnalyzerService:
         self,
         records: list[ConsumerRecord],
         results: list[ChunkResult],
+        stages: BatchStages,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
     ) -> bool:
         """Steps 2 and 3 for a batch: produce every result (acknowledged), then commit its offsets."""
-        if results and not await self._publish(results, producer):
+        if results and not await self._publish(results, producer, stages):
             return False
         now_ms = time.time() * 1000
         for record in records:
@@ -808,13 +827,22 @@ class AnalyzerService:
         # Keyed like the record, so a session's dead letters share its partition.
         return Outgoing(self._topics.dead_letter, encode_value(letter), record.key)
 
-    async def _publish(self, results: list[ChunkResult], producer: AIOKafkaProducer) -> bool:
-        """Produce each result's events, then the result itself, for every result; await every ack."""
+    async def _publish(
+        self, results: list[ChunkResult], producer: AIOKafkaProducer, stages: BatchStages | None = None
+    ) -> bool:
+        """Produce each result's events, then the result itself, for every result; await every ack.
+
+        Each record carries its chunk's stage stamps, ``result_published`` included (stamped here,
+        once: a retried produce sends the same stamps)."""
         outgoing: list[Outgoing] = []
         for result in results:
             key = encode_key(result.session_id)
-            outgoing += [Outgoing(self._topics.events, encode_value(e), key) for e in result.events]
-            outgoing.append(Outgoing(self._topics.chunk_results, encode_value(result), key))
+            stamped = observe(
+                (stages or {}).get((result.session_id, result.chunk_index), StageTimes()), "result_published"
+            )
+            headers = (stamped.header(),)
+            outgoing += [Outgoing(self._topics.events, encode_value(e), key, headers) for e in result.events]
+            outgoing.append(Outgoing(self._topics.chunk_results, encode_value(result), key, headers))
         if not await self._produce(outgoing, producer):
             return False
         for result in results:
@@ -839,7 +867,10 @@ class AnalyzerService:
         """
         while True:
             try:
-                sends = [await producer.send(o.topic, o.value, key=o.key) for o in outgoing]
+                sends = [
+                    await producer.send(o.topic, o.value, key=o.key, headers=list(o.headers) or None)
+                    for o in outgoing
+                ]
                 await asyncio.gather(*sends)
             except KafkaError as exc:
                 self._broker.failed(exc, "produce results")

@@ -51,6 +51,7 @@ from typing import Generic, Protocol, TypeVar
 
 from api.store import NO_CURSOR
 from api.tenants import Audience, Owner
+from livestream.stages import StageTimes, observe
 from schemas.api import FeedEnd, FeedRemoved, FeedResync, FeedStatus
 from schemas.records import SessionEvent, SessionHeader, SessionStatus
 
@@ -157,7 +158,16 @@ def end_due(header: SessionHeader, delivered_cursor: int) -> bool:
 
 # --------------------------------------------------------------------------- per-session feed
 
-SessionItem = SessionEvent | SessionHeader
+
+@dataclass(frozen=True, slots=True)
+class LiveEvent:
+    """An event version as the topic reader got it, with its stage stamps for ``sse_delivered``."""
+
+    record: SessionEvent
+    stages: StageTimes | None = None
+
+
+SessionItem = LiveEvent | SessionHeader
 
 
 class SessionFeedHub:
@@ -264,11 +274,14 @@ async def session_feed(
             item = await subscription.queue.get()
             if isinstance(item, FeedSignal):
                 return  # closed (the hub logged an overflow); a client resumes with Last-Event-ID
-            if isinstance(item, SessionEvent):
-                if item.cursor <= position:
+            if isinstance(item, LiveEvent):
+                if item.record.cursor <= position:
                     continue  # already replayed from the store
-                yield event_message(item)
-                position = item.cursor
+                yield event_message(item.record)
+                # Resumed once sse-starlette wrote the message and asks for the next one.
+                if item.stages:
+                    observe(item.stages, "sse_delivered")
+                position = item.record.cursor
             else:
                 header = item
             if end_due(header, position):

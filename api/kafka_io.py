@@ -40,6 +40,7 @@ from api.store import AppliedBatch, RawRecord, SessionPurged, TopicKind
 from livestream.errors import KafkaSetupError
 from livestream.kafka.resilience import BrokerWatch, probe_metadata, stop_client
 from livestream.kafka.serde import encode_key, encode_value
+from livestream.stages import stages_from_headers
 from schemas.records import AttachedStream, EndSession, StartSession, stream_record_key
 from schemas.topics import Topics
 
@@ -284,7 +285,14 @@ class SessionTopicsReader:
                     await self._probe(consumer)
                 records = [
                     RawRecord(
-                        self._kinds[partition.topic], record.key, record.value, record.topic, record.offset
+                        self._kinds[partition.topic],
+                        record.key,
+                        record.value,
+                        record.topic,
+                        record.offset,
+                        stages_from_headers(record.headers)
+                        if self._kinds[partition.topic] is TopicKind.EVENTS
+                        else None,
                     )
                     for partition, fetched in batches.items()
                     for record in fetched

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from api.errors import InvalidCursor, SessionNotFound
-from api.feeds import AllSessionsFeed, FeedSignal, SessionFeedHub
+from api.feeds import AllSessionsFeed, FeedSignal, LiveEvent, SessionFeedHub
 from api.store import (
     AppliedBatch,
     EventWritten,
@@ -160,7 +160,7 @@ class Sessions:
         for change in batch.changes:
             if isinstance(change, EventWritten):
                 session_id = change.record.session_id
-                self.hub.publish(session_id, change.record)
+                self.hub.publish(session_id, LiveEvent(change.record, change.stages))
                 if live:
                     self.all_feed.on_event(change.record, self._owner(session_id, change.owner))
             elif isinstance(change, HeaderWritten):

@@ -49,6 +49,7 @@ from api.errors import StoreError
 from api.tenants import Audience, Owner, session_tenant
 from livestream.errors import RecordError
 from livestream.kafka.serde import decode_value
+from livestream.stages import StageTimes
 from schemas.records import AttachedStream, SessionChunk, SessionEvent, SessionHeader, SessionStatus
 
 if TYPE_CHECKING:  # a type only: api.thumbnails imports the routes' modules, which import this one
@@ -130,6 +131,7 @@ class RawRecord:
     value: bytes | None
     topic: str = ""
     offset: int = -1
+    stages: StageTimes | None = None  # its ``livestream-stages`` header (event records), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,7 @@ class EventWritten:
 
     record: SessionEvent
     owner: Owner | None
+    stages: StageTimes | None = None  # the stamps its record carried (``livestream.stages``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +369,7 @@ class SessionStore:
         row = self._db.execute(
             "SELECT tenant, created_by FROM headers WHERE session_id = ?", (version.session_id,)
         ).fetchone()
-        return EventWritten(version, Owner(row[0], row[1]) if row else None)
+        return EventWritten(version, Owner(row[0], row[1]) if row else None, record.stages)
 
     def _apply_chunk(self, record: RawRecord) -> None:
         if record.value is None:

@@ -202,6 +202,22 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "chunk_age_sum": ("analyzer", "livestream_analyzer_chunk_age_seconds_sum", {}),
     "chunk_age_count": ("analyzer", "livestream_analyzer_chunk_age_seconds_count", {}),
 }
+# The stage stamps' histograms (livestream.stages), by the service that observes each stage.
+STAGE_SERVICES: dict[str, str] = {
+    "segment_fetched": "ingest",
+    "segment_decoded": "ingest",
+    "chunk_published": "ingest",
+    "chunk_consumed": "analyzer",
+    "chunk_inferred": "analyzer",
+    "result_published": "analyzer",
+    "state_folded": "aggregator",
+    "sse_delivered": "api",
+}
+for _stage, _service in STAGE_SERVICES.items():
+    for _part in ("sum", "count"):
+        _labels = {"stage": _stage}
+        COUNTERS[f"stage:{_stage}:{_part}"] = (_service, f"livestream_stage_seconds_{_part}", _labels)
+        COUNTERS[f"age:{_stage}:{_part}"] = (_service, f"livestream_stage_age_seconds_{_part}", _labels)
 
 
 async def scrape_counters(client: httpx.AsyncClient, urls: dict[str, str]) -> dict[str, float]:
@@ -664,6 +680,10 @@ def summarise(
             "p95": rounded(percentile([d for _, d in delays], 0.95), 2),
         },
         "analyzer_chunk_age_s_by_quarter": [rounded(a, 2) for a in ages],
+        # Mean seconds per stage over the round (livestream.stages): from the previous stage, and
+        # from the segment's listing (the path's latency so far).
+        "stage_mean_s": {stage: rounded(mean_of(delta, f"stage:{stage}"), 3) for stage in STAGE_SERVICES},
+        "stage_age_mean_s": {stage: rounded(mean_of(delta, f"age:{stage}"), 3) for stage in STAGE_SERVICES},
         "latency_s": {
             "detections": len(latencies),
             "p50": rounded(percentile(latencies, 0.50), 2),
@@ -691,6 +711,11 @@ def summarise(
             "efficiency": rounded(ratio, 3),
         },
     }
+
+
+def mean_of(delta: dict[str, float], prefix: str) -> float | None:
+    count = delta.get(f"{prefix}:count", 0.0)
+    return delta[f"{prefix}:sum"] / count if count else None
 
 
 def saturation(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -762,6 +787,22 @@ def table(rounds: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def stage_table(rounds: list[dict[str, Any]]) -> str:
+    """Mean seconds per stage (from the previous one) and, last, from listing to SSE delivery."""
+    stages = list(STAGE_SERVICES)
+    lines = [
+        "| N | " + " | ".join(stages) + " | listed -> sse_delivered |",
+        "|" + "---|" * (len(stages) + 2),
+    ]
+    for r in rounds:
+        means = r.get("stage_mean_s", {})
+        ages = r.get("stage_age_mean_s", {})
+        cells = ["-" if means.get(s) is None else f"{means[s]:.3f}" for s in stages]
+        total = ages.get("sse_delivered")
+        lines.append(f"| {r['streams']} | " + " | ".join(cells) + f" | {'-' if total is None else total} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -791,6 +832,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "stream": {"width": WIDTH, "height": HEIGHT, "fps": FPS, "segment_s": SEGMENT_SECONDS},
         "config": vars(config),
         "query": QUERY,
+        "analyzer_replicas": args.analyzers,
         "run_dir": str(run_dir),
     }
     began = time.monotonic()
@@ -820,7 +862,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "LIVESTREAM_API_RATE_LIMIT_PER_SECOND": "0",
             }
             with stack_for_tests(
-                broker.bootstrap_servers, topics.prefix, run_dir / "stack", extra_env=extra_env
+                broker.bootstrap_servers,
+                topics.prefix,
+                run_dir / "stack",
+                extra_env=extra_env,
+                analyzer_replicas=args.analyzers,
             ) as stack:
                 print(
                     f"stack up in {time.monotonic() - began:.0f}s; warm-up session ...",
@@ -881,6 +927,12 @@ def main(argv: list[str] | None = None) -> int:
         "--chunk-seconds", type=float, default=4.0, help="ingest's chunk length (its default: 4)"
     )
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument(
+        "--analyzers",
+        type=int,
+        default=1,
+        help="analyzer replicas (livestream.stack's thread rule shares the cores between them)",
+    )
     parser.add_argument("--keep-up-s", type=float, default=10.0, help="largest finish delay that keeps up")
     parser.add_argument(
         "--max-lag-growth-s", type=float, default=2.0, help="largest chunk-lag growth that keeps up"
@@ -900,6 +952,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     rendered = table(results["rounds"])
     print(rendered)
+    print()
+    print(stage_table(results["rounds"]))
     print(json.dumps(results["summary"], indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

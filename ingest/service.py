@@ -111,6 +111,7 @@ from livestream.errors import RecordError
 from livestream.kafka.resilience import Backoff, BrokerWatch, probe_metadata, stop_client
 from livestream.kafka.serde import decode_command, encode_key, encode_value, key_text
 from livestream.metrics import MetricsServer, start_metrics_server
+from livestream.stages import StageTimes
 from schemas.records import (
     ChunkRecord,
     DeadLetter,
@@ -164,9 +165,13 @@ class KafkaRecordPublisher:
         self.watch = watch
         self.backoff = backoff
 
-    async def publish_chunk(self, record: ChunkRecord) -> ChunkPosition:
-        metadata = await self._send(
-            self.topics.chunks, record.session_id, encode_value(record), "publish a chunk"
+    async def publish_chunk(self, record: ChunkRecord, stages: StageTimes) -> ChunkPosition:
+        metadata = await self._send_raw(
+            self.topics.chunks,
+            encode_key(record.session_id),
+            encode_value(record),
+            "publish a chunk",
+            headers=[stages.header()],
         )
         return metadata.partition, metadata.offset
 
@@ -193,12 +198,17 @@ class KafkaRecordPublisher:
         return await self._send_raw(topic, encode_key(session_id), value, doing)
 
     async def _send_raw(
-        self, topic: str, key: bytes | None, value: bytes | None, doing: str
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        doing: str,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> RecordMetadata:
         while True:
             self.watch.check()  # once the service gave up on the broker, nothing waits again
             try:
-                metadata = await self.producer.send_and_wait(topic, key=key, value=value)
+                metadata = await self.producer.send_and_wait(topic, key=key, value=value, headers=headers)
             except KafkaError as exc:
                 if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
                     raise  # e.g. a record too large: retrying cannot help

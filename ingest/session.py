@@ -115,6 +115,7 @@ from ingest.settings import IngestSettings
 from ingest.storage import RecordingLimits, RecordingStorage
 from ingest.tracker import PlaylistTracker, TrackedSegment, outage_poll_delay, refresh_interval
 from livestream.metrics import LATENCY_BUCKETS_S
+from livestream.stages import StageTimes, observe
 from schemas.records import ChunkRecord, IngestCheckpoint, IngestState, SessionLifecycle, StartSession, utcnow
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ class RecordPublisher(Protocol):
     measured against (None: unknown, e.g. a test double; the lag then counts only ingest's own
     delay)."""
 
-    async def publish_chunk(self, record: ChunkRecord) -> ChunkPosition | None: ...
+    async def publish_chunk(self, record: ChunkRecord, stages: StageTimes) -> ChunkPosition | None: ...
 
     async def publish_lifecycle(self, record: SessionLifecycle) -> None: ...
 
@@ -431,10 +432,11 @@ class IngestSession:
         outage_polls = 0  # polls since the outage began (0: no outage)
         while True:
             update = self.tracker.update(playlist)
+            listed_at = time.time()  # the segments' ``segment_listed`` stamp (livestream.stages)
             for item in update.new_segments:
                 if self._stop.is_set() or self._outage_over(loop.time() - last_progress):
                     break
-                ingested = await self._ingest_segment(item)
+                ingested = await self._ingest_segment(item, listed_at)
                 if ingested:
                     await self._save_checkpoint()
                 if ingested == "progress":
@@ -513,7 +515,9 @@ class IngestSession:
 
     # ------------------------------------------------------------------ one segment
 
-    async def _ingest_segment(self, item: TrackedSegment) -> Literal["progress", "gap", False]:
+    async def _ingest_segment(
+        self, item: TrackedSegment, listed_at: float
+    ) -> Literal["progress", "gap", False]:
         """Ingest one segment: "progress" when the source delivered it (decoded, or refused as
         bad), "gap" when it could not be fetched for a transient reason (no progress: part of an
         outage), False when a stop interrupted it (it is then not part of the session)."""
@@ -537,6 +541,7 @@ class IngestSession:
         if fetched is None:
             return False  # stopped mid-download: the segment is not part of the session
         SEGMENT_FETCH_SECONDS.observe(time.perf_counter() - started)
+        stages = observe(StageTimes().at("segment_listed", listed_at), "segment_fetched")
         arrival = utcnow()
         await asyncio.to_thread(  # its wall clock: the same base as its frames' (below)
             self.store.add_segment,
@@ -573,6 +578,7 @@ class IngestSession:
             await self._bad_segment(item, exc, stored=True)
             return "progress"
         SEGMENT_DECODE_SECONDS.observe(time.perf_counter() - started)
+        stages = observe(stages, "segment_decoded")
         SEGMENTS.labels("decoded").inc()
         FRAMES_DECODED.inc(decoded.decoded_count)
         FRAMES_SAMPLED.inc(len(decoded.frames))
@@ -589,7 +595,7 @@ class IngestSession:
             )
             completed += self.chunker.add(sampled)
         completed += self.chunker.advance_to(item.stream_end)
-        await self._publish(completed)
+        await self._publish(completed, stages)
         self._mark(item, arrival)
         return "progress"
 
@@ -679,7 +685,9 @@ class IngestSession:
 
     # ------------------------------------------------------------------ output
 
-    async def _publish(self, chunks: list[Chunk]) -> None:
+    async def _publish(self, chunks: list[Chunk], stages: StageTimes | None = None) -> None:
+        """Encode and publish ``chunks``; ``stages``: the stamps of the segment that completed them
+        (none for chunks completed by a skip, a bad segment or the end of the stream)."""
         for chunk in chunks:
             images = [(frame.stream_time, frame.image) for frame in chunk.frames]
             skipped = overlap(self._skipped_spans, chunk.start_time, chunk.end_time)
@@ -699,7 +707,9 @@ class IngestSession:
                 session_id=self.session_id,
                 chunk_index=chunk.index,
             )
-            position = await self.publisher.publish_chunk(record)  # returns after the broker's ack
+            position = await self.publisher.publish_chunk(  # returns after the broker's ack
+                record, observe(stages or StageTimes(), "chunk_published")
+            )
             if position is not None:
                 self.chunk_lag.published(*position, chunk.start_time, chunk.end_time)
             self.chunks_published += 1

@@ -24,6 +24,7 @@ from api.errors import AuthenticationFailed, InvalidCursor
 from api.feeds import (
     AllSessionsFeed,
     FeedSignal,
+    LiveEvent,
     SessionFeedHub,
     all_sessions_feed,
     parse_cursor,
@@ -658,12 +659,13 @@ async def test_slow_subscriber_is_disconnected_without_blocking_others(
     slow = hub.subscribe("s1")
     fast = hub.subscribe("s1")
     for cursor in (1, 2):
-        hub.publish("s1", make_version(cursor, cursor))
+        hub.publish("s1", LiveEvent(make_version(cursor, cursor)))
         fast.queue.get_nowait()
-    hub.publish("s1", make_version(3, 3))  # slow's queue is full: it is dropped
+    hub.publish("s1", LiveEvent(make_version(3, 3)))  # slow's queue is full: it is dropped
     assert slow.queue.get_nowait() is FeedSignal.OVERFLOW
     assert hub.subscriber_count("s1") == 1
-    assert fast.queue.get_nowait().cursor == 3
+    item = fast.queue.get_nowait()
+    assert isinstance(item, LiveEvent) and item.record.cursor == 3
     assert "slow event-feed subscriber" in caplog.text
 
 

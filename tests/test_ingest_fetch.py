@@ -24,6 +24,7 @@ from ingest.fetch import FetchPolicy, HttpFetcher
 from ingest.session import IngestSession
 from ingest.settings import IngestSettings
 from livestream.egress import EgressPolicy, IPAddress
+from livestream.stages import StageTimes
 from schemas.records import ChunkRecord, IngestState, SessionLifecycle, StartSession
 
 PLAYLIST = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nseg0.ts\n"
@@ -403,7 +404,7 @@ class RecordingPublisher:
         self.chunks: list[ChunkRecord] = []
         self.lifecycle: list[SessionLifecycle] = []
 
-    async def publish_chunk(self, record: ChunkRecord) -> None:
+    async def publish_chunk(self, record: ChunkRecord, stages: StageTimes) -> None:
         self.chunks.append(record)
 
     async def publish_lifecycle(self, record: SessionLifecycle) -> None:

@@ -23,6 +23,7 @@ from livestream.egress import EgressPolicy, IPAddress
 HOST = "127.0.0.2"
 PLAYLIST = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n"
 
+
 @dataclass(frozen=True)
 class Certificates:
     ca: Path

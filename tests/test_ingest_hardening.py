@@ -48,6 +48,7 @@ from ingest.session import IngestSession
 from ingest.settings import IngestSettings
 from ingest.storage import manifest_entries
 from livestream.kafka.serde import decode_value, encode_key, encode_value
+from livestream.stages import StageTimes
 from livestream.testsource import LiveHlsSource, short_script
 from schemas.records import ChunkRecord, IngestCheckpoint, IngestState, SessionLifecycle, StartSession
 from schemas.topics import Topics
@@ -393,7 +394,7 @@ class RecordingPublisher:
         self.lifecycle: list[SessionLifecycle] = []
         self.checkpoints: list[IngestCheckpoint] = []
 
-    async def publish_chunk(self, record: ChunkRecord) -> None:
+    async def publish_chunk(self, record: ChunkRecord, stages: StageTimes) -> None:
         self.chunks.append(record)
 
     async def publish_lifecycle(self, record: SessionLifecycle) -> None:

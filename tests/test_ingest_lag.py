@@ -21,6 +21,7 @@ from ingest.lag import ChunkLag, LagPolicy, LagReport, LagState, next_state, ove
 from ingest.sampler import FrameSampler
 from ingest.session import IngestSession
 from ingest.settings import IngestSettings
+from livestream.stages import StageTimes
 from livestream.testsource import LiveHlsSource, short_script
 from schemas.records import ChunkRecord, IngestState, SessionLifecycle, StartSession
 
@@ -207,7 +208,7 @@ class LaggingPublisher:
         self.lifecycle: list[SessionLifecycle] = []
         self.session: IngestSession | None = None
 
-    async def publish_chunk(self, record: ChunkRecord) -> tuple[int, int]:
+    async def publish_chunk(self, record: ChunkRecord, stages: StageTimes) -> tuple[int, int]:
         self.chunks.append(record)
         return 0, len(self.chunks) - 1
 
@@ -248,8 +249,8 @@ async def _run(
     publisher.session = session
     publish = session._publish
 
-    async def publish_then_measure(chunks: list[Chunk]) -> None:
-        await publish(chunks)
+    async def publish_then_measure(chunks: list[Chunk], stages: StageTimes | None = None) -> None:
+        await publish(chunks, stages)
         if chunks:
             publisher.measure()
 

@@ -23,6 +23,7 @@ from ingest.fetch import FetchPolicy, HttpFetcher
 from ingest.playlist import MediaPlaylist, parse_playlist
 from ingest.session import IngestSession
 from ingest.settings import IngestSettings
+from livestream.stages import StageTimes
 from livestream.testsource import HlsHttpServer, LiveHlsSource, short_script
 from schemas.records import ChunkRecord, IngestState, SessionLifecycle, StartSession
 
@@ -33,9 +34,11 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.chunks: list[ChunkRecord] = []
         self.lifecycle: list[SessionLifecycle] = []
+        self.stages: list[StageTimes] = []
 
-    async def publish_chunk(self, record: ChunkRecord) -> None:
+    async def publish_chunk(self, record: ChunkRecord, stages: StageTimes) -> None:
         self.chunks.append(record)
+        self.stages.append(stages)
 
     async def publish_lifecycle(self, record: SessionLifecycle) -> None:
         self.lifecycle.append(record)
@@ -124,6 +127,16 @@ async def test_ended_stream_via_master_playlist_is_chunked_on_stream_time(
     assert ended_source.started_at is not None
     assert abs(chunks[0].captured_at - ended_source.started_at) < timedelta(milliseconds=50)
     assert chunks[0].capture_time == chunks[0].frames[0].stream_time
+    # Every chunk was completed by a decoded segment: its stamps are ingest's four, in order.
+    for stages in published.stages:
+        assert [stage for stage, _ in stages.stamps] == [
+            "segment_listed",
+            "segment_fetched",
+            "segment_decoded",
+            "chunk_published",
+        ]
+        times = [when for _, when in stages.stamps]
+        assert times == sorted(times) and times[-1] - times[0] < 30
 
     assert final.manifest_path is not None
     manifest = Path(final.manifest_path)

@@ -173,20 +173,12 @@ def test_every_service_exports_its_metrics_after_a_session(metrics_stack: Stack)
             )
             assert started.status_code == 200, started.text
             stream_id, session_id = started.json()["stream_id"], started.json()["session_id"]
-            deadline = time.monotonic() + 90
-            session: dict = {}
-            while time.monotonic() < deadline:
-                session = api.get(f"/api/live/live-sessions/{stream_id}/{session_id}").json()
-                if session.get("status") in {"FINISHED", "FAILED"}:
-                    break
-                time.sleep(0.5)
+            # The session's SSE feed, open while it runs (its events are delivered live, which is
+            # what the sse_delivered stage times), until `end`.
+            kinds = follow_feed(api, f"/api/live/live-sessions/{stream_id}/{session_id}/events/stream")
+            session = api.get(f"/api/live/live-sessions/{stream_id}/{session_id}").json()
         assert session.get("status") == "FINISHED", session
-        # An SSE feed of the finished session: its messages end with `end`, then it closes.
-        with api.stream("GET", f"/api/live/live-sessions/{stream_id}/{session_id}/events/stream") as feed:
-            assert feed.status_code == 200
-            for line in feed.iter_lines():
-                if line.startswith("event: end"):
-                    break
+        assert kinds[-1] == "end" and "detection" in kinds, kinds
 
     chunks = session["chunk_count"]
     assert chunks >= 1
@@ -251,8 +243,39 @@ def test_every_service_exports_its_metrics_after_a_session(metrics_stack: Stack)
         assert time.monotonic() < deadline, "the closed SSE feed is still counted"
         time.sleep(0.2)
         api_metrics = scrape(stack.metrics_urls["api"])
+    # Stage stamps travelled in record headers from ingest to the SSE feed (livestream.stages):
+    # each service observed its own stages, and the API's age is the whole path's latency.
+    for stage in ("segment_fetched", "segment_decoded", "chunk_published"):
+        assert value(ingest, "livestream_stage_seconds_count", stage=stage) >= 1, stage
+    assert value(ingest, "livestream_stage_seconds_count", stage="chunk_published") <= chunks
+    for stage in ("chunk_consumed", "chunk_inferred", "result_published"):
+        assert value(analyzer, "livestream_stage_seconds_count", stage=stage) >= 1, stage
+        assert value(analyzer, "livestream_stage_age_seconds_count", stage=stage) >= 1, stage
+    assert value(aggregator, "livestream_stage_age_seconds_count", stage="state_folded") >= chunks - 1
+    assert value(api_metrics, "livestream_stage_age_seconds_count", stage="sse_delivered") >= 1
+    delivered = value(api_metrics, "livestream_stage_age_seconds_sum", stage="sse_delivered") / value(
+        api_metrics, "livestream_stage_age_seconds_count", stage="sse_delivered"
+    )
+    assert 0 < delivered < 30, delivered  # listed -> delivered, seconds
+    for service in (ingest, analyzer, aggregator, api_metrics):
+        assert value(service, "livestream_stage_header_errors_total") == 0
     # The public port serves no metrics.
     assert httpx.get(f"{stack.api_url}/metrics", timeout=5).status_code == 404
+
+
+def follow_feed(api: httpx.Client, path: str, timeout_s: float = 90.0) -> list[str]:
+    """The SSE message kinds of a session feed until its `end` (retried while the session is not
+    yet known to the API: its first header is on its way)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with api.stream("GET", path, timeout=timeout_s) as feed:
+            if feed.status_code == 404:
+                time.sleep(0.1)
+                continue
+            assert feed.status_code == 200
+            kinds = [line.removeprefix("event: ") for line in feed.iter_lines() if line.startswith("event: ")]
+            return kinds
+    raise AssertionError(f"{path} never became available")
 
 
 def all_samples(samples: dict[str, list[tuple[dict[str, str], float]]]) -> list[tuple[dict[str, str], float]]:
