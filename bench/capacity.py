@@ -185,6 +185,22 @@ async def scrape(client: httpx.AsyncClient, url: str) -> Samples:
     return samples
 
 
+async def wait_for_metrics(urls: dict[str, str], timeout_s: float = 120.0) -> None:
+    """Wait until every instance's listener answers: the aggregator starts its listener with the
+    faust worker, after its process is up, and a round's counters must be read at both ends."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as client:
+        for name, url in urls.items():
+            while True:
+                try:
+                    await scrape(client, url)
+                    break
+                except httpx.HTTPError as exc:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{name}'s metrics at {url} never answered: {exc}") from exc
+                    await asyncio.sleep(0.5)
+
+
 def metric(samples: Samples, name: str, **labels: str) -> float:
     """Sum of ``name``'s samples whose labels include ``labels`` (0 when none)."""
     return sum(value for got, value in samples.get(name, []) if labels.items() <= got.items())
@@ -868,6 +884,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 extra_env=extra_env,
                 analyzer_replicas=args.analyzers,
             ) as stack:
+                asyncio.run(wait_for_metrics(stack.metrics_urls))
                 print(
                     f"stack up in {time.monotonic() - began:.0f}s; warm-up session ...",
                     file=sys.stderr,

@@ -83,6 +83,15 @@ from ingest.errors import DecodeError, DecodeRefusedError
 log = logging.getLogger(__name__)
 
 SEGMENT_FORMAT = "mpegts"  # the only container ingest demuxes (HLS transport stream segments)
+# Opening a segment runs libavformat's stream probing (avformat_find_stream_info), which by
+# default reads up to 5 MB and decodes frames to fill in codec parameters that decoding gets
+# from the bitstream anyway (SPS/PPS in-band). On a 2 s 720p segment that cost ~27 ms of CPU,
+# as much as decoding the frames a 2 fps sampler keeps from easy footage; probing the minimum
+# costs ~6 ms. The streams are still known at once: HLS requires each TS segment to start with
+# its PAT and PMT, which list every stream. What probing would have told before decoding (the
+# frame size) is checked on every decoded frame instead (``_check_size``), and the output is
+# the same (tests/test_ingest_decode_modes.py, audio-first segments included).
+PROBE_OPTIONS = {"probesize": "32", "analyzeduration": "0"}
 
 SkipMode = Literal["none", "exact", "nonref", "nonkey"]
 SKIP_MODES: tuple[SkipMode, ...] = ("none", "exact", "nonref", "nonkey")
@@ -132,7 +141,7 @@ def decode_segment(
     if not data:
         raise DecodeError("segment is empty", url=url)
     try:
-        container = av.open(io.BytesIO(data), mode="r", format=SEGMENT_FORMAT)
+        container = av.open(io.BytesIO(data), mode="r", format=SEGMENT_FORMAT, options=PROBE_OPTIONS)
     except av.FFmpegError as exc:
         raise DecodeError(f"not an MPEG-TS media segment ({type(exc).__name__})", url=url) from exc
     with container:

@@ -178,3 +178,51 @@ def test_every_mode_refuses_what_does_not_decode_and_keeps_a_truncated_segments_
     truncated = whole[: len(whole) // 2 // 188 * 188]  # whole TS packets, about half the frames
     result = decode_segment(truncated, lambda _: True, skip=skip)  # type: ignore[arg-type]
     assert 1 <= len(result.frames) < FRAMES and result.frames[0].offset == 0.0
+
+
+def audio_first_segment(width: int = 96, height: int = 64) -> bytes:
+    """A segment muxed with an AAC stream declared and written before the video, as origins do."""
+    texture = np.random.default_rng(3).integers(0, 255, (height, width + FRAMES, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mpegts") as container:
+        audio = container.add_stream("aac", rate=48000)
+        video = container.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"preset": "veryfast"}
+        samples = 48000 // FPS
+        for i in range(FRAMES):
+            sound = av.AudioFrame.from_ndarray(
+                np.zeros((1, samples), dtype=np.float32), format="fltp", layout="mono"
+            )
+            sound.sample_rate, sound.pts = 48000, i * samples
+            for packet in audio.encode(sound):
+                container.mux(packet)
+            picture = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(texture[:, i : i + width]), format="rgb24"
+            )
+            picture.pts = i
+            container.mux(video.encode(picture))
+        container.mux(video.encode(None))
+        container.mux(audio.encode(None))
+    return buffer.getvalue()
+
+
+def test_minimal_probing_decodes_what_full_probing_does(
+    segments: dict[str, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PROBE_OPTIONS: the streams and the frames are the same as with libavformat's default probing."""
+    cases = [segments["baseline g50"][0], segments["bf2 g50"][1], audio_first_segment()]
+    with av.open(io.BytesIO(cases[-1]), format="mpegts") as container:
+        assert [s.type for s in container.streams] == ["audio", "video"]  # audio really comes first
+
+    def decode(data: bytes) -> DecodedSegment:
+        return decode_segment(data, FrameSampler(2.0).accept)
+
+    minimal = [decode(data) for data in cases]
+    monkeypatch.setattr("ingest.decode.PROBE_OPTIONS", {})
+    full = [decode(data) for data in cases]
+    for got, expected in zip(minimal, full, strict=True):
+        assert (got.decoded_count, got.source_size) == (expected.decoded_count, expected.source_size)
+        assert [f.offset for f in got.frames] == [f.offset for f in expected.frames]
+        assert all(np.array_equal(a.image, b.image) for a, b in zip(got.frames, expected.frames, strict=True))
+        assert len(got.frames) == 4
