@@ -217,7 +217,13 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "analyzer_busy_s": ("analyzer", "livestream_analyzer_batch_seconds_sum", {}),
     "chunk_age_sum": ("analyzer", "livestream_analyzer_chunk_age_seconds_sum", {}),
     "chunk_age_count": ("analyzer", "livestream_analyzer_chunk_age_seconds_count", {}),
+    # The overload policy (ingest/lag.py): what it did, and the largest session lag (a gauge).
+    "skipped_s": ("ingest", "livestream_ingest_skipped_seconds_total", {}),
+    "lag_actions_skip": ("ingest", "livestream_ingest_lag_actions_total", {"policy": "skip"}),
+    "lag_actions_thin": ("ingest", "livestream_ingest_lag_actions_total", {"policy": "thin"}),
+    "max_session_lag_s": ("ingest", "livestream_ingest_max_session_lag_seconds", {}),
 }
+GAUGES = {"max_session_lag_s"}
 # The stage stamps' histograms (livestream.stages), by the service that observes each stage.
 STAGE_SERVICES: dict[str, str] = {
     "segment_fetched": "ingest",
@@ -637,7 +643,7 @@ def summarise(
         }
     counted = [c["cores"] for c in cpu.values() if c["cores"] is not None]
     first_counters, last_counters = series[0][1], series[-1][1]
-    delta = {key: last_counters[key] - first_counters[key] for key in first_counters}
+    delta = {key: last_counters[key] - first_counters[key] for key in first_counters if key not in GAUGES}
     rates = {
         "frames_decoded_per_s": rounded(delta["frames_decoded"] / wall, 2),
         "frames_sampled_per_s": rounded(delta["frames_sampled"] / wall, 2),
@@ -645,6 +651,9 @@ def summarise(
         "live_frames_per_s": streams * FPS,
         "analyzer_busy_fraction": rounded(delta["analyzer_busy_s"] / wall, 3),
         "missed_media_s": rounded(delta["missed_media_s"], 1),
+        "skipped_s": rounded(delta["skipped_s"], 1),
+        "lag_actions": {"skip": int(delta["lag_actions_skip"]), "thin": int(delta["lag_actions_thin"])},
+        "max_session_lag_s": rounded(max(values["max_session_lag_s"] for _, values in series), 1),
         "segments_decoded": int(delta["segments_decoded"]),
     }
     services_only = {
@@ -849,6 +858,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": vars(config),
         "query": QUERY,
         "analyzer_replicas": args.analyzers,
+        "stack_env": args.env,
         "run_dir": str(run_dir),
     }
     began = time.monotonic()
@@ -870,6 +880,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             topics = Topics(prefix=f"capacity{secrets.token_hex(4)}", partitions=args.partitions)
             asyncio.run(ensure_topics(broker.bootstrap_servers, topics.specs()))
             extra_env = {
+                **dict(item.split("=", 1) for item in args.env),
                 "LIVESTREAM_INGEST_CHUNK_SECONDS": str(config.chunk_seconds),
                 "LIVESTREAM_INGEST_LIVE_EDGE_SEGMENTS": "1000",  # stream time = the source's script time
                 "LIVESTREAM_API_MAX_SSE_PER_KEY": "0",
@@ -962,8 +973,19 @@ def main(argv: list[str] | None = None) -> int:
         help="LiveHlsSource (render and x264-encode every stream in real time in this process) "
         "instead of replaying one encoding",
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment for the stack's services, e.g. LIVESTREAM_INGEST_LAG_POLICY=thin (repeatable)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
+    for item in args.env:
+        name, equals, _ = item.partition("=")
+        if not equals or not name.startswith("LIVESTREAM_"):
+            parser.error(f"--env takes LIVESTREAM_NAME=VALUE, not {item!r}")
     args.streams = args.streams or (QUICK_STREAMS if args.quick else DEFAULT_STREAMS)
     args.duration = args.duration or (20.0 if args.quick else 60.0)
     results = run(args)
