@@ -24,6 +24,8 @@ async def _main(settings: AnalyzerSettings) -> None:
         settings.providers,
         max_batch=settings.inference_batch,
         pipeline=settings.detector_pipeline,
+        precision=settings.detector_precision,
+        input_size=settings.detector_input_size,
         intra_op_threads=settings.intra_op_threads,
     )
     policy = ScoringPolicy(

@@ -11,6 +11,11 @@ TF pre- and post-processing loops run image by image. On 2 CPU cores the network
 a frame in ~30 ms against ~42 ms for the graph (``bench/bench_detector.py``), and it is the
 one a GPU can batch.
 
+Cheaper variants of the network pipeline (``bench/bench_model_variants.py``, README *Capacity*):
+``precision="int8"`` runs the network quantised by ``make models`` (``analyzer.models.build_int8``)
+and ``input_size`` below 300 runs it on smaller frames (``analyzer.ssd_network.resize_network``,
+anchors from ``ssd_anchors``). Both cost detection quality, so the default stays float at 300.
+
 ``ObjectDetector.detect`` is safe to call from several threads at once (onnxruntime
 sessions are), and it is CPU-bound: call it via ``asyncio.to_thread`` from async code.
 """
@@ -29,18 +34,32 @@ import onnxruntime as ort
 from PIL import Image
 
 from analyzer.errors import DetectorError, ModelNotFoundError
-from analyzer.models import INPUT_NAME, MODEL_INPUT_SIZE, MODEL_NAME, OUTPUT_NAMES, read_sidecar
+from analyzer.models import (
+    INPUT_NAME,
+    INT8_MODEL_FILENAME,
+    MODEL_INPUT_SIZE,
+    MODEL_NAME,
+    OUTPUT_NAMES,
+    read_sidecar,
+)
 from analyzer.models.coco_labels import COCO_LABELS
 from analyzer.ssd_network import (
     BOX_ENCODINGS,
     CLASS_LOGITS,
+    MAX_INPUT_SIZE,
+    MIN_INPUT_SIZE,
     NETWORK_INPUT,
     extract_network,
     network_input,
     postprocess,
+    resize_network,
+    ssd_anchors,
 )
+from livestream.errors import ConfigurationError
 
 DetectorPipeline = Literal["network", "graph"]
+DetectorPrecision = Literal["fp32", "int8"]
+DETECTOR_PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +94,13 @@ class ObjectDetector:
         model_name: str,
         max_batch: int = DEFAULT_MAX_BATCH,
         anchors: np.ndarray | None = None,
+        input_size: int = MODEL_INPUT_SIZE,
     ):
         self._session = session
         self._model_name = model_name
         self._max_batch = max(1, max_batch)
         self._anchors = anchors  # set: the network pipeline (its session is the cut network)
+        self._input_size = input_size
 
     @classmethod
     def load(
@@ -90,12 +111,19 @@ class ObjectDetector:
         intra_op_threads: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         pipeline: DetectorPipeline = "network",
+        precision: DetectorPrecision = "fp32",
+        input_size: int = MODEL_INPUT_SIZE,
     ) -> ObjectDetector:
         """Open the model. ``model_path`` defaults to the configured cache (``LIVESTREAM_MODELS_DIR``).
 
         ``providers`` are onnxruntime execution providers in order of preference (default CPU).
         Requested providers this onnxruntime build lacks (e.g. CUDA on the CPU wheel) are
         skipped with a warning; CPU is always appended as the fallback.
+
+        ``precision`` and ``input_size`` choose a variant of the network pipeline (module
+        docstring); the int8 model is the one ``make models`` builds beside ``model_path``. A
+        variant that is unknown, not built or not possible with ``pipeline`` is an error: a
+        silent fallback would change detection quality or cost without anyone asking.
         """
         if model_path is None:
             from analyzer.models import default_model_path
@@ -107,6 +135,33 @@ class ObjectDetector:
                 "ONNX detector not found; build it with `make models` (or `python -m analyzer.models build`)",
                 model_path=str(path),
             )
+        if precision not in DETECTOR_PRECISIONS:
+            raise ConfigurationError(
+                f"unknown detector precision {precision!r}; choose one of {list(DETECTOR_PRECISIONS)}",
+                precision=precision,
+            )
+        if not MIN_INPUT_SIZE <= input_size <= MAX_INPUT_SIZE:
+            raise ConfigurationError(
+                f"detector input size must be within {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} (default "
+                f"{MODEL_INPUT_SIZE})",
+                input_size=input_size,
+            )
+        if pipeline == "graph" and (precision, input_size) != ("fp32", MODEL_INPUT_SIZE):
+            raise ConfigurationError(
+                "the graph pipeline runs only the exported float model at 300x300; int8 and other "
+                "input sizes need the network pipeline",
+                precision=precision,
+                input_size=input_size,
+            )
+        network_path = path
+        if precision == "int8":
+            network_path = path.with_name(INT8_MODEL_FILENAME)
+            if not network_path.is_file():
+                raise ModelNotFoundError(
+                    "the int8 detector is not built; build it with `make models` (or "
+                    "`python -m analyzer.models build`)",
+                    model_path=str(network_path),
+                )
         chosen = _choose_providers(providers)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads or default_intra_op_threads()
@@ -116,13 +171,22 @@ class ObjectDetector:
         options.log_severity_level = 3  # the converted graph triggers harmless shape-merge warnings
         anchors: np.ndarray | None = None
         source: str | bytes = str(path)
-        if pipeline == "network":
+        if precision == "int8":
+            # Already the cut network (analyzer.models.build_int8); its anchors are the graph's,
+            # which ssd_anchors reproduces (tests/test_detector_variants.py).
+            source, anchors = network_path.read_bytes(), ssd_anchors(MODEL_INPUT_SIZE)
+        elif pipeline == "network":
             network = extract_network(path)
             source, anchors = network.model, network.anchors
+        # Only the network pipeline gets here with another size (the graph one was refused above).
+        if input_size != MODEL_INPUT_SIZE and isinstance(source, bytes):
+            source, anchors = resize_network(source, input_size), ssd_anchors(input_size)
         try:
             session = ort.InferenceSession(source, sess_options=options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise DetectorError(f"onnxruntime cannot load the model: {exc}", model_path=str(path)) from exc
+            raise DetectorError(
+                f"onnxruntime cannot load the model: {exc}", model_path=str(network_path)
+            ) from exc
         if chosen[0] not in session.get_providers():
             # e.g. CUDA is in the build but no usable GPU: onnxruntime would fall back quietly.
             raise DetectorError(
@@ -143,21 +207,31 @@ class ObjectDetector:
                 model_path=str(path),
                 inputs=inputs,
             )
-        sidecar = read_sidecar(path) or {}
+        sidecar = read_sidecar(network_path) or {}
         model_name = str(sidecar.get("name", MODEL_NAME))
+        if input_size != MODEL_INPUT_SIZE:
+            model_name += f"@{input_size}"  # chunk results say which variant found what
         log.info(
-            "loaded %s from %s (%s pipeline, providers %s, %d intra-op threads)",
+            "loaded %s from %s (%s pipeline, %s, input %dx%d, providers %s, %d intra-op threads)",
             model_name,
-            path,
+            network_path,
             pipeline,
+            precision,
+            input_size,
+            input_size,
             session.get_providers(),
             options.intra_op_num_threads,
         )
-        return cls(session, model_name, max_batch=max_batch, anchors=anchors)
+        return cls(session, model_name, max_batch=max_batch, anchors=anchors, input_size=input_size)
 
     @property
     def model_name(self) -> str:
         return self._model_name
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square frames the network runs on."""
+        return self._input_size
 
     @property
     def providers(self) -> list[str]:
@@ -169,7 +243,7 @@ class ObjectDetector:
         """Detect COCO objects in HxWx3 uint8 RGB frames; one list per frame, best score first."""
         if len(images) == 0:
             return []
-        batch = np.stack([_prepare(image, index) for index, image in enumerate(images)])
+        batch = np.stack([_prepare(image, index, self._input_size) for index, image in enumerate(images)])
         results: list[list[Detection]] = []
         for start in range(0, len(batch), self._max_batch):
             part = batch[start : start + self._max_batch]
@@ -233,7 +307,7 @@ def _choose_providers(requested: list[str] | None) -> list[str]:
     return chosen
 
 
-def _prepare(image: np.ndarray, index: int) -> np.ndarray:
+def _prepare(image: np.ndarray, index: int, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise DetectorError(
             "frames must be HxWx3 uint8 RGB arrays",
@@ -241,9 +315,9 @@ def _prepare(image: np.ndarray, index: int) -> np.ndarray:
             shape=getattr(image, "shape", None),
             dtype=getattr(image, "dtype", None),
         )
-    if image.shape[:2] == (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE):
+    if image.shape[:2] == (size, size):
         return image
-    resized = Image.fromarray(image).resize((MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), Image.BILINEAR)
+    resized = Image.fromarray(image).resize((size, size), Image.BILINEAR)
     return np.asarray(resized)
 
 

@@ -34,6 +34,21 @@ class AnalyzerSettings(ServiceSettings):
         "batched in numpy (analyzer/ssd_network.py); 'graph': the whole exported graph (same "
         "detections, slower: its TF loops run per image).",
     )
+    # Cheaper detector variants (bench/bench_model_variants.py; README, Capacity): both cost
+    # detection quality in `make eval`, so the defaults are the float network at 300x300.
+    detector_precision: Literal["fp32", "int8"] = Field(
+        default="fp32",
+        description="'fp32': the network as exported; 'int8': the network quantised by `make models` "
+        "(analyzer/models/build_int8.py): ~40 % less CPU per frame, same eval precision, recall and "
+        "temporal IoU, but scores move (one eval case miscounts its objects).",
+    )
+    detector_input_size: int = Field(
+        default=300,
+        ge=96,
+        le=300,
+        description="Side of the square frames the detector's network runs on (network pipeline only); "
+        "below 300 it is cheaper and misses small objects and more.",
+    )
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     max_gap_frames: int = Field(default=1, ge=0)
     # Query judgements (analyzer/judge.py; defaults and their reasons in analyzer.scoring.ScoringPolicy).

@@ -176,3 +176,157 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int
         iou = np.where(union > 0.0, inter / np.where(union > 0.0, union, 1.0), 0.0)
         order = rest[iou <= iou_threshold]
     return kept
+
+
+# --------------------------------------------------------------------------- other input sizes
+#
+# The network is fully convolutional, so it runs at any input size once the exported graph's
+# static assumptions about 300x300 are lifted (``resize_network``), with anchors generated for
+# the feature maps of that size (``ssd_anchors``): the TF object detection API's
+# ``ssd_anchor_generator`` of the model's pipeline config (6 layers, scales 0.2 to 0.95, aspect
+# ratios 1, 2, 1/2, 3, 1/3 plus an interpolated scale, 3 boxes in the lowest layer).
+
+ANCHOR_LAYERS = 6
+ANCHOR_MIN_SCALE = 0.2
+ANCHOR_MAX_SCALE = 0.95
+ANCHOR_ASPECT_RATIOS = (1.0, 2.0, 0.5, 3.0, 0.3333)
+# MobileNetV2's stride-16 map feeds the first box predictor; each later one halves the previous.
+FIRST_FEATURE_MAP_STRIDE_LOG2 = 4
+TRAINED_INPUT_SIZE = 300
+MIN_INPUT_SIZE = 96  # below this the coarsest maps are all 1x1 and the small heads see nothing
+MAX_INPUT_SIZE = 300  # above it the last map is 2x2, which a Reshape of the graph assumes is 1x1
+
+
+def feature_map_sizes(input_size: int) -> list[int]:
+    """Side of each box predictor's feature map at a square ``input_size`` (TF's SAME padding)."""
+    size = input_size
+    for _ in range(FIRST_FEATURE_MAP_STRIDE_LOG2):
+        size = -(-size // 2)
+    sizes = [size]
+    for _ in range(ANCHOR_LAYERS - 1):
+        sizes.append(-(-sizes[-1] // 2))
+    return sizes
+
+
+def ssd_anchors(input_size: int, *, pixel_scaled: bool = True) -> np.ndarray:
+    """(A, 4) ymin, xmin, ymax, xmax anchors, normalised, in the order of the network's outputs.
+
+    TF's ``create_ssd_anchors`` + ``MultipleGridAnchorGenerator`` for a square image: per layer,
+    per grid cell (rows, then columns), per box spec. ``tests/test_detector_variants.py`` checks
+    that this reproduces the graph's 1,917 anchors at 300.
+
+    ``pixel_scaled``: the network learned its box regressions at 300x300, in pixels (an offset or
+    a size relative to an anchor of so many pixels), so at another size the anchors keep their
+    300-input sizes in pixels, i.e. their normalised sizes grow by ``300 / input_size``; the
+    config's own scales (``pixel_scaled=False``, what TF would generate for a model *trained* at
+    that size) shrink every box by about ``input_size / 300`` (``bench/bench_model_variants.py``).
+    """
+    stretch = TRAINED_INPUT_SIZE / input_size if pixel_scaled else 1.0
+    scales = [
+        (ANCHOR_MIN_SCALE + (ANCHOR_MAX_SCALE - ANCHOR_MIN_SCALE) * i / (ANCHOR_LAYERS - 1))
+        for i in range(ANCHOR_LAYERS)
+    ] + [1.0]
+    layers = []
+    for layer, grid in enumerate(feature_map_sizes(input_size)):
+        scale, scale_next = scales[layer], scales[layer + 1]
+        if layer == 0:  # reduce_boxes_in_lowest_layer
+            specs = [(0.1, 1.0), (scale, 2.0), (scale, 0.5)]
+        else:
+            specs = [(scale, ratio) for ratio in ANCHOR_ASPECT_RATIOS]
+            specs.append((float(np.sqrt(scale * scale_next)), 1.0))  # interpolated_scale_aspect_ratio
+        box_scales = np.array([s for s, _ in specs], dtype=np.float32)
+        ratio_sqrts = np.sqrt(np.array([r for _, r in specs], dtype=np.float32))
+        heights = box_scales / ratio_sqrts * np.float32(stretch)
+        widths = box_scales * ratio_sqrts * np.float32(stretch)
+        stride = np.float32(1.0 / grid)
+        centres = np.arange(grid, dtype=np.float32) * stride + np.float32(0.5) * stride
+        y_centres, x_centres = np.meshgrid(centres, centres, indexing="ij")
+        yc = np.broadcast_to(y_centres[:, :, None], (grid, grid, len(specs))).reshape(-1)
+        xc = np.broadcast_to(x_centres[:, :, None], (grid, grid, len(specs))).reshape(-1)
+        h = np.tile(heights, grid * grid)
+        w = np.tile(widths, grid * grid)
+        layers.append(np.stack([yc - 0.5 * h, xc - 0.5 * w, yc + 0.5 * h, xc + 0.5 * w], axis=1))
+    return np.concatenate(layers).astype(np.float32)
+
+
+def resize_network(model: bytes, input_size: int) -> bytes:
+    """The cut network (float or quantised) patched to take a square ``input_size`` input.
+
+    The export baked 300x300 in at two kinds of places: each stride-2 convolution has explicit
+    pads computed by tf2onnx for TF's SAME padding at its 300-input size (which depend on the
+    parity of the size), and each box predictor reshapes its maps to a constant
+    ``H*W*anchors`` count. Pads are recomputed here from the new sizes, walking the graph in
+    order; the counts become -1 (inferred) so the reshapes hold at any size.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if not MIN_INPUT_SIZE <= input_size <= MAX_INPUT_SIZE:
+        raise DetectorError(
+            f"detector input size must be within {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE}", input_size=input_size
+        )
+    graph_model = onnx.load_from_string(model)
+    graph = graph_model.graph
+    # Shapes recorded for intermediate tensors (the quantiser writes them) are those of 300x300.
+    del graph.value_info[:]
+    (network_in,) = (i for i in graph.input if i.name == NETWORK_INPUT)
+    dims = network_in.type.tensor_type.shape.dim
+    dims[2].dim_value = input_size
+    dims[3].dim_value = input_size
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    # Spatial side of each 4-D tensor reached from the input; everything between convolutions
+    # (activations, adds, (de)quantisation) keeps its input's side.
+    side: dict[str, int] = {NETWORK_INPUT: input_size}
+    for node in graph.node:
+        known = [side[name] for name in node.input if name in side]
+        if not known:
+            continue
+        if node.op_type in ("Conv", "QLinearConv", "ConvInteger"):
+            attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            stride = attributes.get("strides", [1, 1])[0]
+            kernel = attributes.get("kernel_shape")
+            if kernel is None:
+                weight_index = 3 if node.op_type == "QLinearConv" else 1
+                kernel = list(_weight_shape(node.input[weight_index], constants, graph)[2:])
+            size = known[0]
+            out = -(-size // stride)
+            total = max((out - 1) * stride + kernel[0] - size, 0)
+            pads = [total // 2, total // 2, total - total // 2, total - total // 2]
+            for attribute in node.attribute:
+                if attribute.name == "pads":
+                    del attribute.ints[:]
+                    attribute.ints.extend(pads)
+            for name in node.output:
+                side[name] = out
+        elif node.op_type != "Reshape" and not node.op_type.startswith("Concat"):
+            for name in node.output:
+                side[name] = known[0]
+    # The predictors' reshape targets: [batch, H*W*anchors, 1, 4] and [batch, H*W*anchors, 91].
+    minus_one: dict[int, str] = {}
+    for node in graph.node:
+        if node.op_type != "Concat" or not node.name.startswith("BoxPredictor_") or "stack" not in node.name:
+            continue
+        count = constants.get(node.input[1])
+        if count is None:
+            raise DetectorError("the network's box predictor is not the expected export", node=node.name)
+        dtype = count.data_type
+        if dtype not in minus_one:
+            name = f"resize_network/minus_one_{dtype}"
+            value = np.array([-1], dtype=helper.tensor_dtype_to_np_dtype(dtype))
+            graph.initializer.append(numpy_helper.from_array(value, name))
+            minus_one[dtype] = name
+        node.input[1] = minus_one[dtype]
+    sizes = feature_map_sizes(input_size)
+    if sizes[-1] != 1:
+        raise DetectorError("the network's last feature map must be 1x1", input_size=input_size)
+    return graph_model.SerializeToString()
+
+
+def _weight_shape(name: str, constants: dict[str, onnx.TensorProto], graph: onnx.GraphProto) -> list[int]:
+    """Shape of a convolution's weight: a constant, or one behind a DequantizeLinear (QDQ)."""
+    if name in constants:
+        return list(constants[name].dims)
+    for node in graph.node:
+        if name in node.output and node.input and node.input[0] in constants:
+            return list(constants[node.input[0]].dims)
+    raise DetectorError("cannot find a convolution's weight", tensor=name)

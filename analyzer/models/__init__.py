@@ -38,6 +38,8 @@ OUTPUT_NAMES: tuple[str, ...] = (
 # The graph resizes every image to this square internally; resizing before the call gives
 # the same result, lets frames of different sizes share a batch and moves fewer bytes.
 MODEL_INPUT_SIZE = 300
+# The detector's network quantised to int8 (analyzer.models.build_int8), built from the model above.
+INT8_MODEL_FILENAME = f"{MODEL_NAME}.int8.onnx"
 
 # all-MiniLM-L6-v2 (sentence-transformers), exported to ONNX with its token embeddings as output.
 TEXT_MODEL_NAME = "all_minilm_l6_v2"
@@ -85,6 +87,10 @@ class ModelSettings(ServiceSettings):
     @property
     def model_path(self) -> Path:
         return self.models_dir / MODEL_FILENAME
+
+    @property
+    def int8_model_path(self) -> Path:
+        return self.models_dir / INT8_MODEL_FILENAME
 
     @property
     def text_model_path(self) -> Path:
@@ -143,6 +149,7 @@ __all__ = [
     "CLASSIFIER_NUM_CLASSES",
     "CLASSIFIER_OUTPUT_NAME",
     "INPUT_NAME",
+    "INT8_MODEL_FILENAME",
     "MODEL_FILENAME",
     "MODEL_INPUT_SIZE",
     "MODEL_NAME",

@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = ModelSettings()
     model_paths = [settings.model_path, settings.text_model_path, settings.classifier_model_path]
     if args.command == "path":
-        # The detector first, alone on the first line: scripts read that line.
-        print("\n".join(str(path) for path in model_paths))
+        # The detector first, alone on the first line: scripts read that line. The int8 variant
+        # (optional: only LIVESTREAM_ANALYZER_DETECTOR_PRECISION=int8 needs it) last.
+        print("\n".join(str(path) for path in [*model_paths, settings.int8_model_path]))
         return 0
     if args.command == "info":
         missing = 0
@@ -41,13 +42,26 @@ def main(argv: list[str] | None = None) -> int:
                 missing += 1
             else:
                 print(json.dumps(sidecar, indent=2))
+        int8 = read_sidecar(settings.int8_model_path)
+        absent = f"(optional) no int8 detector at {settings.int8_model_path}"
+        print(json.dumps(int8, indent=2) if int8 else absent)
         return 1 if missing else 0
 
     from analyzer.models.build import build_all  # imports numpy; keep `path` instant
+    from analyzer.models.build_int8 import build_int8_model, calibration_available
 
     started = time.monotonic()
     try:
         results = build_all(settings, force=args.force, keep_venv=args.keep_venv)
+        # The detector's int8 variant is quantised from the float detector built above, offline
+        # (~15-40 s on 2 cores; cached, and redone when the float model changes).
+        if calibration_available():
+            results.append(build_int8_model(settings, force=args.force))
+        else:
+            logging.getLogger("analyzer.models").warning(
+                "not building the int8 detector: its calibration frames need the media extra "
+                "(pip install -e '.[media]'); LIVESTREAM_ANALYZER_DETECTOR_PRECISION=int8 will not start"
+            )
     except LivestreamError as exc:
         logging.getLogger("analyzer.models").error("%s", exc)
         return 1
