@@ -80,9 +80,12 @@ class AnalyzerSettings(ServiceSettings):
         description="onnxruntime intra-op threads of the image classifier (default: as the detector's).",
     )
     # Batching (analyzer/service.py): chunks of any sessions are analysed together, their frames
-    # in one detector call; results are produced and committed per batch.
+    # in one detector call; results are produced and committed per batch. On CPU a bigger batch
+    # gains no throughput (the network's cost is per frame) and every chunk of a batch waits for
+    # the whole batch: at 8 streams on 2 cores, 2 chunks gave latency p50/p95 6.2/7.3 s against
+    # 7.2/9.4 s with 8, at the same analyzer CPU per stream (bench/capacity.py, README Capacity).
     batch_max_chunks: int = Field(
-        default=8,
+        default=2,
         ge=1,
         le=256,
         description="Chunk records analysed together (about 4 frames each at 2 fps and 2 s chunks); "
