@@ -43,7 +43,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from prometheus_client import Counter, Histogram
 
@@ -73,17 +73,7 @@ Stage = Literal[
     "state_folded",
     "sse_delivered",
 ]
-STAGES: tuple[Stage, ...] = (
-    "segment_listed",
-    "segment_fetched",
-    "segment_decoded",
-    "chunk_published",
-    "chunk_consumed",
-    "chunk_inferred",
-    "result_published",
-    "state_folded",
-    "sse_delivered",
-)
+STAGES: tuple[Stage, ...] = get_args(Stage)  # in path order
 _ORDER = {stage: position for position, stage in enumerate(STAGES)}
 _MAX_HEADER_BYTES = 1024  # nine stamps are ~300 bytes: anything bigger is not ours
 
