@@ -113,9 +113,9 @@ class ChunkLag:
 class LagPolicy:
     """The overload policy of a session (from ``IngestSettings``)."""
 
-    policy: PolicyName = "queue"
+    policy: PolicyName = "thin"
     max_lag_s: float = 60.0
-    fallback: FallbackName = "skip"
+    fallback: FallbackName = "thin"
     sample_fps: float = 2.0
     thin_min_fps: float = 0.5
     thin_step_s: float = 10.0

@@ -2,7 +2,12 @@
 
 Consumes the session-commands topic in a consumer group (manual commits) and publishes, keyed
 by session_id, with one idempotent producer (acks=all) to the session-lifecycle, chunks and
-ingest-checkpoints topics.
+ingest-checkpoints topics. Chunk records are the exception to co-partitioning: by default
+(``chunk_partitioning="spread"``) a session's chunks rotate over the chunks topic's partitions
+(``chunk_partition``), because the analyzers, which own partitions, analyse each chunk on its
+own and would otherwise share the load only as evenly as sessions happen to hash; nothing reads
+the chunks topic per session (the aggregator folds chunk *results*, keyed and partitioned by
+session, in chunk order within its reorder window).
 
 Sessions survive restarts and failover through their checkpoints (compacted topic, see
 ``session`` and ``checkpoint``). All topics are co-partitioned and keyed by session_id, so the
@@ -98,6 +103,7 @@ from aiokafka import (
 )
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+from aiokafka.partitioner import murmur2
 from aiokafka.structs import RecordMetadata
 from prometheus_client import Gauge
 
@@ -107,7 +113,7 @@ from ingest.fetch import FetchPolicy, HttpFetcher
 from ingest.session import ChunkPosition, IngestSession
 from ingest.settings import IngestSettings
 from ingest.storage import RecordingStorage
-from livestream.errors import RecordError
+from livestream.errors import KafkaSetupError, RecordError
 from livestream.kafka.resilience import Backoff, BrokerWatch, probe_metadata, stop_client
 from livestream.kafka.serde import decode_command, encode_key, encode_value, key_text
 from livestream.metrics import MetricsServer, start_metrics_server
@@ -147,6 +153,17 @@ MAX_SESSION_LAG = Gauge(
 )
 
 
+def chunk_partition(key: bytes, chunk_index: int, partitions: int) -> int:
+    """The partition of a session's chunk under ``chunk_partitioning="spread"``.
+
+    Kafka's default partition for the session key (murmur2, as every producer of our keyed
+    topics computes it) rotated by the chunk index: chunk 0 goes where the key would, and any
+    ``partitions`` consecutive chunks of a session cover every partition once, so the analyzer
+    replicas, each owning some partitions, share even a single busy session evenly.
+    """
+    return ((murmur2(key) & 0x7FFFFFFF) + chunk_index) % partitions
+
+
 class KafkaRecordPublisher:
     """Produces records keyed by session_id and waits for the broker's acknowledgement.
 
@@ -158,20 +175,32 @@ class KafkaRecordPublisher:
     """
 
     def __init__(
-        self, producer: AIOKafkaProducer, topics: Topics, watch: BrokerWatch, backoff: Backoff
+        self,
+        producer: AIOKafkaProducer,
+        topics: Topics,
+        watch: BrokerWatch,
+        backoff: Backoff,
+        chunk_partitions: int | None = None,
     ) -> None:
         self.producer = producer
         self.topics = topics
         self.watch = watch
         self.backoff = backoff
+        # Set: chunk records are spread over this many partitions (``chunk_partition``); None:
+        # each goes to its session key's partition.
+        self.chunk_partitions = chunk_partitions
 
     async def publish_chunk(self, record: ChunkRecord, stages: StageTimes) -> ChunkPosition:
+        key = encode_key(record.session_id)
         metadata = await self._send_raw(
             self.topics.chunks,
-            encode_key(record.session_id),
+            key,
             encode_value(record),
             "publish a chunk",
             headers=[stages.header()],
+            partition=None
+            if self.chunk_partitions is None
+            else chunk_partition(key, record.chunk_index, self.chunk_partitions),
         )
         return metadata.partition, metadata.offset
 
@@ -204,11 +233,14 @@ class KafkaRecordPublisher:
         value: bytes | None,
         doing: str,
         headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
     ) -> RecordMetadata:
         while True:
             self.watch.check()  # once the service gave up on the broker, nothing waits again
             try:
-                metadata = await self.producer.send_and_wait(topic, key=key, value=value, headers=headers)
+                metadata = await self.producer.send_and_wait(
+                    topic, key=key, value=value, headers=headers, partition=partition
+                )
             except KafkaError as exc:
                 if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
                     raise  # e.g. a record too large: retrying cannot help
@@ -349,6 +381,12 @@ class IngestService:
         await asyncio.to_thread(self.storage.scan)
         try:
             await self._producer.start()
+            if settings.chunk_partitioning == "spread":
+                # Read once: a topic given more partitions later is spread over them after a restart.
+                partitions = await self._producer.partitions_for(self.topics.chunks)
+                if not partitions:
+                    raise KafkaSetupError(f"topic {self.topics.chunks} has no partitions (does it exist?)")
+                self._publisher.chunk_partitions = len(partitions)
             await self._checkpoint_reader.start()
             await self._consumer.start()
             self._consumer.subscribe(

@@ -137,8 +137,18 @@ class IngestSettings(ServiceSettings):
         description="How often ingest asks the broker for the analyzer group's committed offsets and "
         "re-measures every session's lag (one request per process).",
     )
+    chunk_partitioning: Literal["spread", "session"] = Field(
+        default="spread",
+        description="Which partition of the chunks topic each chunk record goes to: 'spread' rotates a "
+        "session's chunks over every partition (starting at its key's), so analyzer replicas share even "
+        "one busy session evenly; 'session' puts them all on the session key's partition, in order.",
+    )
+    # The default is the capacity benchmark's choice (README, Capacity): 14 streams on a machine that
+    # keeps up with 8, max_lag_s 20: 'thin' finished every session within 6.5 s of its stream's end
+    # and found every ground-truth window (56/56); 'skip' lost 14 of them (410 s of stream skipped);
+    # an unbounded queue found them all but 4 sessions were still running a minute after their end.
     lag_policy: Literal["queue", "skip", "thin"] = Field(
-        default="queue",
+        default="thin",
         description="What a session does when its lag (source live edge minus the stream time the "
         "analyzers took over) exceeds max_lag_s: 'queue' lets chunks wait up to max_lag_s, then "
         "lag_fallback_policy acts; 'skip' stops fetching segments (a gap in the recording, empty "
@@ -152,7 +162,7 @@ class IngestSettings(ServiceSettings):
         "durations (the lag of a session nobody is behind).",
     )
     lag_fallback_policy: Literal["skip", "thin"] = Field(
-        default="skip", description="What 'queue' turns into once a session's lag exceeds max_lag_s."
+        default="thin", description="What 'queue' turns into once a session's lag exceeds max_lag_s."
     )
     thin_min_fps: float = Field(
         default=0.5, gt=0, description="Lowest sampling rate 'thin' goes down to (frames per second)."

@@ -24,7 +24,7 @@ from livestream.kafka.broker import free_port
 from livestream.kafka.testing import TopicRecorder
 from livestream.stack import Stack, stack_for_tests
 from livestream.testsource import LiveHlsSource, default_script, short_script
-from schemas.records import Event, SessionState
+from schemas.records import ChunkResult, Event, SessionState
 from schemas.topics import Topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model]
@@ -85,6 +85,7 @@ def test_scripted_stream_yields_events_at_the_right_times(
     script = default_script()
     with (
         TopicRecorder(kafka_bootstrap, e2e_topics.events) as events_topic,
+        TopicRecorder(kafka_bootstrap, e2e_topics.chunk_results) as results_topic,
         LiveHlsSource(script) as source,
     ):
         started = sdk.livestream.start_session(source_url=source.url, name="e2e", rapid_review_query=QUERY)
@@ -108,6 +109,11 @@ def test_scripted_stream_yields_events_at_the_right_times(
     assert final["status"] == "FINISHED", final.get("status_reason")
     assert final["chunk_count"] == final["chunks_expected"] == len(final["chunks"]) > 0
     assert [c["chunk_index"] for c in final["chunks"]] == list(range(final["chunk_count"]))
+    # The session's chunks were spread over the chunks topic's partitions, so both analyzer
+    # replicas analysed some of them (ingest's chunk_partitioning="spread").
+    results = [ChunkResult.model_validate_json(v) for v in results_topic.values if v]
+    analysed_by = {r.analyzer_id for r in results if r.session_id == session_id}
+    assert len(analysed_by) == 2, analysed_by
     assert seen, "no events reached the SDK"
     assert {e["event_id"] for e in seen} >= {e["event_id"] for e in final["events"]}
 
