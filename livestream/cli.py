@@ -349,13 +349,27 @@ def status_key(statuses: list[ProcessStatus]) -> tuple[tuple[str, str, int], ...
     return tuple((status.name, status.state.value, status.restarts) for status in statuses)
 
 
+def default_analyzer_replicas(cores: int | None = None) -> int:
+    """Two replicas wherever there are two cores to share (``livestream.stack``'s thread rule gives
+    each ``cores // 2`` intra-op threads): on 2 cores two single-threaded replicas spent 7.5 CPU s
+    per stream-minute where one two-threaded replica spent 9.9, and kept up with 10 streams
+    instead of 8 (bench/capacity.py, README Capacity). More replicas than that are a deployment
+    choice (each holds its own models in memory)."""
+    cores = cores if cores is not None else os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
+
+
 def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livestream", description=__doc__)
     parser.set_defaults(settings=settings)
     parser.add_argument("--run-dir", default="var", help="logs and stored segments (default ./var)")
     parser.add_argument("--topic-prefix", default=settings.topic_prefix)
     parser.add_argument(
-        "--analyzers", type=int, default=1, help="analyzer replicas in the consumer group (default 1)"
+        "--analyzers",
+        type=int,
+        default=default_analyzer_replicas(),
+        help="analyzer replicas in the consumer group, sharing the cores (default: 2 on a machine "
+        "with 2 or more cores, else 1)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="broker + services in the foreground until Ctrl-C")
