@@ -92,6 +92,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
+from livestream.cli import default_analyzer_replicas
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.broker import LocalKafkaBroker
 from livestream.stack import Stack, stack_for_tests
@@ -958,8 +959,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--analyzers",
         type=int,
-        default=1,
-        help="analyzer replicas (livestream.stack's thread rule shares the cores between them)",
+        default=default_analyzer_replicas(),
+        help="analyzer replicas (livestream.stack's thread rule shares the cores between them); "
+        "default: as `livestream up` (2 with two or more cores)",
     )
     parser.add_argument("--keep-up-s", type=float, default=10.0, help="largest finish delay that keeps up")
     parser.add_argument(
