@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
-from livestream.cli import status_key
+from livestream.cli import default_analyzer_replicas, status_key
 from livestream.healthcheck import check_http, check_kafka
 from livestream.healthcheck import main as healthcheck_main
 from livestream.kafka.admin import ensure_topics
@@ -411,13 +411,17 @@ def test_up_restarts_a_killed_service_shows_it_and_stops_cleanly_on_sigterm(
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = Output(process)
     try:
-        output.wait_for("services: aggregator up, analyzer up, ingest up, api up")
+        # `up` runs as many analyzer replicas as livestream.cli chooses for this machine's cores.
+        replicas = default_analyzer_replicas()
+        analyzers = ["analyzer"] if replicas == 1 else [f"analyzer-{n}" for n in range(1, replicas + 1)]
+        names = ["aggregator", *analyzers, "ingest", "api"]
+        output.wait_for("services: " + ", ".join(f"{name} up" for name in names))
         os.kill(service_pid(process.pid, "ingest"), signal.SIGKILL)
         # Printed at once although the status interval is long: the status changed.
         output.wait_for("ingest up (restarted 1x)", timeout=30)
         status = json.loads((tmp_path / "status.json").read_text())
         by_name = {entry["name"]: entry for entry in status["processes"]}
-        assert list(by_name) == ["aggregator", "analyzer", "ingest", "api"]
+        assert list(by_name) == names
         assert (by_name["ingest"]["restarts"], by_name["ingest"]["last_exit_code"]) == (1, -9)
         assert by_name["ingest"]["state"] == "up" and by_name["api"]["restarts"] == 0
         process.send_signal(signal.SIGTERM)
