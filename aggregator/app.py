@@ -349,13 +349,7 @@ def build_app(settings: AggregatorSettings, thumbnails: ThumbnailJanitor | None 
         in place (``send_acked``), so the order holds; the worker crashes only past the limit,
         which is a crash before 4.
         """
-        folded_at = time.time()
-        await send_acked(
-            [
-                replace(o, stages=observe(o.stages, "state_folded", folded_at)) if o.stages else o
-                for o in batch.outputs
-            ]
-        )
+        await send_acked(stamp_folded(batch.outputs, time.time()))
         if thumbnails is not None:
             for session_id, event_ids in batch.discarded_thumbnails:
                 thumbnails.discard(session_id, event_ids)
@@ -494,6 +488,25 @@ def _serve_metrics(app: faust.App, settings: AggregatorSettings) -> None:
     async def stop_metrics(sender: faust.App, **kwargs: Any) -> None:
         while running:
             await asyncio.to_thread(running.pop().close)
+
+
+def stamp_folded(outputs: list[_Output], folded_at: float) -> list[_Output]:
+    """``outputs`` with ``state_folded`` stamped on their stages, observed once per input record.
+
+    The records one fold wrote (a session chunk and its event versions) share their input's
+    stamps (the same ``StageTimes``), so the histogram counts chunks, not records.
+    """
+    stamped: dict[int, StageTimes] = {}  # by identity: equal stamps of two inputs count twice
+    result: list[_Output] = []
+    for output in outputs:
+        if output.stages is None:
+            result.append(output)
+            continue
+        key = id(output.stages)
+        if key not in stamped:
+            stamped[key] = observe(output.stages, "state_folded", folded_at)
+        result.append(replace(output, stages=stamped[key]))
+    return result
 
 
 @dataclass(frozen=True)

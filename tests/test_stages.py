@@ -99,3 +99,24 @@ def test_a_stage_already_stamped_restarts_the_timing_instead_of_failing() -> Non
 def test_no_header_means_no_stamps() -> None:
     assert stages_from_headers(None) == StageTimes()
     assert stages_from_headers([("unrelated", b"1")]) == StageTimes()
+
+
+def test_the_aggregator_observes_state_folded_once_per_input_record() -> None:
+    """A chunk result's fold writes a session chunk and event versions sharing its stamps: one
+    observation for them all (``aggregator.app.stamp_folded``)."""
+    from aggregator.app import _Output, stamp_folded
+
+    one = StageTimes().at("segment_listed", 1.0).at("result_published", 2.0)
+    other = StageTimes().at("segment_listed", 1.0).at("result_published", 2.0)  # equal, another input
+    outputs = [
+        _Output("chunk", b"s/chunk/0", b"{}", 0, one),
+        _Output("event", b"s/event/0", b"{}", 0, one),
+        _Output("event", b"s/event/1", b"{}", 0, one),
+        _Output("chunk", b"s/chunk/1", b"{}", 0, other),
+        _Output("header", b"s", b"{}", 0),
+    ]
+    before = sample("livestream_stage_age_seconds_count", stage="state_folded")
+    written = stamp_folded(outputs, 3.0)
+    assert sample("livestream_stage_age_seconds_count", stage="state_folded") == before + 2
+    assert [o.stages.last if o.stages else None for o in written] == [("state_folded", 3.0)] * 4 + [None]
+    assert [o.key for o in written] == [o.key for o in outputs]
