@@ -180,15 +180,14 @@ class KafkaRecordPublisher:
         topics: Topics,
         watch: BrokerWatch,
         backoff: Backoff,
-        chunk_partitions: int | None = None,
     ) -> None:
         self.producer = producer
         self.topics = topics
         self.watch = watch
         self.backoff = backoff
-        # Set: chunk records are spread over this many partitions (``chunk_partition``); None:
-        # each goes to its session key's partition.
-        self.chunk_partitions = chunk_partitions
+        # Set at start under chunk_partitioning="spread": chunk records are spread over this many
+        # partitions (``chunk_partition``); None: each goes to its session key's partition.
+        self.chunk_partitions: int | None = None
 
     async def publish_chunk(self, record: ChunkRecord, stages: StageTimes) -> ChunkPosition:
         key = encode_key(record.session_id)
