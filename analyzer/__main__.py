@@ -26,6 +26,7 @@ async def _main(settings: AnalyzerSettings) -> None:
         pipeline=settings.detector_pipeline,
         precision=settings.detector_precision,
         input_size=settings.detector_input_size,
+        heads=settings.detector_heads,
         intra_op_threads=settings.intra_op_threads,
     )
     policy = ScoringPolicy(

@@ -16,6 +16,16 @@ Cheaper variants of the network pipeline (``bench/bench_model_variants.py``, REA
 and ``input_size`` below 300 runs it on smaller frames (``analyzer.ssd_network.resize_network``,
 anchors from ``ssd_anchors``). Both cost detection quality, so the default stays float at 300.
 
+Class heads (``heads="query"``, the default of the network pipeline): ``detect`` is told, per
+frame, which COCO classes are wanted (``labels``; the analyzer passes its query's). The network's
+six class convolutions, 58 % of its cost here, then run for those classes only
+(``analyzer.ssd_network.split_class_heads``): the trunk once per batch, then a small head per
+distinct class set in the batch (built on first use, ~6 ms, and kept: ``MAX_CACHED_HEADS``). The
+detections of the wanted classes are those of the whole network, bit for bit; a one-class query
+costs ~26 ms a frame on one core of this project's machine against ~59 ms (``bench/bench_detector.py``).
+``heads="all"`` runs the whole network whatever is wanted, and the graph pipeline always does;
+both then return only the wanted classes, so every configuration answers ``labels`` alike.
+
 ``ObjectDetector.detect`` is safe to call from several threads at once (onnxruntime
 sessions are), and it is CPU-bound: call it via ``asyncio.to_thread`` from async code.
 """
@@ -24,7 +34,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,14 +57,18 @@ from analyzer.models import (
 from analyzer.models.coco_labels import COCO_LABELS
 from analyzer.ssd_network import (
     BOX_ENCODINGS,
+    CLASS_HEAD_OUTPUT,
     CLASS_LOGITS,
     MAX_INPUT_SIZE,
     MIN_INPUT_SIZE,
     NETWORK_INPUT,
+    ClassHead,
+    class_head_model,
     extract_network,
     network_input,
     postprocess,
     resize_network,
+    split_class_heads,
     ssd_anchors,
 )
 from livestream.errors import ConfigurationError
@@ -60,6 +76,8 @@ from livestream.errors import ConfigurationError
 DetectorPipeline = Literal["network", "graph"]
 DetectorPrecision = Literal["fp32", "int8"]
 DETECTOR_PRECISIONS: tuple[str, ...] = ("fp32", "int8")
+DetectorHeads = Literal["query", "all"]
+DETECTOR_HEADS: tuple[str, ...] = ("query", "all")
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +87,11 @@ DEFAULT_MIN_SCORE = 0.25
 # Frames per session.run. On CPU batching gains little (bench/bench_detector.py, 2 cores: ~40 frames/s
 # at 1, ~46 at 2-4, no better at 8: the graph's NMS runs per image); raise it for GPU providers.
 DEFAULT_MAX_BATCH = 4
+# Class heads kept built (module docstring): one per distinct class set; a one-class head holds
+# ~0.6 MB of weights, the every-class one ~50 MB (kept apart, never evicted).
+MAX_CACHED_HEADS = 32
+COCO_IDS: dict[str, int] = {name: class_id for class_id, name in COCO_LABELS.items()}
+ALL_CLASS_IDS: tuple[int, ...] = tuple(sorted(COCO_LABELS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +108,56 @@ def default_intra_op_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+class ClassHeads:
+    """The class convolutions of a split network, built per class set on first use (LRU-kept).
+
+    Safe from several threads: building is under a lock, and sessions are.
+    """
+
+    def __init__(
+        self,
+        heads: Sequence[ClassHead],
+        options: ort.SessionOptions,
+        providers: list[str],
+        max_cached: int = MAX_CACHED_HEADS,
+    ) -> None:
+        self._heads = tuple(heads)
+        self._options = options
+        self._providers = providers
+        self._max_cached = max(1, max_cached)
+        self._lock = threading.Lock()
+        self._every_class: ort.InferenceSession | None = None
+        self._cached: OrderedDict[tuple[int, ...], ort.InferenceSession] = OrderedDict()
+
+    @property
+    def input_names(self) -> list[str]:
+        return [head.input_name for head in self._heads]
+
+    def session(self, class_ids: tuple[int, ...]) -> ort.InferenceSession:
+        """The head session of ``class_ids`` (sorted COCO ids)."""
+        with self._lock:
+            if class_ids == ALL_CLASS_IDS:
+                if self._every_class is None:
+                    self._every_class = self._build(class_ids)
+                return self._every_class
+            session = self._cached.get(class_ids)
+            if session is None:
+                session = self._cached[class_ids] = self._build(class_ids)
+                while len(self._cached) > self._max_cached:
+                    self._cached.popitem(last=False)
+            self._cached.move_to_end(class_ids)
+            return session
+
+    def _build(self, class_ids: tuple[int, ...]) -> ort.InferenceSession:
+        model = class_head_model(self._heads, class_ids)
+        try:
+            return ort.InferenceSession(model, sess_options=self._options, providers=self._providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise DetectorError(
+                f"onnxruntime cannot load a class head: {exc}", class_ids=list(class_ids)
+            ) from exc
+
+
 class ObjectDetector:
     """A loaded ONNX detector. Build with :meth:`load`."""
 
@@ -95,12 +168,14 @@ class ObjectDetector:
         max_batch: int = DEFAULT_MAX_BATCH,
         anchors: np.ndarray | None = None,
         input_size: int = MODEL_INPUT_SIZE,
+        class_heads: ClassHeads | None = None,
     ):
         self._session = session
         self._model_name = model_name
         self._max_batch = max(1, max_batch)
         self._anchors = anchors  # set: the network pipeline (its session is the cut network)
         self._input_size = input_size
+        self._class_heads = class_heads  # set: the session is the trunk (module docstring)
 
     @classmethod
     def load(
@@ -113,6 +188,7 @@ class ObjectDetector:
         pipeline: DetectorPipeline = "network",
         precision: DetectorPrecision = "fp32",
         input_size: int = MODEL_INPUT_SIZE,
+        heads: DetectorHeads = "query",
     ) -> ObjectDetector:
         """Open the model. ``model_path`` defaults to the configured cache (``LIVESTREAM_MODELS_DIR``).
 
@@ -124,6 +200,10 @@ class ObjectDetector:
         docstring); the int8 model is the one ``make models`` builds beside ``model_path``. A
         variant that is unknown, not built or not possible with ``pipeline`` is an error: a
         silent fallback would change detection quality or cost without anyone asking.
+
+        ``heads``: ``query`` splits the network pipeline's class convolutions off to run only the
+        classes ``detect`` is asked for; ``all`` runs them whole (module docstring). The graph
+        pipeline always runs its whole graph.
         """
         if model_path is None:
             from analyzer.models import default_model_path
@@ -145,6 +225,10 @@ class ObjectDetector:
                 f"detector input size must be within {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} (default "
                 f"{MODEL_INPUT_SIZE})",
                 input_size=input_size,
+            )
+        if heads not in DETECTOR_HEADS:
+            raise ConfigurationError(
+                f"unknown detector heads {heads!r}; choose one of {list(DETECTOR_HEADS)}", heads=heads
             )
         if pipeline == "graph" and (precision, input_size) != ("fp32", MODEL_INPUT_SIZE):
             raise ConfigurationError(
@@ -181,6 +265,11 @@ class ObjectDetector:
         # Only the network pipeline gets here with another size (the graph one was refused above).
         if input_size != MODEL_INPUT_SIZE and isinstance(source, bytes):
             source, anchors = resize_network(source, input_size), ssd_anchors(input_size)
+        class_heads: ClassHeads | None = None
+        if heads == "query" and isinstance(source, bytes):
+            split = split_class_heads(source)
+            source = split.trunk
+            class_heads = ClassHeads(split.heads, options, chosen)
         try:
             session = ort.InferenceSession(source, sess_options=options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own untyped errors
@@ -196,11 +285,12 @@ class ObjectDetector:
             )
         inputs = [i.name for i in session.get_inputs()]
         outputs = {o.name for o in session.get_outputs()}
-        expected_inputs, expected_outputs = (
-            ([NETWORK_INPUT], {BOX_ENCODINGS, CLASS_LOGITS})
-            if anchors is not None
-            else ([INPUT_NAME], set(OUTPUT_NAMES))
-        )
+        if class_heads is not None:
+            expected_inputs, expected_outputs = [NETWORK_INPUT], {BOX_ENCODINGS, *class_heads.input_names}
+        elif anchors is not None:
+            expected_inputs, expected_outputs = [NETWORK_INPUT], {BOX_ENCODINGS, CLASS_LOGITS}
+        else:
+            expected_inputs, expected_outputs = [INPUT_NAME], set(OUTPUT_NAMES)
         if inputs != expected_inputs or not expected_outputs <= outputs:
             raise DetectorError(
                 "the model does not have the SSD detection signature; rebuild it with `make models`",
@@ -212,17 +302,26 @@ class ObjectDetector:
         if input_size != MODEL_INPUT_SIZE:
             model_name += f"@{input_size}"  # chunk results say which variant found what
         log.info(
-            "loaded %s from %s (%s pipeline, %s, input %dx%d, providers %s, %d intra-op threads)",
+            "loaded %s from %s (%s pipeline, %s, %s class heads, input %dx%d, providers %s, "
+            "%d intra-op threads)",
             model_name,
             network_path,
             pipeline,
             precision,
+            heads if class_heads is not None else "all",
             input_size,
             input_size,
             session.get_providers(),
             options.intra_op_num_threads,
         )
-        return cls(session, model_name, max_batch=max_batch, anchors=anchors, input_size=input_size)
+        return cls(
+            session,
+            model_name,
+            max_batch=max_batch,
+            anchors=anchors,
+            input_size=input_size,
+            class_heads=class_heads,
+        )
 
     @property
     def model_name(self) -> str:
@@ -238,33 +337,86 @@ class ObjectDetector:
         return list(self._session.get_providers())
 
     def detect(
-        self, images: Sequence[np.ndarray], *, min_score: float = DEFAULT_MIN_SCORE
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        min_score: float = DEFAULT_MIN_SCORE,
+        labels: Sequence[Collection[str] | None] | None = None,
     ) -> list[list[Detection]]:
-        """Detect COCO objects in HxWx3 uint8 RGB frames; one list per frame, best score first."""
+        """Detect COCO objects in HxWx3 uint8 RGB frames; one list per frame, best score first.
+
+        ``labels``: per frame, the COCO class names wanted (None: every class); only those are
+        returned, and a frame that wants none is not run at all. Omitted: every class everywhere.
+        """
         if len(images) == 0:
             return []
+        wanted = _wanted_class_ids(labels, len(images))
         batch = np.stack([_prepare(image, index, self._input_size) for index, image in enumerate(images)])
-        results: list[list[Detection]] = []
-        for start in range(0, len(batch), self._max_batch):
-            part = batch[start : start + self._max_batch]
-            if self._anchors is not None:
-                encodings, logits = self._run(
-                    [BOX_ENCODINGS, CLASS_LOGITS], {NETWORK_INPUT: network_input(part)}
-                )
-                results += [
-                    _detections(found) for found in postprocess(encodings, logits, self._anchors, min_score)
-                ]
-                continue
-            boxes, scores, classes, counts = self._run(list(OUTPUT_NAMES), {INPUT_NAME: part})
-            for frame in range(len(part)):
-                results.append(
-                    _decode(boxes[frame], scores[frame], classes[frame], int(counts[frame]), min_score)
-                )
+        results: list[list[Detection]] = [[] for _ in images]
+        to_run = [index for index, ids in enumerate(wanted) if ids]
+        for start in range(0, len(to_run), self._max_batch):
+            part = to_run[start : start + self._max_batch]
+            found = self._detect_part(batch[part], [wanted[index] for index in part], min_score)
+            for index, detections in zip(part, found, strict=True):
+                results[index] = detections
         return results
 
-    def _run(self, outputs: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _detect_part(
+        self, frames: np.ndarray, wanted: list[tuple[int, ...]], min_score: float
+    ) -> list[list[Detection]]:
+        """One run's frames (at most ``max_batch``) and the class ids each wants."""
+        if self._class_heads is not None and self._anchors is not None:
+            return self._detect_by_heads(self._class_heads, self._anchors, frames, wanted, min_score)
+        if self._anchors is not None:
+            encodings, logits = self._run(
+                [BOX_ENCODINGS, CLASS_LOGITS], {NETWORK_INPUT: network_input(frames)}
+            )
+            found = [_detections(f) for f in postprocess(encodings, logits, self._anchors, min_score)]
+        else:
+            boxes, scores, classes, counts = self._run(list(OUTPUT_NAMES), {INPUT_NAME: frames})
+            found = [
+                _decode(boxes[frame], scores[frame], classes[frame], int(counts[frame]), min_score)
+                for frame in range(len(frames))
+            ]
+        return [_only(detections, ids) for detections, ids in zip(found, wanted, strict=True)]
+
+    def _detect_by_heads(
+        self,
+        heads: ClassHeads,
+        anchors: np.ndarray,
+        frames: np.ndarray,
+        wanted: list[tuple[int, ...]],
+        min_score: float,
+    ) -> list[list[Detection]]:
+        """The trunk on every frame, then each distinct class set's head on its frames."""
+        encodings, *features = self._run(
+            [BOX_ENCODINGS, *heads.input_names], {NETWORK_INPUT: network_input(frames)}
+        )
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for position, ids in enumerate(wanted):
+            groups.setdefault(ids, []).append(position)
+        found: list[list[Detection]] = [[] for _ in wanted]
+        for ids, positions in groups.items():
+            whole = len(positions) == len(wanted)
+            feed = {
+                name: feature if whole else feature[positions]
+                for name, feature in zip(heads.input_names, features, strict=True)
+            }
+            (logits,) = self._run([CLASS_HEAD_OUTPUT], feed, heads.session(ids))
+            group_encodings = encodings if whole else encodings[positions]
+            processed = postprocess(group_encodings, logits, anchors, min_score, np.asarray(ids))
+            for position, detections in zip(positions, processed, strict=True):
+                found[position] = _detections(detections)
+        return found
+
+    def _run(
+        self,
+        outputs: list[str],
+        feed: dict[str, np.ndarray],
+        session: ort.InferenceSession | None = None,
+    ) -> list[np.ndarray]:
         try:
-            return self._session.run(outputs, feed)
+            return (session or self._session).run(outputs, feed)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise DetectorError(
                 f"inference failed: {type(exc).__name__}: {exc}",
@@ -319,6 +471,32 @@ def _prepare(image: np.ndarray, index: int, size: int = MODEL_INPUT_SIZE) -> np.
         return image
     resized = Image.fromarray(image).resize((size, size), Image.BILINEAR)
     return np.asarray(resized)
+
+
+def _wanted_class_ids(labels: Sequence[Collection[str] | None] | None, count: int) -> list[tuple[int, ...]]:
+    """Per frame, the sorted COCO ids of its wanted labels (every class for None)."""
+    if labels is None:
+        return [ALL_CLASS_IDS] * count
+    if len(labels) != count:
+        raise DetectorError("detect needs one label set per frame", frames=count, label_sets=len(labels))
+    wanted: list[tuple[int, ...]] = []
+    for names in labels:
+        if names is None:
+            wanted.append(ALL_CLASS_IDS)
+            continue
+        unknown = sorted(name for name in names if name not in COCO_IDS)
+        if unknown:
+            raise DetectorError(f"not COCO classes of this detector: {unknown}", unknown=unknown)
+        wanted.append(tuple(sorted({COCO_IDS[name] for name in names})))
+    return wanted
+
+
+def _only(detections: list[Detection], class_ids: tuple[int, ...]) -> list[Detection]:
+    """``detections`` of ``class_ids`` only (the pipelines that run every class)."""
+    if class_ids == ALL_CLASS_IDS:
+        return detections
+    names = {COCO_LABELS[class_id] for class_id in class_ids}
+    return [detection for detection in detections if detection.label in names]
 
 
 def _detections(found: list[tuple[int, float, tuple[float, float, float, float]]]) -> list[Detection]:

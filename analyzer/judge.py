@@ -271,6 +271,23 @@ def duration_note(target: Target) -> str | None:
 # --------------------------------------------------------------------------- what the chunk needs
 
 
+def detector_labels(interpretation: Interpretation) -> frozenset[str]:
+    """The COCO classes whose detections the judge reads: the targets' detector labels and the
+    parents whose crops the classifier judges. Empty when only whole frames and zones are judged.
+
+    The analyzer asks the detector for these only (``analyzer.detector``, class heads): the judge
+    never looks at a detection of another class, so its findings are the same.
+    """
+    labels: set[str] = set()
+    for target in targets_of(interpretation):
+        for match in target.labels:
+            if match.model is ModelKind.DETECTOR:
+                labels.add(match.label)
+            elif match.model is ModelKind.CLASSIFIER and match.parent is not None:
+                labels.add(match.parent)
+    return frozenset(labels)
+
+
 def needs_pixels(interpretation: Interpretation) -> bool:
     """True when colours or the classifier are judged: the frames' pixels must be kept."""
     return any(t.colour is not None or _classifier_labels(t) for t in targets_of(interpretation))
@@ -667,6 +684,7 @@ __all__ = [
     "Thresholds",
     "classify_chunk",
     "crop",
+    "detector_labels",
     "duration_note",
     "is_tracked",
     "judge_chunk",

@@ -82,6 +82,7 @@ from analyzer.errors import BrokerOutageError, DetectorError, QueryError
 from analyzer.judge import (
     ClassifierLike,
     FrameInput,
+    detector_labels,
     duration_note,
     is_tracked,
     judge_chunk,
@@ -210,9 +211,11 @@ class ChunkAnalyzer:
                 prepared.append(self._failed(chunk, exc, started))
         ready = [p for p in prepared if isinstance(p, _Prepared)]
         images = [image for p in ready for image in p.images]
+        # Each frame asks only for the classes its query's judge reads (analyzer.detector, class heads).
+        labels = [p.detector_labels for p in ready for _ in p.images]
         detected = time.perf_counter()
         try:
-            detections = self._detector.detect(images) if images else []
+            detections = self._detector.detect(images, labels=labels) if images else []
         except DetectorError as exc:
             if exc.retryable:
                 raise  # the service retries it with backoff (AnalyzerService._analyze)
@@ -258,7 +261,9 @@ class ChunkAnalyzer:
         # Crops for the classifier want every pixel; the detector alone is happy with 300x300.
         decode = functools.partial(_decode_jpeg, full_size=needs_crops(interpretation))
         images = list(self._decode_pool.map(decode, [frame.jpeg for frame in chunk.frames]))
-        return _Prepared(chunk, interpretation, reported, tracked, images, started)
+        return _Prepared(
+            chunk, interpretation, detector_labels(interpretation), reported, tracked, images, started
+        )
 
     def _finish(
         self, item: _Prepared, detections: Sequence[Sequence[Detection]], detector_ms: float
@@ -427,6 +432,7 @@ class _Prepared:
 
     chunk: ChunkRecord
     interpretation: Interpretation
+    detector_labels: frozenset[str]  # the COCO classes its judge reads (analyzer.judge.detector_labels)
     reported: list[ReportedTarget]
     tracked: list[TrackedTarget]
     images: list[np.ndarray]

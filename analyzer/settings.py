@@ -49,6 +49,13 @@ class AnalyzerSettings(ServiceSettings):
         description="Side of the square frames the detector's network runs on (network pipeline only); "
         "below 300 it is cheaper and misses small objects and more.",
     )
+    detector_heads: Literal["query", "all"] = Field(
+        default="query",
+        description="'query': the network pipeline runs its class convolutions (58 % of its cost) for "
+        "the classes each chunk's query needs only, with the same detections of those classes; "
+        "'all': for every class, whatever is asked (analyzer/detector.py). The graph pipeline "
+        "always runs every class.",
+    )
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     max_gap_frames: int = Field(default=1, ge=0)
     # Query judgements (analyzer/judge.py; defaults and their reasons in analyzer.scoring.ScoringPolicy).

@@ -27,6 +27,7 @@ in step with the first.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +52,7 @@ IOU_THRESHOLD = 0.6
 # frozen graph; found by comparing the pipelines, ``tests/test_ssd_network.py``): the same floor
 # here keeps the two pipelines' detections identical whatever ``min_score`` a caller asks for.
 SCORE_THRESHOLD = 0.3
+CLASS_COUNT = 91  # class logits per anchor: background (0), then the COCO ids 1..90
 MAX_PER_CLASS = 100
 MAX_TOTAL = 100
 
@@ -81,36 +83,52 @@ def extract_network(model_path: str | Path) -> Network:
             model_path=str(model_path),
             missing=missing + ([] if ANCHORS in constants else [ANCHORS]),
         )
+    network_in = helper.make_tensor_value_info(NETWORK_INPUT, TensorProto.FLOAT, ["batch", 3, 300, 300])
+    outputs = [
+        helper.make_tensor_value_info(BOX_ENCODINGS, TensorProto.FLOAT, ["batch", None, 1, 4]),
+        helper.make_tensor_value_info(CLASS_LOGITS, TensorProto.FLOAT, ["batch", None, 91]),
+    ]
+    cut = _cut(model, network_in, outputs, "ssd_mobilenet_v2_network")
+    anchors = numpy_helper.to_array(constants[ANCHORS]).reshape(-1, 4).astype(np.float32)
+    return Network(cut, anchors)
+
+
+def _cut(
+    model: onnx.ModelProto, network_in: onnx.ValueInfoProto, outputs: list[onnx.ValueInfoProto], name: str
+) -> bytes:
+    """The part of ``model`` that computes ``outputs`` from ``network_in`` (nodes in graph order)."""
+    from onnx import helper
+
+    graph = model.graph
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
     nodes: dict[str, onnx.NodeProto] = {}
     used: set[str] = set()
-    pending = [BOX_ENCODINGS, CLASS_LOGITS]
+    pending = [output.name for output in outputs]
     while pending:
-        name = pending.pop()
-        if name in (NETWORK_INPUT, "") or name in used:
+        tensor = pending.pop()
+        if tensor in (network_in.name, "") or tensor in used:
             continue
-        if name in constants:
-            used.add(name)
+        if tensor in constants:
+            used.add(tensor)
             continue
-        node = producers.get(name)
+        node = producers.get(tensor)
         if node is None:
-            raise DetectorError("the network depends on a tensor with no producer", tensor=name)
+            raise DetectorError("the network depends on a tensor with no producer", tensor=tensor)
         if node.name not in nodes:
             nodes[node.name] = node
             pending.extend(node.input)
     position = {node.name: index for index, node in enumerate(graph.node)}
-    network = helper.make_graph(
+    cut = helper.make_graph(
         sorted(nodes.values(), key=lambda node: position[node.name]),
-        "ssd_mobilenet_v2_network",
-        [helper.make_tensor_value_info(NETWORK_INPUT, TensorProto.FLOAT, ["batch", 3, 300, 300])],
-        [
-            helper.make_tensor_value_info(BOX_ENCODINGS, TensorProto.FLOAT, ["batch", None, 1, 4]),
-            helper.make_tensor_value_info(CLASS_LOGITS, TensorProto.FLOAT, ["batch", None, 91]),
-        ],
-        [constants[name] for name in sorted(used)],
+        name,
+        [network_in],
+        outputs,
+        [constants[tensor] for tensor in sorted(used)],
     )
-    cut = helper.make_model(network, opset_imports=model.opset_import, ir_version=model.ir_version)
-    anchors = numpy_helper.to_array(constants[ANCHORS]).reshape(-1, 4).astype(np.float32)
-    return Network(cut.SerializeToString(), anchors)
+    return helper.make_model(
+        cut, opset_imports=model.opset_import, ir_version=model.ir_version
+    ).SerializeToString()
 
 
 def network_input(frames: np.ndarray) -> np.ndarray:
@@ -134,12 +152,23 @@ def decode_boxes(encodings: np.ndarray, anchors: np.ndarray) -> np.ndarray:
 
 
 def postprocess(
-    encodings: np.ndarray, logits: np.ndarray, anchors: np.ndarray, min_score: float
+    encodings: np.ndarray,
+    logits: np.ndarray,
+    anchors: np.ndarray,
+    min_score: float,
+    class_ids: np.ndarray | None = None,
 ) -> list[list[tuple[int, float, tuple[float, float, float, float]]]]:
-    """Per image: (COCO class id, score, (ymin, xmin, ymax, xmax) clipped), best score first."""
+    """Per image: (COCO class id, score, (ymin, xmin, ymax, xmax) clipped), best score first.
+
+    ``logits`` are the whole network's (background first, then ids 1..90) when ``class_ids`` is
+    None, else those of a class head (``class_head_model``): column ``i`` is class ``class_ids[i]``.
+    """
     # Clipped before the NMS, as the graph's post-processing does (its overlaps are of clipped boxes).
     boxes = np.clip(decode_boxes(encodings.reshape(encodings.shape[0], -1, 4), anchors), 0.0, 1.0)
-    scores = 1.0 / (1.0 + np.exp(-logits[:, :, 1:]))  # background (class 0) dropped
+    if class_ids is None:
+        logits = logits[:, :, 1:]  # background (class 0) dropped
+        class_ids = np.arange(1, CLASS_COUNT)
+    scores = 1.0 / (1.0 + np.exp(-logits))
     results = []
     for image_boxes, image_scores in zip(boxes, scores, strict=True):
         anchor_index, class_index = np.nonzero(image_scores >= max(min_score, SCORE_THRESHOLD))
@@ -152,7 +181,9 @@ def postprocess(
                 box = image_boxes[anchor]
                 if box[2] <= box[0] or box[3] <= box[1]:
                     continue  # entirely outside the frame
-                found.append((int(cls) + 1, float(image_scores[anchor, cls]), tuple(float(v) for v in box)))  # type: ignore[misc]
+                found.append(
+                    (int(class_ids[cls]), float(image_scores[anchor, cls]), tuple(float(v) for v in box))
+                )  # type: ignore[misc]
         found.sort(key=lambda item: -item[1])
         results.append(found[:MAX_TOTAL])
     return results
@@ -176,6 +207,169 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int
         iou = np.where(union > 0.0, inter / np.where(union > 0.0, union, 1.0), 0.0)
         order = rest[iou <= iou_threshold]
     return kept
+
+
+# --------------------------------------------------------------------------- class heads
+#
+# Each of the six box predictors ends in a 3x3 class convolution with anchors x 91 output
+# channels. Those six convolutions are most of the network's cost: 58 % of its convolution time
+# on this project's 2-core machine (onnxruntime's profiler), for 91 scores per anchor when a
+# query asks about one or a few classes. ``split_class_heads`` cuts them off: the *trunk* runs
+# the backbone, the feature maps and the (cheap) box encodings; ``class_head_model`` builds the
+# six class convolutions for the classes asked, their weights sliced to those classes' output
+# channels, laid out as the network's logits (per map: NCHW -> NHWC -> (batch, H*W*anchors, K),
+# then the maps concatenated in predictor order). Each output channel is a sum over the same
+# inputs with the same weights, so the sliced logits are the full network's, bit for bit
+# (``tests/test_class_heads.py``), and so are the detections of those classes (their NMS is per
+# class). The background column is never computed: it is dropped anyway. The int8 network keeps
+# these convolutions float, so it splits the same way; its quantiser also wrapped their outputs
+# and the concatenated logits in QuantizeLinear/DequantizeLinear pairs, which onnxruntime fuses
+# differently from graph to graph. A head leaves them out: its logits stay float, within the
+# quantisation steps of the whole int8 network's and nearer the float network's.
+
+CLASS_HEAD_PREFIX = "BoxPredictor_"
+CLASS_HEAD_SUFFIX = "/ClassPredictor/"
+CLASS_HEAD_OUTPUT = "class_logits"
+
+
+@dataclass(frozen=True)
+class ClassHead:
+    """One box predictor's class convolution: its input (a trunk output) and its weights."""
+
+    input_name: str
+    weight: np.ndarray  # (anchors * 91, channels, 3, 3), float32
+    bias: np.ndarray  # (anchors * 91,)
+
+    @property
+    def anchors_per_cell(self) -> int:
+        return self.weight.shape[0] // CLASS_COUNT
+
+
+@dataclass(frozen=True)
+class SplitNetwork:
+    """A network without its class convolutions (``trunk``) and those convolutions (``heads``).
+
+    The trunk's outputs are the box encodings, then each head's input, in ``heads`` order.
+    """
+
+    trunk: bytes
+    heads: tuple[ClassHead, ...]  # in the order of the network's class logits
+
+    @property
+    def trunk_outputs(self) -> list[str]:
+        return [BOX_ENCODINGS] + [head.input_name for head in self.heads]
+
+
+def split_class_heads(model: bytes) -> SplitNetwork:
+    """Split a cut network (float, quantised or resized) into its trunk and class heads.
+
+    The quantised network (``analyzer.models.build_int8``) keeps its predictor convolutions
+    float, so its heads are sliced the same way; a network whose class convolutions are not
+    float 3x3, stride-1, padded-by-1 convolutions with constant weights is refused.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph_model = onnx.load_from_string(model)
+    graph = graph_model.graph
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: dict[int, ClassHead] = {}
+    for node in graph.node:
+        if (
+            node.op_type != "Conv"
+            or not node.name.startswith(CLASS_HEAD_PREFIX)
+            or CLASS_HEAD_SUFFIX not in node.name
+        ):
+            continue
+        index = int(node.name[len(CLASS_HEAD_PREFIX) :].split("/")[0])
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = (
+            attributes.get("kernel_shape") == [3, 3]
+            and attributes.get("pads", [1, 1, 1, 1]) == [1, 1, 1, 1]
+            and attributes.get("strides", [1, 1]) == [1, 1]
+            and attributes.get("dilations", [1, 1]) == [1, 1]
+            and attributes.get("group", 1) == 1
+            and len(node.input) == 3
+            and all(name in constants for name in node.input[1:])
+        )
+        if not plain:
+            raise DetectorError("a class convolution is not the expected export", node=node.name)
+        weight = numpy_helper.to_array(constants[node.input[1]]).astype(np.float32)
+        bias = numpy_helper.to_array(constants[node.input[2]]).astype(np.float32)
+        if weight.shape[0] % CLASS_COUNT or bias.shape != (weight.shape[0],):
+            raise DetectorError(
+                "a class convolution has an unexpected shape", node=node.name, shape=weight.shape
+            )
+        # Conv -> Transpose (NHWC) -> Reshape (batch, H*W*anchors, 91), as tf2onnx exported it;
+        # on the 1x1 map it left the transpose out (a reshape alone is the same there).
+        (reshape,) = consumers[node.output[0]]
+        if reshape.op_type == "Transpose":
+            (reshape,) = consumers[reshape.output[0]]
+        if reshape.op_type != "Reshape":
+            raise DetectorError("a class convolution's output is not reshaped as expected", node=node.name)
+        found[index] = ClassHead(node.input[0], weight, bias)
+    if sorted(found) != list(range(ANCHOR_LAYERS)):
+        raise DetectorError("the network does not have the six class convolutions", found=sorted(found))
+    heads = tuple(found[index] for index in range(ANCHOR_LAYERS))
+    (network_in,) = (i for i in graph.input if i.name == NETWORK_INPUT)
+    outputs = [helper.make_tensor_value_info(BOX_ENCODINGS, onnx.TensorProto.FLOAT, ["batch", None, 1, 4])]
+    outputs += [
+        helper.make_tensor_value_info(head.input_name, onnx.TensorProto.FLOAT, None) for head in heads
+    ]
+    trunk = _cut(graph_model, network_in, outputs, "ssd_mobilenet_v2_trunk")
+    return SplitNetwork(trunk, heads)
+
+
+def class_head_model(heads: Sequence[ClassHead], class_ids: Sequence[int]) -> bytes:
+    """The class convolutions of ``heads`` for ``class_ids`` only: their (batch, anchors, K) logits.
+
+    Inputs: each head's input (the trunk's outputs); output ``CLASS_HEAD_OUTPUT``, whose column
+    ``i`` is the logit of class ``class_ids[i]``.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    ids = np.asarray(class_ids, dtype=np.int64)
+    if ids.ndim != 1 or not ids.size or ids.min() < 1 or ids.max() >= CLASS_COUNT:
+        raise DetectorError("class ids must be COCO ids within 1..90", class_ids=list(class_ids))
+    nodes: list[onnx.NodeProto] = []
+    initializers: list[onnx.TensorProto] = []
+    inputs: list[onnx.ValueInfoProto] = []
+    logits: list[str] = []
+    for index, head in enumerate(heads):
+        # Output channel a * 91 + c is anchor a's logit of class c (TF's reshape to [.., 91]).
+        channels = (np.arange(head.anchors_per_cell)[:, None] * CLASS_COUNT + ids[None, :]).reshape(-1)
+        weight, bias, conv, nhwc, flat = (
+            f"{name}_{index}" for name in ("weight", "bias", "conv", "nhwc", "flat")
+        )
+        initializers += [
+            numpy_helper.from_array(np.ascontiguousarray(head.weight[channels]), weight),
+            numpy_helper.from_array(np.ascontiguousarray(head.bias[channels]), bias),
+        ]
+        inputs.append(helper.make_tensor_value_info(head.input_name, TensorProto.FLOAT, None))
+        nodes += [
+            helper.make_node(
+                "Conv", [head.input_name, weight, bias], [conv], kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+            ),
+            helper.make_node("Transpose", [conv], [nhwc], perm=[0, 2, 3, 1]),
+            helper.make_node("Reshape", [nhwc, "logits_shape"], [flat]),
+        ]
+        logits.append(flat)
+    initializers.append(numpy_helper.from_array(np.array([0, -1, ids.size], dtype=np.int64), "logits_shape"))
+    nodes.append(helper.make_node("Concat", logits, [CLASS_HEAD_OUTPUT], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "ssd_mobilenet_v2_class_heads",
+        inputs,
+        [helper.make_tensor_value_info(CLASS_HEAD_OUTPUT, TensorProto.FLOAT, ["batch", None, int(ids.size)])],
+        initializers,
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8
+    ).SerializeToString()
 
 
 # --------------------------------------------------------------------------- other input sizes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -62,8 +62,12 @@ class FakeDetector:
     detections: list[Detection]
     model_name: str = "fake-ssd"
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
-        return [list(self.detections) for _ in images]
+    def detect(
+        self, images: Sequence[np.ndarray], *, labels: Sequence[Collection[str] | None] | None = None
+    ) -> list[list[Detection]]:
+        # As the real detector: only the wanted classes (ObjectDetector.detect's ``labels``).
+        wanted = labels if labels is not None else [None] * len(images)
+        return [[d for d in self.detections if names is None or d.label in names] for names in wanted]
 
 
 def dog_target(phrase: str = "dog") -> Target:
@@ -96,6 +100,33 @@ def test_records_without_an_interpretation_are_interpreted_once_per_query() -> N
     assert calls == ["a puppy"]
     assert all(r.status == "ok" and r.targets == ["puppy"] for r in results)
     assert [e.label for r in results for e in r.events] == ["puppy"] * 3
+
+
+def test_each_frame_asks_the_detector_for_its_querys_classes_only() -> None:
+    asked: list[Collection[str] | None] = []
+
+    class RecordingDetector(FakeDetector):
+        def detect(
+            self, images: Sequence[np.ndarray], *, labels: Sequence[Collection[str] | None] | None = None
+        ) -> list[list[Detection]]:
+            asked.extend(labels if labels is not None else [None] * len(images))
+            return super().detect(images, labels=labels)
+
+    detections = [Detection("dog", 0.8, (0.1, 0.1, 0.5, 0.5)), Detection("cat", 0.9, (0.5, 0.5, 0.9, 0.9))]
+    analyzer = ChunkAnalyzer(
+        RecordingDetector(detections),  # type: ignore[arg-type]
+        ScoringPolicy(),
+        interpret=lambda q: pytest.fail("the records carry their interpretations"),
+    )
+    cat = Target(
+        phrase="cat", noun="cat", labels=(LabelMatch(label="cat", model=ModelKind.DETECTOR, score=1.0),)
+    )
+    dogs = chunk([GRAY, GRAY], "a dog").model_copy(update={"interpretation": accepted(dog_target())})
+    cats = chunk([GRAY], "a cat", index=1).model_copy(update={"interpretation": accepted(cat, query="a cat")})
+    # Two sessions' chunks in one batch, as the service batches them: one detector call.
+    results = analyzer.analyze_many([dogs, cats])
+    assert asked == [{"dog"}, {"dog"}, {"cat"}]
+    assert [[e.label for e in r.events] for r in results] == [["dog"], ["cat"]]
 
 
 def test_the_interpretation_a_record_carries_wins_over_its_query() -> None:

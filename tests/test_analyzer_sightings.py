@@ -8,7 +8,7 @@ frame is a ``Sighting``; absence, counts and whole-frame labels are not.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -77,8 +77,15 @@ class PerFrameDetector:
     frames: list[list[Detection]]
     model_name: str = "fake-ssd"
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
-        return [list(self.frames[min(i, len(self.frames) - 1)]) for i in range(len(images))]
+    def detect(
+        self, images: Sequence[np.ndarray], *, labels: Sequence[Collection[str] | None] | None = None
+    ) -> list[list[Detection]]:
+        # As the real detector: only the wanted classes (ObjectDetector.detect's ``labels``).
+        wanted = labels if labels is not None else [None] * len(images)
+        return [
+            [d for d in self.frames[min(i, len(self.frames) - 1)] if names is None or d.label in names]
+            for i, names in enumerate(wanted)
+        ]
 
 
 def analyzer(*frames: list[Detection]) -> ChunkAnalyzer:

@@ -19,6 +19,7 @@ from analyzer.judge import (
     FrameInput,
     Thresholds,
     crop,
+    detector_labels,
     judge_chunk,
     judge_frame,
     needs_classifier,
@@ -28,6 +29,7 @@ from analyzer.judge import (
     reported_targets,
     target_label,
 )
+from analyzer.models.coco_labels import COCO_CLASS_NAMES
 from analyzer.scoring import ReportedTarget, ScoringPolicy, score_judged
 from analyzer.service import _notes
 from schemas.interpretation import (
@@ -263,6 +265,22 @@ def person_holding_cup(negated: bool = False, evaluation: str = "boxes") -> Inte
         evaluation=evaluation,  # type: ignore[arg-type]
     )
     return interp(detector_target("person", "person"), detector_target("cup", "cup"), conditions=[condition])
+
+
+def test_the_detector_is_asked_for_the_classes_the_judge_reads() -> None:
+    assert detector_labels(interp(detector_target("cat", "cat"))) == {"cat"}
+    # Both sides of a relation are targets; a classifier label on crops needs its parent's boxes.
+    assert detector_labels(person_holding_cup()) == {"person", "cup"}
+    assert detector_labels(interp(classifier_target("espresso", "espresso", "cup"))) == {"cup"}
+    # Whole frames and zones need no detection at all.
+    assert detector_labels(interp(classifier_target("a beach", "seashore", None))) == frozenset()
+    zone = Target(
+        phrase="door", noun="door", labels=(LabelMatch(label="door", model=ModelKind.ZONE, score=1.0),)
+    )
+    assert detector_labels(interp(zone)) == frozenset()
+    # An open query reads every COCO class.
+    open_query = Interpretation(query="", decision=Decision.ACCEPTED, open_query=True)
+    assert detector_labels(open_query) == set(COCO_CLASS_NAMES) and len(COCO_CLASS_NAMES) == 80
 
 
 def test_a_subject_is_satisfied_only_where_its_condition_holds() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -366,8 +366,12 @@ class FakeDetector:
     detections: list[Detection]
     model_name: str = "fake-ssd"
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
-        return [list(self.detections) for _ in images]
+    def detect(
+        self, images: Sequence[np.ndarray], *, labels: Sequence[Collection[str] | None] | None = None
+    ) -> list[list[Detection]]:
+        # As the real detector: only the wanted classes (ObjectDetector.detect's ``labels``).
+        wanted = labels if labels is not None else [None] * len(images)
+        return [[d for d in self.detections if names is None or d.label in names] for names in wanted]
 
 
 def analyzer(detections: list[Detection]) -> ChunkAnalyzer:
