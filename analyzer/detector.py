@@ -22,7 +22,8 @@ six class convolutions, 58 % of its cost here, then run for those classes only
 (``analyzer.ssd_network.split_class_heads``): the trunk once per batch, then a small head per
 distinct class set in the batch (built on first use, ~6 ms, and kept: ``MAX_CACHED_HEADS``). The
 detections of the wanted classes are those of the whole network, bit for bit; a one-class query
-costs ~26 ms a frame on one core of this project's machine against ~59 ms (``bench/bench_detector.py``).
+costs ~30 ms of CPU a frame on this project's machine against ~60 ms for the whole network
+(``bench/bench_detector.py --class-heads``).
 ``heads="all"`` runs the whole network whatever is wanted, and the graph pipeline always does;
 both then return only the wanted classes, so every configuration answers ``labels`` alike.
 
