@@ -58,6 +58,9 @@ MODES: list[tuple[str, str, str, tuple[float, ...]]] = [
     ("full FRAME", "none", "FRAME", (2.0,)),
     ("full no threads", "none", "NONE", (2.0,)),
     ("exact AUTO", "exact", "AUTO", (2.0, 1.0, 0.5)),
+    ("exact SLICE", "exact", "SLICE", (2.0, 0.5)),
+    ("exact FRAME", "exact", "FRAME", (2.0, 0.5)),
+    ("exact no threads (ingest's default)", "exact", "NONE", (2.0, 0.5)),
     ("nonref AUTO", "nonref", "AUTO", (2.0, 1.0, 0.5)),
     ("nonkey AUTO", "nonkey", "AUTO", (2.0, 1.0, 0.5)),
 ]

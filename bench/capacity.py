@@ -53,8 +53,8 @@ What it does (everything on loopback, nothing reached outside the machine):
      analyzer's busy fraction (``livestream_analyzer_batch_seconds`` sum per wall second);
    * **ingest decode efficiency**: frames ingest decoded per CPU second of the whole ingest
      process, divided by frames decoded per CPU second by PyAV alone
-     (``ingest.decode.decode_segment`` with ingest's sampling, skip mode and frame width, in a
-     separate process, on the segments of up to ``--baseline-streams`` of the round's sources
+     (``ingest.decode.decode_segment`` with ingest's sampling, skip mode, frame width and decoder
+     threads, in a separate process, on the segments of up to ``--baseline-streams`` of the round's sources
      (replayed: the same bytes that many times), after the round so it runs on an idle stack).
      Target: >= 0.8.
 
@@ -92,6 +92,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingest.settings import IngestSettings
 from livestream.cli import default_analyzer_replicas
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.broker import LocalKafkaBroker
@@ -370,10 +371,10 @@ class ChunkFollower:
 
 
 def _decode_only(
-    streams: list[list[bytes]], sample_fps: float, max_width: int, skip: str
+    streams: list[list[bytes]], sample_fps: float, max_width: int, skip: str, threads: str
 ) -> dict[str, float]:
     """In a process of its own: decode every segment as ingest does (sampling, skip mode, frame
-    width; no fetch, JPEG or Kafka); CPU seconds of the process and frames decoded."""
+    width, decoder threads; no fetch, JPEG or Kafka); CPU seconds of the process and frames decoded."""
     from ingest.decode import decode_segment, frame_budget
     from ingest.sampler import FrameSampler
 
@@ -393,6 +394,7 @@ def _decode_only(
                 max_width=max_width,
                 max_frames=frame_budget(SEGMENT_SECONDS, 120.0),
                 skip=skip,  # type: ignore[arg-type]
+                thread_type=threads.upper(),  # type: ignore[arg-type]
             )
             decoded += result.decoded_count
             sampled += len(result.frames)
@@ -407,11 +409,11 @@ def _decode_only(
 
 
 def decode_baseline(
-    streams: list[list[bytes]], sample_fps: float, max_width: int, skip: str
+    streams: list[list[bytes]], sample_fps: float, max_width: int, skip: str, threads: str
 ) -> dict[str, float]:
     context = multiprocessing.get_context("spawn")  # a fresh interpreter, no inherited threads
     with context.Pool(1) as pool:
-        return pool.apply(_decode_only, (streams, sample_fps, max_width, skip))
+        return pool.apply(_decode_only, (streams, sample_fps, max_width, skip, threads))
 
 
 # --------------------------------------------------------------------------- one round
@@ -428,6 +430,7 @@ class Config:
     sample_fps: float
     max_frame_width: int
     decode_skip: str
+    decode_threads: str  # ingest's LIVESTREAM_INGEST_DECODE_THREADS: the baseline decodes alike
 
 
 async def run_round(
@@ -543,7 +546,12 @@ async def run_round(
     if warmup:
         return {"warmup_s": round(ended - began, 1), "finished": [run.end_status for run in runs]}
     baseline = await asyncio.to_thread(
-        decode_baseline, baseline_input, config.sample_fps, config.max_frame_width, config.decode_skip
+        decode_baseline,
+        baseline_input,
+        config.sample_fps,
+        config.max_frame_width,
+        config.decode_skip,
+        config.decode_threads,
     )
     return summarise(
         streams, config, script, runs, watcher.published, started_at, follower.chunks, series,
@@ -844,6 +852,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sample_fps=2.0,  # ingest's default (LIVESTREAM_INGEST_SAMPLE_FPS is not set here)
         max_frame_width=640,
         decode_skip="exact",
+        decode_threads=dict(item.split("=", 1) for item in args.env).get(
+            "LIVESTREAM_INGEST_DECODE_THREADS", IngestSettings.model_fields["decode_threads"].default
+        ),
     )
     run_dir = Path(tempfile.mkdtemp(prefix="livestream-capacity-"))
     print(f"broker, stack and logs in {run_dir}", file=sys.stderr, flush=True)

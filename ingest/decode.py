@@ -43,12 +43,29 @@ shared 2-core machine, so +-20%; "decoded" frames per segment of 50):
 So ``"exact"`` is the choice at every sampling rate: 30-50% less decoding CPU at 2 fps, 40-85%
 at 1 fps, 80-95% at 0.5 fps (where it decodes what ``"nonkey"`` does, when that is
 exact), with the same output. ``"nonref"`` saves less (25-40% with B-frames, nothing without)
-and moves frames; ``"nonkey"`` is wrong below the GOP. Thread types (SLICE, FRAME, none vs
-AUTO) change CPU by no more than the noise; AUTO stays. Decoder options, on a full decode:
+and moves frames; ``"nonkey"`` is wrong below the GOP. Decoder options, on a full decode:
 ``skip_loop_filter=all`` saves ~25% but alters pictures (PSNR down to 41 dB, the error
 drifting along the GOP); ``skip_loop_filter=noref`` and ``flags2 +fast`` saved nothing
 measurable; ``lowres`` does not exist for H.264 (libavcodec's h264 decoder has max_lowres 0:
 ``lowres=1`` still decodes 1280x720, identical pictures). None of them is used.
+
+*Threads* (``thread_type``; ingest's ``LIVESTREAM_INGEST_DECODE_THREADS``): libavcodec can
+decode a segment on several threads (SLICE: the slices of a frame; FRAME: frames in flight;
+AUTO: what the codec supports). That shortens one segment's decode, which ingest does not need
+(a 2 s 720p segment takes 60-120 ms on one core against a 4 s chunk), and costs CPU when every
+core is busy with other sessions' work anyway. With ``"exact"`` at 2 fps, median CPU ms and
+wall ms per segment over 8 runs of 3 segments on a quiet 2-core machine (same frames, same
+pixels whatever the threads, ``tests/test_ingest_decode_modes.py``):
+
+| encoding | AUTO | SLICE | FRAME | NONE |
+|---|---|---|---|---|
+| baseline zerolatency (test source) GOP 50 | 83.9 / 61.0 | 82.2 / 54.9 | 87.7 / 62.5 | **68.7** / 66.2 |
+| veryfast, 2 B-frames, GOP 50 | 113.9 / 79.0 | 110.5 / 71.1 | 120.2 / 81.6 | 117.2 / 118.0 |
+| veryfast, 2 B-frames, GOP 25 | 103.5 / 72.3 | 96.8 / 72.0 | 104.4 / 76.1 | 95.7 / 96.5 |
+
+At 0.5 fps all four are within 1-3 ms. So NONE: 18 % less CPU on the test source's low-latency
+encoding (x264's zerolatency cuts frames into slices, which threaded decoding pays for), the
+others within the noise, 40 ms more wall time at worst. Ingest's default is NONE.
 
 Segments come from untrusted sources, so decoding refuses (``DecodeRefusedError``) what it
 cannot afford, before spending on it where it can, in every mode:
@@ -95,6 +112,9 @@ PROBE_OPTIONS = {"probesize": "32", "analyzeduration": "0"}
 
 SkipMode = Literal["none", "exact", "nonref", "nonkey"]
 SKIP_MODES: tuple[SkipMode, ...] = ("none", "exact", "nonref", "nonkey")
+# libavcodec's decoder threading (PyAV's ``thread_type``; module docstring, *Threads*).
+ThreadType = Literal["NONE", "SLICE", "FRAME", "AUTO"]
+THREAD_TYPES: tuple[ThreadType, ...] = ("NONE", "SLICE", "FRAME", "AUTO")
 
 
 @dataclass(frozen=True)
@@ -127,17 +147,20 @@ def decode_segment(
     max_frames: int | None = None,
     url: str | None = None,
     skip: SkipMode = "none",
-    thread_type: str = "AUTO",
+    thread_type: ThreadType = "NONE",
 ) -> DecodedSegment:
     """Decode the first video stream of ``data``; ``keep(offset)`` picks the frames to convert.
 
     ``skip`` chooses how much is decoded (see the module docstring): ``"none"`` every frame,
     ``"exact"`` only what the kept frames need (same output as ``"none"``), ``"nonref"`` no
-    non-reference frames, ``"nonkey"`` keyframes only. Raises ``DecodeRefusedError`` past
+    non-reference frames, ``"nonkey"`` keyframes only. ``thread_type``: the decoder's threads
+    (module docstring, *Threads*). Raises ``DecodeRefusedError`` past
     ``max_pixels`` per frame or ``max_frames`` per segment, ``DecodeError`` when there is no
     decodable video."""
     if skip not in SKIP_MODES:
         raise ValueError(f"skip must be one of {SKIP_MODES}, not {skip!r}")
+    if thread_type not in THREAD_TYPES:
+        raise ValueError(f"thread_type must be one of {THREAD_TYPES}, not {thread_type!r}")
     if not data:
         raise DecodeError("segment is empty", url=url)
     try:

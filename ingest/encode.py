@@ -51,7 +51,9 @@ def encode_jpeg(image: np.ndarray, setting: EncodeSetting) -> tuple[bytes, int, 
         height = max(1, round(picture.height * setting.max_width / picture.width))
         picture = picture.resize((setting.max_width, height), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
-    picture.convert("RGB").save(buffer, format="JPEG", quality=setting.quality, optimize=False)
+    if picture.mode != "RGB":  # convert copies even an RGB picture: ~0.4 ms a 640x360 frame
+        picture = picture.convert("RGB")
+    picture.save(buffer, format="JPEG", quality=setting.quality, optimize=False)
     return buffer.getvalue(), picture.width, picture.height
 
 

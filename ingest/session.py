@@ -571,6 +571,7 @@ class IngestSession:
                 max_frames=frame_budget(segment.duration, self.settings.decode_max_fps),
                 url=segment.uri,
                 skip=self.settings.decode_skip,
+                thread_type=self.settings.decode_threads.upper(),  # type: ignore[arg-type]
             )
         except DecodeError as exc:  # refused ones too: skipped like undecodable ones
             SEGMENT_DECODE_SECONDS.observe(time.perf_counter() - started)

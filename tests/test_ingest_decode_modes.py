@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from ingest.decode import DecodedSegment, decode_segment
+from ingest.decode import THREAD_TYPES, DecodedSegment, decode_segment
 from ingest.errors import DecodeError, DecodeRefusedError
 from ingest.sampler import FrameSampler
 
@@ -165,6 +165,27 @@ def test_every_mode_refuses_a_frame_flood_and_oversized_frames(skip: str) -> Non
 def test_an_unknown_mode_is_refused(segments: dict[str, list[bytes]]) -> None:
     with pytest.raises(ValueError, match="skip must be one of"):
         decode_segment(segments["bf2 g50"][0], lambda _: True, skip="some")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="thread_type must be one of"):
+        decode_segment(segments["bf2 g50"][0], lambda _: True, thread_type="MANY")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+@pytest.mark.parametrize("skip", ["exact", "none"])
+def test_the_decoders_threads_change_no_frame(
+    segments: dict[str, list[bytes]], encoding: str, skip: str
+) -> None:
+    data = segments[encoding][0]
+    decoded = {}
+    for thread_type in THREAD_TYPES:
+        sampler = FrameSampler(2.0)
+        decoded[thread_type] = decode_segment(data, sampler.accept, skip=skip, thread_type=thread_type)  # type: ignore[arg-type]
+    reference = decoded["AUTO"]
+    assert len(reference.frames) == 4
+    for result in decoded.values():
+        assert result.decoded_count == reference.decoded_count
+        assert [f.offset for f in result.frames] == [f.offset for f in reference.frames]
+        for ours, theirs in zip(result.frames, reference.frames, strict=True):
+            assert np.array_equal(ours.image, theirs.image)
 
 
 @pytest.mark.parametrize("skip", ["none", "exact", "nonref", "nonkey"])

@@ -13,11 +13,14 @@ import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import ingest.session
+from ingest.decode import DecodedSegment
 from ingest.errors import FetchError
 from ingest.fetch import FetchPolicy, HttpFetcher
 from ingest.playlist import MediaPlaylist, parse_playlist
@@ -145,6 +148,28 @@ async def test_ended_stream_via_master_playlist_is_chunked_on_stream_time(
     assert len(recorded.segments) == 6
     assert sum(s.duration for s in recorded.segments) == pytest.approx(6.0, abs=0.01)
     assert all((manifest.parent / Path(s.uri).name).stat().st_size > 0 for s in recorded.segments)
+
+
+@pytest.mark.parametrize(("setting", "thread_type"), [(None, "NONE"), ("frame", "FRAME")])
+async def test_the_decoder_threads_setting_reaches_the_decoder(
+    ended_source: LiveHlsSource,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str | None,
+    thread_type: str,
+) -> None:
+    seen: list[str] = []
+    decode = ingest.session.decode_segment
+
+    def recording(*args: Any, **kwargs: Any) -> DecodedSegment:
+        seen.append(kwargs["thread_type"])
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(ingest.session, "decode_segment", recording)
+    overrides = {} if setting is None else {"decode_threads": setting}
+    final, published = await run_session(ended_source.master_url, tmp_path, **overrides)
+    assert final.ended_by == "stream" and len(published.chunks) == 3
+    assert seen == [thread_type] * 6  # every segment, decoded as configured (default: no threads)
 
 
 async def test_live_join_starts_at_the_live_edge(ended_source: LiveHlsSource, tmp_path: Path) -> None:
