@@ -56,7 +56,11 @@ What it does (everything on loopback, nothing reached outside the machine):
      (``ingest.decode.decode_segment`` with ingest's sampling, skip mode, frame width and decoder
      threads, in a separate process, on the segments of up to ``--baseline-streams`` of the round's sources
      (replayed: the same bytes that many times), after the round so it runs on an idle stack).
-     Target: >= 0.8.
+     Target: >= 0.8. The baseline runs on an idle machine, the round under load (with 2 vCPUs
+     that may share a core, decoding is slower per CPU second under load), so the ratio also
+     measures the load; alongside it, **decode share**: the CPU of ingest's decoding threads
+     (``livestream_ingest_decode_cpu_seconds_total``, their thread clocks) over ingest's CPU,
+     both in the round.
 
 Raising N stops at the first round that does not keep up, or that is *source-bound*: a test
 source published a segment more than one segment duration late (this process could not even
@@ -214,6 +218,7 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "frames_sampled": ("ingest", "livestream_ingest_frames_sampled_total", {}),
     "segments_decoded": ("ingest", "livestream_ingest_segments_total", {"outcome": "decoded"}),
     "decode_seconds": ("ingest", "livestream_ingest_segment_decode_seconds_sum", {}),
+    "decode_cpu_s": ("ingest", "livestream_ingest_decode_cpu_seconds_total", {}),
     "missed_media_s": ("ingest", "livestream_ingest_missed_media_seconds_total", {}),
     "frames_inferred": ("analyzer", "livestream_analyzer_frames_inferred_total", {}),
     "analyzer_busy_s": ("analyzer", "livestream_analyzer_batch_seconds_sum", {}),
@@ -676,6 +681,8 @@ def summarise(
     ingest_rate = delta["frames_decoded"] / ingest_cpu if ingest_cpu else None
     baseline_rate = baseline["frames_decoded"] / baseline["cpu_s"] if baseline.get("cpu_s") else None
     ratio = ingest_rate / baseline_rate if ingest_rate and baseline_rate else None
+    # Measured inside ingest, under the round's load: the share of its CPU that decoding took.
+    decode_share = delta["decode_cpu_s"] / ingest_cpu if ingest_cpu else None
 
     finished = [d for d in finish_delays if d is not None]
     keeps_up = (
@@ -743,6 +750,8 @@ def summarise(
             "baseline_cpu_s": rounded(baseline["cpu_s"], 2),
             "baseline_frames_per_cpu_s": rounded(baseline_rate, 1),
             "efficiency": rounded(ratio, 3),
+            "ingest_decode_cpu_s": rounded(delta["decode_cpu_s"], 2),
+            "decode_share_of_ingest_cpu": rounded(decode_share, 3),
         },
     }
 
@@ -796,9 +805,9 @@ def table(rounds: list[dict[str, Any]]) -> str:
         "| N | keeps up | finish delay max s | chunk lag growth s | latency p50 / p95 / p99 s | "
         "decoded / sampled / inferred frames/s | analyzer busy | "
         + " | ".join(f"{name} CPU s/stream-min" for name in names)
-        + " | decode efficiency |"
+        + " | decode efficiency | decode share |"
     )
-    lines = [head, "|" + "---|" * (8 + len(names))]
+    lines = [head, "|" + "---|" * (9 + len(names))]
 
     def fmt(value: Any) -> str:
         return "-" if value is None else str(value)
@@ -816,7 +825,7 @@ def table(rounds: list[dict[str, Any]]) -> str:
             f"/ {rates['frames_inferred_per_s']} "
             f"| {fmt(rates['analyzer_busy_fraction'])} | "
             + " | ".join(fmt(r["cpu"][name]["cpu_s_per_stream_minute"]) for name in names)
-            + f" | {fmt(r['decode']['efficiency'])} |"
+            + f" | {fmt(r['decode']['efficiency'])} | {fmt(r['decode']['decode_share_of_ingest_cpu'])} |"
         )
     return "\n".join(lines)
 

@@ -75,10 +75,10 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from prometheus_client import Counter, Histogram
 
@@ -168,6 +168,11 @@ SEGMENT_DECODE_SECONDS = Histogram(
     "livestream_ingest_segment_decode_seconds",
     "Time to decode and sample one segment (worker thread), refused and undecodable ones too.",
     buckets=LATENCY_BUCKETS_S,
+)
+DECODE_CPU_SECONDS = Counter(
+    "livestream_ingest_decode_cpu_seconds_total",
+    "CPU time of the worker threads decoding and sampling segments (their thread clocks; all of the "
+    "decoding's CPU with LIVESTREAM_INGEST_DECODE_THREADS=none, libavcodec's own threads are not counted).",
 )
 
 
@@ -563,6 +568,7 @@ class IngestSession:
         started = time.perf_counter()
         try:
             decoded = await asyncio.to_thread(
+                _thread_cpu_counted,
                 decode_segment,
                 fetched.content,
                 keep,
@@ -843,6 +849,17 @@ class IngestSession:
             await asyncio.gather(task, return_exceptions=True)
             return None
         return task.result()
+
+
+def _thread_cpu_counted(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``function(*args, **kwargs)`` on this worker thread, its CPU time counted in
+    ``DECODE_CPU_SECONDS``: with the whole stack's CPU under load, what decoding itself costs
+    (``bench/capacity.py`` reports its share of ingest's CPU)."""
+    started = time.thread_time()
+    try:
+        return function(*args, **kwargs)
+    finally:
+        DECODE_CPU_SECONDS.inc(time.thread_time() - started)
 
 
 def _parse_fetched(fetched: Fetched, limits: PlaylistLimits) -> MasterPlaylist | MediaPlaylist:

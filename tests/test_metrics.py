@@ -194,6 +194,9 @@ def test_every_service_exports_its_metrics_after_a_session(metrics_stack: Stack)
     assert value(ingest, "livestream_ingest_chunks_published_total") == chunks
     assert value(ingest, "livestream_ingest_segment_fetch_seconds_count") >= 1
     assert value(ingest, "livestream_ingest_segment_decode_seconds_count") >= 1
+    # The decoding thread's CPU: some, and no more than the wall time it spent (one thread each).
+    decode_cpu = value(ingest, "livestream_ingest_decode_cpu_seconds_total")
+    assert 0 < decode_cpu <= value(ingest, "livestream_ingest_segment_decode_seconds_sum") + 0.05
     assert value(ingest, "livestream_ingest_active_sessions") == 0  # the session ended
     assert value(ingest, "livestream_ingest_missed_media_seconds_total") >= 0
     for outcome in ("fetch_failed", "decode_failed", "refused"):
