@@ -352,12 +352,14 @@ class ObjectDetector:
         if len(images) == 0:
             return []
         wanted = _wanted_class_ids(labels, len(images))
-        batch = np.stack([_prepare(image, index, self._input_size) for index, image in enumerate(images)])
+        for index, image in enumerate(images):
+            _check_frame(image, index)  # every frame, run or not
         results: list[list[Detection]] = [[] for _ in images]
         to_run = [index for index, ids in enumerate(wanted) if ids]
         for start in range(0, len(to_run), self._max_batch):
             part = to_run[start : start + self._max_batch]
-            found = self._detect_part(batch[part], [wanted[index] for index in part], min_score)
+            frames = np.stack([_resized(images[index], self._input_size) for index in part])
+            found = self._detect_part(frames, [wanted[index] for index in part], min_score)
             for index, detections in zip(part, found, strict=True):
                 results[index] = detections
         return results
@@ -460,7 +462,7 @@ def _choose_providers(requested: list[str] | None) -> list[str]:
     return chosen
 
 
-def _prepare(image: np.ndarray, index: int, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
+def _check_frame(image: np.ndarray, index: int) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise DetectorError(
             "frames must be HxWx3 uint8 RGB arrays",
@@ -468,6 +470,9 @@ def _prepare(image: np.ndarray, index: int, size: int = MODEL_INPUT_SIZE) -> np.
             shape=getattr(image, "shape", None),
             dtype=getattr(image, "dtype", None),
         )
+
+
+def _resized(image: np.ndarray, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
     if image.shape[:2] == (size, size):
         return image
     resized = Image.fromarray(image).resize((size, size), Image.BILINEAR)

@@ -170,6 +170,9 @@ def test_bad_label_sets_are_typed_errors() -> None:
         detector.detect([data.chelsea()], labels=[{"cat", "unicorn"}])
     with pytest.raises(DetectorError, match="one label set per frame"):
         detector.detect([data.chelsea()], labels=[{"cat"}, {"dog"}])
+    # A frame that wants nothing is not run, but a bad one is still refused.
+    with pytest.raises(DetectorError, match="HxWx3 uint8"):
+        detector.detect([data.chelsea(), np.zeros((8, 8, 3), np.float32)], labels=[{"cat"}, set()])
     with pytest.raises(ConfigurationError, match="unknown detector heads"):
         ObjectDetector.load(_model(), heads="some")  # type: ignore[arg-type]
 
