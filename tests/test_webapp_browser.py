@@ -295,9 +295,9 @@ def test_the_web_app_runs_a_session_in_chromium(stack: Stack, browser: Browser, 
         assert page.locator("#session-status").inner_text() == "ACTIVE"  # still running: live, not replayed
 
         # ---- the player plays the signed recording
-        wait_until(page, "document.getElementById('player').readyState >= 3")
+        wait_until(page, "document.getElementById('player')?.readyState >= 3")
         position = page.evaluate("document.getElementById('player').currentTime")
-        wait_until(page, "t => document.getElementById('player').currentTime > t + 1", position)
+        wait_until(page, "t => document.getElementById('player')?.currentTime > t + 1", position)
         assert page.evaluate("document.getElementById('player').paused") is False
 
         # ---- thumbnails: every event's signed JPEG, shown in the list, loads
@@ -329,7 +329,7 @@ def test_the_web_app_runs_a_session_in_chromium(stack: Stack, browser: Browser, 
         assert focused[1] is True and focused[2] != "none", focused
         page.keyboard.press("Enter")
         seek_lands(page, second_time)
-        wait_until(page, "t => document.getElementById('player').currentTime > t + 0.5", second_time)
+        wait_until(page, "t => document.getElementById('player')?.currentTime > t + 0.5", second_time)
 
         # ---- the timeline: a window per event; a click on one seeks to its event
         windows = page.locator("#timeline .window")
@@ -439,14 +439,14 @@ def test_the_player_outlives_its_expired_manifest_url(short_ttl_stack: Stack, br
         ).json()
         stream_id, session_id = started["stream_id"], started["session_id"]
         page.goto(f"{stack.api_url}/events/{stream_id}/{session_id}#key={stack.api_key}")
-        wait_until(page, "document.getElementById('player').readyState >= 3")
+        wait_until(page, "document.getElementById('player')?.readyState >= 3")
         first = manifest_urls(page)[0]
         # Past the first URL's expiry (the page's clock is this machine's): it is refused...
         time.sleep(max(0.0, expires_of(first) - time.time()) + 1)
         assert page.evaluate("url => fetch(url).then(r => r.status)", first) == 403
         # ...and the player signed a new one and plays on, well past several expiries.
         position = page.evaluate("document.getElementById('player').currentTime")
-        wait_until(page, "t => document.getElementById('player').currentTime > t", position + 2 * SHORT_TTL_S)
+        wait_until(page, "t => document.getElementById('player')?.currentTime > t", position + 2 * SHORT_TTL_S)
         assert max(expires_of(url) for url in manifest_urls(page)) > expires_of(first)
         assert page.locator("#player-status").inner_text() == ""
         assert api.post(
