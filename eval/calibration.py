@@ -201,12 +201,17 @@ class Measurement:
 
 
 def pipeline_view(frame: np.ndarray) -> np.ndarray:
-    """What the analyzer sees of a rendered frame: ingest's downscale + JPEG, the analyzer's decode.
+    """What the analyzer sees of a rendered frame: ingest's downscale to YCbCr + JPEG, the
+    analyzer's decode.
     (The live source's H.264 step before ingest is not reproduced.)"""
     from analyzer.service import _decode_jpeg
+    from ingest.decode import scaled_size
     from ingest.encode import EncodeSetting, encode_jpeg
+    from ingest.picture import picture_from_rgb
 
-    data, _, _ = encode_jpeg(frame, EncodeSetting(MAX_FRAME_WIDTH, JPEG_QUALITY))
+    height, width = frame.shape[:2]
+    picture = picture_from_rgb(frame, scaled_size(width, height, MAX_FRAME_WIDTH))  # as decode_segment
+    data, _, _ = encode_jpeg(picture, EncodeSetting(MAX_FRAME_WIDTH, JPEG_QUALITY))
     return _decode_jpeg(data)
 
 

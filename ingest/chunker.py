@@ -17,8 +17,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import numpy as np
-
+from ingest.picture import Picture
 from schemas.records import ChunkRecord, Frame, StartSession, chunk_id_for, utcnow
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ _EPSILON = 1e-6
 class SampledFrame:
     stream_time: float
     captured_at: datetime  # wall clock: PROGRAM-DATE-TIME based when the source has it
-    image: np.ndarray  # RGB, uint8, shape (height, width, 3)
+    picture: Picture  # scaled, JPEG-ready YCbCr (ingest.picture)
     media_sequence: int
 
 
@@ -87,7 +86,7 @@ class Chunker:
             # chunk and the next segment's first frame land "before" it: keep the frame in the
             # open chunk, at its start, rather than drop it.
             self.clamped_frames += 1
-            frame = SampledFrame(self.open_start, frame.captured_at, frame.image, frame.media_sequence)
+            frame = SampledFrame(self.open_start, frame.captured_at, frame.picture, frame.media_sequence)
         self._frames.append(frame)
         self._anchor = (frame.stream_time, frame.captured_at)
         return completed

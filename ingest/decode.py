@@ -1,8 +1,8 @@
-"""Decoding of one media segment (MPEG-TS) from memory into RGB frames, with PyAV.
+"""Decoding of one media segment (MPEG-TS) from memory into sampled pictures, with PyAV.
 
 CPU-bound and blocking: ``decode_segment`` is meant for ``asyncio.to_thread``. Only frames the
-caller wants (``keep``, asked in presentation order) are converted to RGB, which is the costly
-part; how many of the others are decoded is ``skip``'s choice:
+caller wants (``keep``, asked in presentation order) are scaled into ``Picture``s (JPEG-ready
+YCbCr, ``ingest.picture``); how many of the others are decoded is ``skip``'s choice:
 
 * ``"none"`` (the function's default, today's behaviour): every frame is decoded and ``keep``
   is asked as each one comes out of the decoder.
@@ -93,9 +93,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import av
-import numpy as np
 
 from ingest.errors import DecodeError, DecodeRefusedError
+from ingest.picture import Picture, PictureScaler
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ THREAD_TYPES: tuple[ThreadType, ...] = ("NONE", "SLICE", "FRAME", "AUTO")
 @dataclass(frozen=True)
 class DecodedFrame:
     offset: float  # seconds since the segment's first frame (its pts minus the first pts)
-    image: np.ndarray  # RGB uint8 (height, width, 3)
+    picture: Picture  # scaled to the caller's max_width
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,7 @@ def decode_segment(
         else:
             packets = container.demux(stream)
         frames: list[DecodedFrame] = []
+        scaler = PictureScaler()
         first_time: float | None = None
         decoded = 0
         size = (0, 0)
@@ -215,8 +216,8 @@ def decode_segment(
                     size = (frame.width, frame.height)
                     if (frame.pts in wanted) if wanted is not None else keep(offset):
                         width, height = scaled_size(frame.width, frame.height, max_width)
-                        image = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
-                        frames.append(DecodedFrame(offset=offset, image=image))
+                        picture = scaler.picture(frame, width, height)
+                        frames.append(DecodedFrame(offset=offset, picture=picture))
         except av.FFmpegError as exc:
             if decoded == 0:
                 raise DecodeError(f"video does not decode ({type(exc).__name__})", url=url) from exc

@@ -597,7 +597,7 @@ class IngestSession:
             sampled = SampledFrame(
                 stream_time=item.stream_start + frame.offset,
                 captured_at=wall_clock_base + timedelta(seconds=frame.offset),
-                image=frame.image,
+                picture=frame.picture,
                 media_sequence=segment.media_sequence,
             )
             completed += self.chunker.add(sampled)
@@ -696,12 +696,12 @@ class IngestSession:
         """Encode and publish ``chunks``; ``stages``: the stamps of the segment that completed them
         (none for chunks completed by a skip, a bad segment or the end of the stream)."""
         for chunk in chunks:
-            images = [(frame.stream_time, frame.image) for frame in chunk.frames]
+            pictures = [(frame.stream_time, frame.picture) for frame in chunk.frames]
             skipped = overlap(self._skipped_spans, chunk.start_time, chunk.end_time)
             self._skipped_spans = [span for span in self._skipped_spans if span[1] > chunk.end_time]
             record = await asyncio.to_thread(
                 encode_chunk,
-                images,
+                pictures,
                 functools.partial(
                     build_chunk_record,
                     chunk,

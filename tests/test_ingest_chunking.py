@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 
 from ingest.chunker import Chunker, SampledFrame, build_chunk_record
+from ingest.picture import picture_from_rgb
 from ingest.sampler import FrameSampler
 from schemas.records import Frame, StartSession
 
 WALL = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-IMAGE = np.zeros((4, 4, 3), dtype=np.uint8)
+PICTURE = picture_from_rgb(np.zeros((4, 4, 3), dtype=np.uint8))
 
 
 def frame(t: float, sequence: int = 0) -> SampledFrame:
-    return SampledFrame(t, WALL + timedelta(seconds=t), IMAGE, sequence)
+    return SampledFrame(t, WALL + timedelta(seconds=t), PICTURE, sequence)
 
 
 def test_sampler_keeps_first_frame_of_each_grid_slot() -> None:

@@ -16,6 +16,7 @@ from ingest.chunker import Chunk, build_chunk_record
 from ingest.decode import decode_segment, scaled_size
 from ingest.encode import encode_chunk, encode_ladder
 from ingest.errors import DecodeError, EncodeBudgetError
+from ingest.picture import Picture, picture_from_rgb
 from ingest.playlist import MediaPlaylist, parse_playlist
 from ingest.storage import SegmentStore, directory_name
 from schemas.records import StartSession, utcnow
@@ -41,6 +42,10 @@ def make_ts_segment(seconds: float, fps: int, width: int, height: int, first_pts
     return buffer.getvalue()
 
 
+def noise_picture(rng: np.random.Generator, width: int, height: int) -> Picture:
+    return picture_from_rgb(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
 def empty_chunk() -> Chunk:
     """The chunk whose record is built; its own frames do not matter to the encoder."""
     return Chunk(0, 0.0, 4.0, (), (0,), 0.0, utcnow())
@@ -48,7 +53,7 @@ def empty_chunk() -> Chunk:
 
 def test_encode_chunk_keeps_small_chunks_at_full_quality() -> None:
     rng = np.random.default_rng(1)
-    images = [(i * 0.5, rng.integers(0, 255, (360, 640, 3), dtype=np.uint8)) for i in range(2)]
+    images = [(i * 0.5, noise_picture(rng, 640, 360)) for i in range(2)]
     record = encode_chunk(images, partial(build_chunk_record, empty_chunk(), COMMAND), max_width=320)
     assert [f.stream_time for f in record.frames] == [0.0, 0.5]
     assert all((f.width, f.height) == (320, 180) for f in record.frames)
@@ -59,7 +64,7 @@ def test_encode_chunk_keeps_small_chunks_at_full_quality() -> None:
 def test_encode_chunk_steps_down_until_the_record_fits_the_budget() -> None:
     rng = np.random.default_rng(2)
     # Noise does not compress: 8 full-size frames are far over 1.5 MB at quality 85.
-    images = [(i * 0.5, rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8)) for i in range(8)]
+    images = [(i * 0.5, noise_picture(rng, 1280, 720)) for i in range(8)]
     record = encode_chunk(images, partial(build_chunk_record, empty_chunk(), COMMAND), max_width=1280)
     assert len(record.frames) == 8  # never drops frames
     assert len(record.to_bytes()) <= CHUNK_RECORD_BUDGET_BYTES
@@ -70,7 +75,7 @@ def test_encode_chunk_steps_down_until_the_record_fits_the_budget() -> None:
 
 def test_encode_chunk_raises_when_even_the_smallest_setting_is_too_big() -> None:
     rng = np.random.default_rng(3)
-    images = [(0.0, rng.integers(0, 255, (360, 640, 3), dtype=np.uint8))]
+    images = [(0.0, noise_picture(rng, 640, 360))]
     with pytest.raises(EncodeBudgetError, match="smallest JPEG setting") as caught:
         encode_chunk(
             images,
@@ -88,7 +93,7 @@ def test_encode_ladder_goes_from_best_to_smallest() -> None:
     assert ladder == sorted(ladder, key=lambda s: (-s.max_width, -s.quality))
 
 
-def test_decode_segment_gives_offsets_from_the_first_pts_and_scaled_rgb_frames() -> None:
+def test_decode_segment_gives_offsets_from_the_first_pts_and_scaled_pictures() -> None:
     data = make_ts_segment(seconds=2.0, fps=10, width=800, height=450, first_pts_seconds=37.0)
     asked: list[float] = []
 
@@ -100,8 +105,9 @@ def test_decode_segment_gives_offsets_from_the_first_pts_and_scaled_rgb_frames()
     assert decoded.decoded_count == 20
     assert asked == pytest.approx([i / 10 for i in range(20)])
     assert [f.offset for f in decoded.frames] == pytest.approx([0.0, 0.5, 1.0, 1.5])
-    assert decoded.frames[0].image.shape == (360, 640, 3)
-    assert decoded.frames[0].image.dtype == np.uint8
+    picture = decoded.frames[0].picture
+    assert (picture.width, picture.height) == (640, 360)
+    assert picture.cb.shape == picture.cr.shape == (180, 320)
     assert decoded.source_size == (800, 450)
 
 

@@ -446,7 +446,8 @@ def test_the_player_outlives_its_expired_manifest_url(short_ttl_stack: Stack, br
         assert page.evaluate("url => fetch(url).then(r => r.status)", first) == 403
         # ...and the player signed a new one and plays on, well past several expiries.
         position = page.evaluate("document.getElementById('player').currentTime")
-        wait_until(page, "t => document.getElementById('player')?.currentTime > t", position + 2 * SHORT_TTL_S)
+        later = position + 2 * SHORT_TTL_S
+        wait_until(page, "t => document.getElementById('player')?.currentTime > t", later)
         assert max(expires_of(url) for url in manifest_urls(page)) > expires_of(first)
         assert page.locator("#player-status").inner_text() == ""
         assert api.post(
