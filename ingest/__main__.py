@@ -20,8 +20,17 @@ async def serve(settings: IngestSettings) -> None:
         await service.run(stop)
 
 
-def main() -> int:
+def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO with its whole URL: a source URL can carry credentials (a
+    # token in its query), which ingest's own messages redact (livestream.redact), and a line per
+    # playlist poll and segment of every session buries the lines that matter. Fetch failures
+    # are logged by ingest itself, redacted.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def main() -> int:
+    configure_logging()
     settings = IngestSettings()
     return run_service("ingest", lambda: serve(settings))
 

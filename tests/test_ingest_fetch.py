@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import ipaddress
+import logging
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest.__main__ import configure_logging
 from ingest.errors import FetchError
 from ingest.fetch import FetchPolicy, HttpFetcher
 from ingest.session import IngestSession
@@ -394,6 +396,27 @@ async def test_credentials_in_urls_are_redacted_in_errors(allowed: FaultServer, 
     assert "hunter2" not in text and "tok-123" not in text and "alice" not in text
     assert f"url=http://***@{ALLOWED_HOST}:{allowed.port}/live.m3u8?token=***&quality=hd" in text
     assert allowed.requests[0].headers["authorization"].startswith("Basic ")  # still sent to the source
+
+
+async def test_ingest_logs_no_request_urls(
+    allowed: FaultServer, fetcher: HttpFetcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx logs every request with its URL at INFO; the ingest process keeps it at WARNING."""
+    url = f"http://{ALLOWED_HOST}:{allowed.port}/live.m3u8?token=tok-123"
+    caplog.set_level(logging.INFO)
+    with pytest.raises(FetchError):
+        await fetcher.get(url, retries=0)
+    assert "tok-123" in caplog.text  # what httpx does on its own
+    caplog.clear()
+    httpx_logger = logging.getLogger("httpx")
+    level = httpx_logger.level
+    try:
+        configure_logging()
+        with pytest.raises(FetchError):
+            await fetcher.get(url, retries=0)
+    finally:
+        httpx_logger.setLevel(level)
+    assert allowed.requests and "tok-123" not in caplog.text
 
 
 # ---------------------------------------------------------------------------- a session under the policy
