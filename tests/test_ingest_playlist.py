@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import urljoin
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ingest.errors import PlaylistError
-from ingest.playlist import MasterPlaylist, MediaPlaylist, Variant, choose_variant, parse_playlist
+from ingest.playlist import (
+    MasterPlaylist,
+    MediaPlaylist,
+    Variant,
+    _UriResolver,
+    choose_variant,
+    parse_playlist,
+)
 
 MASTER = """#EXTM3U
 #EXT-X-VERSION:3
@@ -112,3 +122,55 @@ def test_invalid_playlists_raise_a_typed_error_with_the_url(text: str, message: 
         parse_playlist(text, "http://origin.test/bad.m3u8")
     assert caught.value.context["url"] == "http://origin.test/bad.m3u8"
     assert "url=http://origin.test/bad.m3u8" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- URI resolution
+
+_BASES = st.one_of(
+    st.sampled_from(
+        [
+            "http://127.0.0.1:8080/live/stream.m3u8",
+            "https://cdn.example.test/a/b/../c/./index.m3u8?token=x#frag",
+            "http://[::1]:9000/live.m3u8",
+            "http://host/",
+            "http://host",
+            "http://host/dir/",
+            "http://host/a/b/c.m3u8;params?q=1",
+            "rtmp://host/app/stream",
+            "file:///srv/hls/live.m3u8",
+            "relative/path.m3u8",
+        ]
+    ),
+    st.builds(
+        lambda scheme, path, query: f"{scheme}://origin.test{path}{query}",
+        st.sampled_from(["http", "https", "HTTP"]),
+        st.from_regex(r"(/[A-Za-z0-9._~%-]{0,8}){0,4}", fullmatch=True),
+        st.sampled_from(["", "?a=b", "?", "#x", "?a=b#x"]),
+    ),
+)
+_URIS = st.one_of(
+    st.from_regex(r"[A-Za-z0-9_.~%+,=@-]{1,12}(\?[A-Za-z0-9_.~%+,=@&;/:-]{0,10})?", fullmatch=True),
+    st.text(alphabet="ab./?#:%@-_~", min_size=1, max_size=12),
+    st.sampled_from([".", "..", "../x.ts", "./x.ts", "/abs.ts", "//other.test/x.ts", "?q", "#f", "x:y.ts"]),
+)
+
+
+@given(base=_BASES, uri=_URIS)
+def test_segment_uris_resolve_exactly_as_urljoin_does(base: str, uri: str) -> None:
+    resolve = _UriResolver(base)
+    assert resolve(uri, 1) == urljoin(base, uri)
+
+
+def test_a_media_playlist_resolves_plain_and_other_uris() -> None:
+    text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n" + "".join(
+        f"#EXTINF:2.0,\n{uri}\n"
+        for uri in ("seg_1.ts", "seg_2.ts?t=a", "../up/seg_3.ts", "//cdn.test/seg_4.ts")
+    )
+    playlist = parse_playlist(text, "https://origin.test/live/a/index.m3u8?token=x")
+    assert isinstance(playlist, MediaPlaylist)
+    assert [s.uri for s in playlist.segments] == [
+        "https://origin.test/live/a/seg_1.ts",
+        "https://origin.test/live/a/seg_2.ts?t=a",
+        "https://origin.test/live/up/seg_3.ts",
+        "https://cdn.test/seg_4.ts",
+    ]
