@@ -34,7 +34,7 @@ from livestream.kafka.admin import ensure_topics
 from livestream.kafka.testing import TopicRecorder
 from livestream.stack import Stack, stack_for_tests
 from livestream.testsource import LiveHlsSource, short_script
-from schemas.records import ChunkRecord, Event, Frame, PurgeSession
+from schemas.records import ChunkRecord, Event, Frame, PurgeSession, SessionEvent
 from schemas.topics import Topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model]
@@ -206,6 +206,7 @@ def check_thumbnails(stack: Stack, store: BlobStore, kafka_bootstrap: str, thumb
     with (
         TopicRecorder(kafka_bootstrap, thumbnail_topics.chunks) as chunk_topic,
         TopicRecorder(kafka_bootstrap, thumbnail_topics.events) as raw_topic,
+        TopicRecorder(kafka_bootstrap, thumbnail_topics.session_events) as merged_topic,
         ThumbnailWatcher(kafka_bootstrap, thumbnail_topics.events, store) as watcher,
         LiveHlsSource(short_script(SCENE_SECONDS)) as source,
     ):
@@ -232,6 +233,17 @@ def check_thumbnails(stack: Stack, store: BlobStore, kafka_bootstrap: str, thumb
             ),
             30,
             "the watcher catching up",
+        )
+        # One partition per session, in order: once the final versions' thumbnails are recorded,
+        # every earlier record of the session is too.
+        final_thumbnails = {e["thumbnail_event_id"] for e in session["events"]}
+        wait_until(
+            lambda: (
+                final_thumbnails
+                <= {SessionEvent.model_validate_json(v).event.thumbnail_event_id for v in merged_topic.values}
+            ),
+            30,
+            "the session-events recorder catching up",
         )
     assert session["status"] == "FINISHED", session.get("status_reason")
     events = session["events"]
@@ -293,7 +305,16 @@ def check_thumbnails(stack: Stack, store: BlobStore, kafka_bootstrap: str, thumb
     assert every_raw == set(raw_events), "every raw detection got a thumbnail"
     # Stored before the event that names it was produced: never a URL to a missing picture.
     assert {e: watcher.seen.get(e) for e in every_raw} == dict.fromkeys(every_raw, True)
-    kept = {e["thumbnail_event_id"] for e in events}
+    # Every thumbnail a merged event's record ever showed is kept: the final versions' and the
+    # ones an event moved away from to a more confident sighting (an earlier record, already on
+    # SSE feeds, names it; aggregator.tracked); only thumbnails no record showed are deleted.
+    shown = {
+        record.event.thumbnail_event_id
+        for value in merged_topic.values
+        if (record := SessionEvent.model_validate_json(value)).session_id == session_id
+    }
+    kept = shown - {None}
+    assert {e["thumbnail_event_id"] for e in events} <= kept
     merged_away = every_raw - kept
     assert merged_away, "the scenes span several chunks, so some detections were merged away"
     prefix = f"{directory_name(session_id)}/thumbs/"
