@@ -106,6 +106,7 @@ from livestream.kafka.admin import ensure_topics
 from livestream.kafka.broker import LocalKafkaBroker
 from livestream.stack import Stack, stack_for_tests
 from livestream.testsource import LiveHlsSource, Photo, Scene, Script, Solid
+from livestream.testsource.media import ENCODER_PROFILES
 from livestream.testsource.replay import EncodedStream, ReplayHlsSource, encode_script
 from schemas.records import SessionChunk
 from schemas.topics import Topics
@@ -934,12 +935,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     warm = Config(**{**vars(config), "duration": 6.0})
     encoded: dict[float, EncodedStream | None] = {warm.duration: None, config.duration: None}
     meta["sources"] = "live (LiveHlsSource)" if args.live_sources else "replay (ReplayHlsSource)"
+    meta["encoder_profile"] = "zerolatency" if args.live_sources else args.encoder_profile
     if not args.live_sources:
         # Encoded once, before the stack starts and outside every round: each round's N sources
         # serve these same segment bytes, each as a live stream of its own.
         for seconds in encoded:
             encoded[seconds] = encode_script(
-                capacity_script(seconds), segment_seconds=SEGMENT_SECONDS, fps=FPS, width=WIDTH, height=HEIGHT
+                capacity_script(seconds),
+                segment_seconds=SEGMENT_SECONDS,
+                fps=FPS,
+                width=WIDTH,
+                height=HEIGHT,
+                profile=args.encoder_profile,
             )
         meta["encode_s"] = round(time.monotonic() - began, 1)
         print(f"script encoded once in {meta['encode_s']:.0f}s", file=sys.stderr, flush=True)
@@ -1051,6 +1058,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finish-grace-s", type=float, default=50.0, help="extra wait for late sessions")
     parser.add_argument("--baseline-streams", type=int, default=2, help="streams decoded by the baseline")
     parser.add_argument(
+        "--encoder-profile",
+        choices=sorted(ENCODER_PROFILES),
+        default="zerolatency",
+        help="x264 settings of the replayed streams (livestream.testsource.media.ENCODER_PROFILES): "
+        "the test source's own, or a typical live encoder's with B-frames (costlier to decode)",
+    )
+    parser.add_argument(
         "--live-sources",
         action="store_true",
         help="LiveHlsSource (render and x264-encode every stream in real time in this process) "
@@ -1065,6 +1079,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
+    if args.live_sources and args.encoder_profile != "zerolatency":
+        parser.error("--encoder-profile applies to replayed streams (live sources encode as the test source)")
     for item in args.env:
         name, equals, _ = item.partition("=")
         if not equals or not name.startswith("LIVESTREAM_"):

@@ -129,3 +129,23 @@ def test_stop_before_the_end_and_not_started() -> None:
     source.stop()  # mid-stream: no ENDLIST, publisher and server gone
     assert source.finished
     assert source.segments_published == 1
+
+
+def test_the_b_frame_profile_cuts_segments_on_keyframes_that_decode_alone() -> None:
+    """With B-frames (a typical live encoder), each segment still starts with its IDR frame and
+    holds its own frames: every segment decodes on its own, to its whole duration."""
+    encoded = encode_script(
+        short_script(seconds_per_scene=1.0),
+        segment_seconds=SEGMENT_SECONDS,
+        fps=FPS,
+        width=320,
+        height=180,
+        profile="bframes",
+    )
+    assert len(encoded.segments) == 3
+    for segment in encoded.segments:
+        decoded = decode_segment(segment.data, lambda _: True, skip="exact")
+        assert decoded.decoded_count == segment.frame_count == FPS
+        assert [round(f.offset, 3) for f in decoded.frames] == [i / FPS for i in range(FPS)]
+    with pytest.raises(TestSourceError, match="unknown encoder profile"):
+        encode_script(short_script(seconds_per_scene=1.0), profile="none")

@@ -203,14 +203,27 @@ class _ByteSink(io.RawIOBase):
         return data
 
 
+# x264 settings by name. "zerolatency" is the live test source's own (cheap to encode, and to
+# decode: no B-frames); "bframes" is what a typical live encoder sends (2 B-frames, CABAC), which
+# costs a decoder more a frame (bench/bench_decode.py). Either way a keyframe starts each segment.
+ENCODER_PROFILES: dict[str, dict[str, str]] = {
+    "zerolatency": {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline"},
+    "bframes": {"preset": "veryfast", "bf": "2"},
+}
+
+
 def encode_segments(
     frames: Iterator[np.ndarray],
     fps: int,
     frames_per_segment: int,
     *,
     crf: int = 28,
+    profile: str = "zerolatency",
 ) -> Iterator[EncodedSegment]:
-    """H.264 (libx264, ultrafast, zero latency) in MPEG-TS, cut every ``frames_per_segment`` frames."""
+    """H.264 (libx264, ``ENCODER_PROFILES[profile]``) in MPEG-TS, cut every ``frames_per_segment``
+    frames (the first packet of each segment is its IDR frame, also with B-frames: GOPs are closed)."""
+    if profile not in ENCODER_PROFILES:
+        raise TestSourceError(f"unknown encoder profile {profile!r}", profiles=sorted(ENCODER_PROFILES))
     first = next(frames, None)
     if first is None:
         return
@@ -226,9 +239,7 @@ def encode_segments(
         stream.codec_context.time_base = Fraction(1, fps)
         stream.codec_context.gop_size = frames_per_segment
         stream.options = {
-            "preset": "ultrafast",
-            "tune": "zerolatency",
-            "profile": "baseline",
+            **ENCODER_PROFILES[profile],
             "crf": str(crf),
             # Keyframes exactly at segment starts, never at scene cuts in between.
             "x264-params": f"keyint={frames_per_segment}:min-keyint={frames_per_segment}:scenecut=0",

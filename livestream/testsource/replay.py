@@ -87,13 +87,17 @@ def encode_script(
     fps: int = 12,
     width: int = 640,
     height: int = 360,
+    profile: str = "zerolatency",
 ) -> EncodedStream:
     """Render and encode ``script`` as :class:`LiveHlsSource` does (same renderer, encoder and
-    segmenter), as fast as it goes; the result can be replayed by any number of sources."""
+    segmenter; ``profile``: the x264 settings, ``media.ENCODER_PROFILES``), as fast as it goes;
+    the result can be replayed by any number of sources."""
     if width % 2 or height % 2:
         raise TestSourceError("frame size must be even for yuv420p", width=width, height=height)
     frames_per_segment = frames_per_segment_for(segment_seconds, fps)
-    segments = encode_segments(render_frames(script, width, height, fps), fps, frames_per_segment)
+    segments = encode_segments(
+        render_frames(script, width, height, fps), fps, frames_per_segment, profile=profile
+    )
     try:
         encoded = tuple(segments)
     finally:
