@@ -8,11 +8,11 @@ as they are: no RGB picture, no colour conversion and no chroma subsampling in t
 Source frames tagged with another matrix (BT.709, as most HD video is) or limited range are
 converted by swscale on the way, as the RGB path did.
 
-Measured on 720p25 H.264 (``bench/bench_encode.py``, one core): from a decoded frame to JPEG
-bytes at 640x360, quality 85, 3.2 ms of CPU a frame the RGB way (2.5 of them with one cached
-scaler on one thread) against 1.1 this way. The pictures differ from the RGB path's by less
-than JPEG's own error (mean absolute difference ~1.3 of 255 after decoding, against ~0.6
-between either path and the uncompressed frame); ``make eval`` measures the effect on recall.
+Measured on 720p25 H.264 (``bench/bench_encode.py``, one core, ``bench/results/encode.json``):
+from a decoded frame to JPEG bytes at 640x360, quality 85, 3.46 ms of CPU a frame the RGB way
+(3.16 with one cached scaler on one thread) against 1.02 this way. After decoding, the pictures
+are 1.36 of 255 from the uncompressed frame (mean absolute difference), against 0.84 for the
+RGB path; ``make eval`` gives the same precision, recall and temporal IoU means.
 
 ``PictureScaler`` holds one swscale context for the frames of a segment (building one costs
 as much as scaling a frame) and scales on the calling thread: ingest decodes on a worker thread
