@@ -21,12 +21,9 @@ async def serve(settings: IngestSettings) -> None:
 
 
 def configure_logging() -> None:
+    # The HTTP client (aiohttp) logs no line per request, so source URLs, which can carry a token
+    # in their query, appear only in ingest's own messages, redacted (livestream.redact).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request at INFO with its whole URL: a source URL can carry credentials (a
-    # token in its query), which ingest's own messages redact (livestream.redact), and a line per
-    # playlist poll and segment of every session buries the lines that matter. Fetch failures
-    # are logged by ingest itself, redacted.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def main() -> int:

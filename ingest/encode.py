@@ -4,7 +4,10 @@ Frames are encoded at the configured width and quality first; while the serializ
 ChunkRecord is over budget, the next rung of a fixed ladder is tried (lower quality, then
 smaller width). Past the last rung ``EncodeBudgetError`` is raised: frames are never dropped
 silently. Frames are ``Picture``s (YCbCr planes, ``ingest.picture``), compressed as they are.
-CPU-bound: call ``encode_chunk`` through ``asyncio.to_thread``.
+CPU-bound: call ``encode_chunk`` through ``asyncio.to_thread``. It returns the record with its
+serialized value (what the budget was checked on), which the publisher sends as it is: a chunk
+record is ~70 KB of base64 JSON, and serializing it again on the event loop cost as much as
+producing it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ log = logging.getLogger(__name__)
 _WIDTH_FACTORS = (1.0, 0.75, 0.5, 0.375, 0.25)
 _QUALITY_STEPS = (85, 70, 55, 40, 25)
 _MIN_WIDTH = 64
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    record: ChunkRecord
+    value: bytes  # record.to_bytes(): the chunks topic's record value
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ def encode_chunk(
     budget_bytes: int = CHUNK_RECORD_BUDGET_BYTES,
     session_id: str | None = None,
     chunk_index: int | None = None,
-) -> ChunkRecord:
+) -> EncodedChunk:
     """Encode ``(stream_time, picture)`` pairs into the record ``build_record`` makes, within budget."""
     size = 0
     for setting in encode_ladder(max_width, quality):
@@ -68,7 +77,8 @@ def encode_chunk(
             jpeg, width, height = encode_jpeg(picture, setting)
             frames.append(Frame(stream_time=stream_time, width=width, height=height, jpeg=jpeg))
         record = build_record(frames)
-        size = len(record.to_bytes())
+        value = record.to_bytes()
+        size = len(value)
         if size <= budget_bytes:
             if setting.quality != quality or setting.max_width != max_width:
                 log.info(
@@ -78,7 +88,7 @@ def encode_chunk(
                     setting.quality,
                     size,
                 )
-            return record
+            return EncodedChunk(record, value)
     raise EncodeBudgetError(
         f"chunk of {len(pictures)} frames is {size} bytes even at the smallest JPEG setting",
         session_id=session_id,

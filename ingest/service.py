@@ -108,6 +108,7 @@ from aiokafka.structs import RecordMetadata
 from prometheus_client import Gauge
 
 from ingest.checkpoint import open_checkpoints
+from ingest.encode import EncodedChunk
 from ingest.errors import BrokerOutageError, IngestError, StorageError
 from ingest.fetch import FetchPolicy, HttpFetcher
 from ingest.session import ChunkPosition, IngestSession
@@ -119,7 +120,6 @@ from livestream.kafka.serde import decode_command, encode_key, encode_value, key
 from livestream.metrics import MetricsServer, start_metrics_server
 from livestream.stages import StageTimes
 from schemas.records import (
-    ChunkRecord,
     DeadLetter,
     EndSession,
     IngestCheckpoint,
@@ -189,12 +189,13 @@ class KafkaRecordPublisher:
         # partitions (``chunk_partition``); None: each goes to its session key's partition.
         self.chunk_partitions: int | None = None
 
-    async def publish_chunk(self, record: ChunkRecord, stages: StageTimes) -> ChunkPosition:
+    async def publish_chunk(self, chunk: EncodedChunk, stages: StageTimes) -> ChunkPosition:
+        record = chunk.record
         key = encode_key(record.session_id)
         metadata = await self._send_raw(
             self.topics.chunks,
             key,
-            encode_value(record),
+            chunk.value,  # serialized once, by the encoding worker thread
             "publish a chunk",
             headers=[stages.header()],
             partition=None

@@ -85,7 +85,7 @@ from prometheus_client import Counter, Histogram
 from ingest.checkpoint import START_MARK, SegmentMark, build_checkpoint, mark_of, resume_mark, wall_clock_gap
 from ingest.chunker import Chunk, Chunker, SampledFrame, build_chunk_record
 from ingest.decode import decode_segment, frame_budget
-from ingest.encode import encode_chunk
+from ingest.encode import EncodedChunk, encode_chunk
 from ingest.errors import (
     BrokerOutageError,
     DecodeError,
@@ -116,7 +116,7 @@ from ingest.storage import RecordingLimits, RecordingStorage
 from ingest.tracker import PlaylistTracker, TrackedSegment, outage_poll_delay, refresh_interval
 from livestream.metrics import LATENCY_BUCKETS_S
 from livestream.stages import StageTimes, observe
-from schemas.records import ChunkRecord, IngestCheckpoint, IngestState, SessionLifecycle, StartSession, utcnow
+from schemas.records import IngestCheckpoint, IngestState, SessionLifecycle, StartSession, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class RecordPublisher(Protocol):
     measured against (None: unknown, e.g. a test double; the lag then counts only ingest's own
     delay)."""
 
-    async def publish_chunk(self, record: ChunkRecord, stages: StageTimes) -> ChunkPosition | None: ...
+    async def publish_chunk(self, chunk: EncodedChunk, stages: StageTimes) -> ChunkPosition | None: ...
 
     async def publish_lifecycle(self, record: SessionLifecycle) -> None: ...
 
@@ -708,7 +708,7 @@ class IngestSession:
             pictures = [(frame.stream_time, frame.picture) for frame in chunk.frames]
             skipped = overlap(self._skipped_spans, chunk.start_time, chunk.end_time)
             self._skipped_spans = [span for span in self._skipped_spans if span[1] > chunk.end_time]
-            record = await asyncio.to_thread(
+            encoded = await asyncio.to_thread(
                 encode_chunk,
                 pictures,
                 functools.partial(
@@ -724,7 +724,7 @@ class IngestSession:
                 chunk_index=chunk.index,
             )
             position = await self.publisher.publish_chunk(  # returns after the broker's ack
-                record, observe(stages or StageTimes(), "chunk_published")
+                encoded, observe(stages or StageTimes(), "chunk_published")
             )
             if position is not None:
                 self.chunk_lag.published(*position, chunk.start_time, chunk.end_time)

@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 from ingest import session as session_module
 from ingest.decode import decode_segment, frame_budget
+from ingest.encode import EncodedChunk
 from ingest.errors import DecodeError, DecodeRefusedError, PlaylistError
 from ingest.fetch import FetchPolicy, HttpFetcher
 from ingest.playlist import (
@@ -394,8 +395,8 @@ class RecordingPublisher:
         self.lifecycle: list[SessionLifecycle] = []
         self.checkpoints: list[IngestCheckpoint] = []
 
-    async def publish_chunk(self, record: ChunkRecord, stages: StageTimes) -> None:
-        self.chunks.append(record)
+    async def publish_chunk(self, chunk: EncodedChunk, stages: StageTimes) -> None:
+        self.chunks.append(chunk.record)
 
     async def publish_lifecycle(self, record: SessionLifecycle) -> None:
         self.lifecycle.append(record)

@@ -16,6 +16,7 @@ import pytest
 from aggregator.reducer import fold
 from ingest.checkpoint import START_MARK, build_checkpoint, mark_of
 from ingest.chunker import Chunk
+from ingest.encode import EncodedChunk
 from ingest.fetch import FetchPolicy, HttpFetcher
 from ingest.lag import ChunkLag, LagPolicy, LagReport, LagState, next_state, overlap, report_due
 from ingest.sampler import FrameSampler
@@ -209,8 +210,8 @@ class LaggingPublisher:
         self.lifecycle: list[SessionLifecycle] = []
         self.session: IngestSession | None = None
 
-    async def publish_chunk(self, record: ChunkRecord, stages: StageTimes) -> tuple[int, int]:
-        self.chunks.append(record)
+    async def publish_chunk(self, chunk: EncodedChunk, stages: StageTimes) -> tuple[int, int]:
+        self.chunks.append(chunk.record)
         return 0, len(self.chunks) - 1
 
     async def publish_lifecycle(self, record: SessionLifecycle) -> None:

@@ -54,7 +54,9 @@ def empty_chunk() -> Chunk:
 def test_encode_chunk_keeps_small_chunks_at_full_quality() -> None:
     rng = np.random.default_rng(1)
     images = [(i * 0.5, noise_picture(rng, 640, 360)) for i in range(2)]
-    record = encode_chunk(images, partial(build_chunk_record, empty_chunk(), COMMAND), max_width=320)
+    encoded = encode_chunk(images, partial(build_chunk_record, empty_chunk(), COMMAND), max_width=320)
+    record = encoded.record
+    assert encoded.value == record.to_bytes()  # what the publisher sends as the record value
     assert [f.stream_time for f in record.frames] == [0.0, 0.5]
     assert all((f.width, f.height) == (320, 180) for f in record.frames)
     decoded = Image.open(io.BytesIO(record.frames[0].jpeg))
@@ -65,9 +67,10 @@ def test_encode_chunk_steps_down_until_the_record_fits_the_budget() -> None:
     rng = np.random.default_rng(2)
     # Noise does not compress: 8 full-size frames are far over 1.5 MB at quality 85.
     images = [(i * 0.5, noise_picture(rng, 1280, 720)) for i in range(8)]
-    record = encode_chunk(images, partial(build_chunk_record, empty_chunk(), COMMAND), max_width=1280)
+    encoded = encode_chunk(images, partial(build_chunk_record, empty_chunk(), COMMAND), max_width=1280)
+    record = encoded.record
     assert len(record.frames) == 8  # never drops frames
-    assert len(record.to_bytes()) <= CHUNK_RECORD_BUDGET_BYTES
+    assert encoded.value == record.to_bytes() and len(encoded.value) <= CHUNK_RECORD_BUDGET_BYTES
     assert record.frames[0].width < 1280  # quality alone was not enough: the width went down too
     for f in record.frames:
         assert Image.open(io.BytesIO(f.jpeg)).size == (f.width, f.height)

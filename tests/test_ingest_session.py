@@ -21,6 +21,7 @@ from PIL import Image
 
 import ingest.session
 from ingest.decode import DecodedSegment
+from ingest.encode import EncodedChunk
 from ingest.errors import FetchError
 from ingest.fetch import FetchPolicy, HttpFetcher
 from ingest.playlist import MediaPlaylist, parse_playlist
@@ -39,8 +40,8 @@ class RecordingPublisher:
         self.lifecycle: list[SessionLifecycle] = []
         self.stages: list[StageTimes] = []
 
-    async def publish_chunk(self, record: ChunkRecord, stages: StageTimes) -> None:
-        self.chunks.append(record)
+    async def publish_chunk(self, chunk: EncodedChunk, stages: StageTimes) -> None:
+        self.chunks.append(chunk.record)
         self.stages.append(stages)
 
     async def publish_lifecycle(self, record: SessionLifecycle) -> None:
