@@ -15,7 +15,9 @@ Order of effects, and what a crash between them does:
    retries never duplicate a chunk.
 3. After each segment, once its completed chunks are acked, the checkpoint
    (``IngestCheckpoint``, compacted topic) is overwritten: next chunk index, covered stream
-   time, and the resume point (the last segment that ended within the covered time).
+   time, and the resume point (the last segment that ended within the covered time). A
+   segment that moved none of these (it completed no chunk) writes nothing: the acked
+   checkpoint already says the same.
 4. At the end (``#EXT-X-ENDLIST``, EndSession or failure) the partial last chunk is flushed
    and acked, the local manifest gets ``#EXT-X-ENDLIST``, and only then the final
    ``ENDED``/``FAILED`` report carries ``chunks_published`` (final). After that report is
@@ -78,7 +80,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from prometheus_client import Counter, Histogram
 
@@ -244,6 +246,8 @@ class IngestSession:
         # Frames before this stream time are in published chunks already (set when resuming).
         self._covered_time = 0.0
         self._marks: list[SegmentMark] = []  # states after recent segments, for checkpoints
+        # (chunks published, resume mark, crash resumes, lag actions) of the last acked checkpoint.
+        self._checkpointed: tuple[int, SegmentMark, int, int] | None = None
         self._end_reason: str | None = None  # why the stream is over, when it ended by an outage
         # Crash count written while this run is on (earlier crashed runs + this one; see above),
         # and the chunk the previous run crashed in (None: no crash to get past).
@@ -557,14 +561,6 @@ class IngestSession:
         SEGMENT_FETCH_SECONDS.observe(time.perf_counter() - started)
         stages = observe(StageTimes().at("segment_listed", listed_at), "segment_fetched")
         arrival = utcnow()
-        await asyncio.to_thread(  # its wall clock: the same base as its frames' (below)
-            self.store.add_segment,
-            fetched.content,
-            segment.duration,
-            segment.uri,
-            item.discontinuity,
-            segment.program_date_time or arrival,
-        )
         self.chunker.add_segment(segment.media_sequence, item.stream_start, item.stream_end)
 
         covered = self._covered_time
@@ -574,26 +570,33 @@ class IngestSession:
             # Re-ingested media of a resumed session: frames before covered time are published.
             return stream_time >= covered - 1e-6 and self.sampler.accept(stream_time)
 
-        started = time.perf_counter()
         try:
             decoded = await asyncio.to_thread(
-                _thread_cpu_counted,
-                decode_segment,
-                fetched.content,
-                keep,
-                max_width=self.settings.max_frame_width,
-                max_pixels=self.settings.decode_max_pixels,
-                max_frames=frame_budget(segment.duration, self.settings.decode_max_fps),
-                url=segment.uri,
-                skip=self.settings.decode_skip,
-                thread_type=self.settings.decode_threads.upper(),  # type: ignore[arg-type]
+                _stored_and_decoded,
+                functools.partial(
+                    self.store.add_segment,
+                    fetched.content,
+                    segment.duration,
+                    segment.uri,
+                    item.discontinuity,
+                    segment.program_date_time or arrival,  # the same wall-clock base as its frames'
+                ),
+                functools.partial(
+                    decode_segment,
+                    fetched.content,
+                    keep,
+                    max_width=self.settings.max_frame_width,
+                    max_pixels=self.settings.decode_max_pixels,
+                    max_frames=frame_budget(segment.duration, self.settings.decode_max_fps),
+                    url=segment.uri,
+                    skip=self.settings.decode_skip,
+                    thread_type=self.settings.decode_threads.upper(),  # type: ignore[arg-type]
+                ),
             )
         except DecodeError as exc:  # refused ones too: skipped like undecodable ones
-            SEGMENT_DECODE_SECONDS.observe(time.perf_counter() - started)
             SEGMENTS.labels("refused" if isinstance(exc, DecodeRefusedError) else "decode_failed").inc()
             await self._bad_segment(item, exc, stored=True)
             return "progress"
-        SEGMENT_DECODE_SECONDS.observe(time.perf_counter() - started)
         stages = observe(stages, "segment_decoded")
         SEGMENTS.labels("decoded").inc()
         FRAMES_DECODED.inc(decoded.decoded_count)
@@ -689,6 +692,13 @@ class IngestSession:
             self._crash_resumes, self._crash_chunk = 1, None
         if self.checkpoints is None:
             return
+        resume_point = (self.chunks_published, mark, self._crash_resumes, self.lag_state.actions)
+        if resume_point == self._checkpointed and mark.ingested_at is not None:
+            # The topic already holds this checkpoint, acked: a segment that completed no chunk
+            # (half of them with 4 s chunks of 2 s segments) leaves the resume point where it
+            # was. Only ``updated_at`` would change, which a resume reads only when the resume
+            # point has no ``ingested_at`` (the start), so such checkpoints are always written.
+            return
         checkpoint = build_checkpoint(
             self.command,
             self.chunks_published,
@@ -698,6 +708,7 @@ class IngestSession:
             lag_actions=self.lag_state.actions,
         )
         await self.checkpoints.save_checkpoint(checkpoint)
+        self._checkpointed = resume_point
 
     # ------------------------------------------------------------------ output
 
@@ -860,15 +871,19 @@ class IngestSession:
         return task.result()
 
 
-def _thread_cpu_counted(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``function(*args, **kwargs)`` on this worker thread, its CPU time counted in
+def _stored_and_decoded(store: Callable[[], object], decode: Callable[[], T]) -> T:
+    """Store a segment (the recording's copy), then decode it, in one worker-thread hop: each
+    hop costs the event loop a wake-up and the threads a hand-over of the GIL. The decoding's
+    wall time is ``SEGMENT_DECODE_SECONDS`` and its CPU time (this thread's clock)
     ``DECODE_CPU_SECONDS``: with the whole stack's CPU under load, what decoding itself costs
     (``bench/capacity.py`` reports its share of ingest's CPU)."""
-    started = time.thread_time()
+    store()
+    started, cpu_started = time.perf_counter(), time.thread_time()
     try:
-        return function(*args, **kwargs)
+        return decode()
     finally:
-        DECODE_CPU_SECONDS.inc(time.thread_time() - started)
+        DECODE_CPU_SECONDS.inc(time.thread_time() - cpu_started)
+        SEGMENT_DECODE_SECONDS.observe(time.perf_counter() - started)
 
 
 def _parse_fetched(fetched: Fetched, limits: PlaylistLimits) -> MasterPlaylist | MediaPlaylist:

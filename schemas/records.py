@@ -223,7 +223,7 @@ def chunk_id_for(session_id: str, chunk_index: int) -> str:
 class IngestCheckpoint(Record):
     """Ingest -> ingest (compacted, keyed by session_id): where a running session stands.
 
-    Written when a session starts and after each ingested segment whose chunks were acked; a
+    Written when a session starts and after each ingested segment whose acked chunks moved it; a
     tombstone deletes it once the session's final report was acked. The ingest instance that
     owns a command partition resumes the open sessions of the same checkpoint partition:
     chunk indexes continue at ``next_chunk_index`` and media after the ``resume_*`` segment

@@ -597,6 +597,21 @@ async def test_the_crash_count_is_raised_before_work_and_reset_past_the_crash(
     assert counts[:first_past] == [3] * first_past and set(counts[first_past:]) == {1}
 
 
+async def test_a_checkpoint_is_written_when_the_resume_point_moves_not_per_segment(
+    origin: FaultOrigin, tmp_path: Path, good_segment: bytes
+) -> None:
+    origin.serve("/s.ts", good_segment, content_type="video/mp2t")
+    origin.serve("/live.m3u8", media_playlist([(2.0, "s.ts")] * 6))
+    final, published = await run_session(f"{origin.base_url}/live.m3u8", tmp_path, chunk_seconds=4.0)
+    assert final is not None and final.state is IngestState.ENDED and final.chunks_published == 3
+    # Until chunk 0 is acked the resume point is the start, which has no ingestion time: those
+    # checkpoints are all written (a resume reads their updated_at). Past it, 6 segments of
+    # 2 s in 4 s chunks move the resume point every other segment, and only then is one written.
+    moved = [c for c in published.checkpoints if c.resume_ingested_at is not None]
+    assert [(c.next_chunk_index, c.resume_stream_time) for c in moved] == [(1, 4.0), (2, 8.0), (3, 12.0)]
+    assert all(c.resume_stream_time == 0.0 for c in published.checkpoints[: -len(moved)])
+
+
 # --------------------------------------------------------------------------- outages
 
 
