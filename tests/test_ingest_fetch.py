@@ -362,6 +362,34 @@ async def test_one_slow_source_does_not_starve_another_sessions_pool(allowed: Fa
             await fetcher.aclose()
 
 
+async def test_timeouts_say_which_step_timed_out_and_are_retried(allowed: FaultServer) -> None:
+    """The HTTP client's own timeouts are TimeoutErrors too: each reads as what timed out, not as
+    the fetch's total deadline, and is retryable (a source that is slow for a moment)."""
+
+    async def silent(_r: asyncio.StreamReader, _w: asyncio.StreamWriter, _req: Request) -> None:
+        await asyncio.sleep(30)
+
+    async def slow_name(host: str, port: int) -> list[IPAddress]:
+        await asyncio.sleep(30)
+        return [ipaddress.ip_address(ALLOWED_HOST)]
+
+    allowed.routes["/live.m3u8"] = silent
+    policy = refusing_policy(read_timeout=0.3, connect_timeout=0.3, playlist_deadline=20.0)
+    for resolver, url, reason in (
+        (None, allowed.url("/live.m3u8"), "timed out reading"),
+        (slow_name, f"http://slow.test:{allowed.port}/live.m3u8", "timed out resolving the host"),
+    ):
+        fetcher = HttpFetcher(policy) if resolver is None else HttpFetcher(policy, resolver=resolver)
+        started = time.monotonic()
+        try:
+            with pytest.raises(FetchError) as failed:
+                await fetcher.get(url)
+        finally:
+            await fetcher.aclose()
+        assert failed.value.message == reason and failed.value.retryable
+        assert time.monotonic() - started < 5
+
+
 # ---------------------------------------------------------------------------- reasons
 
 
