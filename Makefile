@@ -55,7 +55,7 @@ test: install models
 # prints the table, writes eval/results/latest.json and the README's Quality table.
 # Capacity: concurrent live streams on the real stack until it no longer keeps up (README, Capacity).
 bench: install models
-	$(PY) bench/capacity.py --json bench/results/capacity.json
+	$(PY) bench/capacity.py --json bench/results/capacity-latest.json
 
 eval: install models
 	$(PY) -m eval --write-readme
