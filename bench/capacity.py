@@ -72,9 +72,9 @@ play N live sources in real time on the cores it shares with the stack: with ``-
 it happens at N = 2 on 2 cores), so more streams would measure the machine, not the stack.
 Latencies and delays are measured from the actual publication times either way. Prints a
 markdown table and the JSON (``--json FILE`` writes it too). A default run (1, 8, 14, 16, 18,
-20, 22, 24, 26 streams) takes about 11-12 minutes to its first round that does not keep up (24
-here), ~13 when every round keeps up (plus ~30 s to encode the script once and ~50 s to start
-the stack). Its figures are only capacity figures on a machine that runs nothing else.
+20, 22, 24, 26 streams) stops at its first round that does not keep up: 20 or 24 here, 7.7 or
+~12 minutes with the script's encoding (~30 s) and the stack's start (~50 s); ~13 minutes when
+every round keeps up. Its figures are only capacity figures on a machine that runs nothing else.
 """
 
 from __future__ import annotations
