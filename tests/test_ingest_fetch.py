@@ -12,6 +12,7 @@ import asyncio
 import gzip
 import ipaddress
 import logging
+import ssl
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -388,6 +389,19 @@ async def test_timeouts_say_which_step_timed_out_and_are_retried(allowed: FaultS
             await fetcher.aclose()
         assert failed.value.message == reason and failed.value.retryable
         assert time.monotonic() - started < 5
+
+
+async def test_per_session_fetchers_share_the_trusted_certificates() -> None:
+    """Loading certifi's CAs costs ~30 ms of CPU: it is done once, not per session (a restart
+    resumes every open session at once)."""
+    shared = HttpFetcher(refusing_policy())
+    sessions = [shared.for_session() for _ in range(3)]
+    try:
+        assert all(fetcher._ssl_context is shared._ssl_context for fetcher in sessions)
+        assert shared._ssl_context.verify_mode is ssl.CERT_REQUIRED and shared._ssl_context.check_hostname
+    finally:
+        for fetcher in (*sessions, shared):
+            await fetcher.aclose()
 
 
 # ---------------------------------------------------------------------------- reasons
