@@ -7,6 +7,7 @@ deployment picks. Backend-specific checks (symlink escape, S3 paging and batchin
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -284,6 +285,19 @@ def test_local_delete_prefix_removes_the_emptied_directories(tmp_path: Path) -> 
 
     assert not (tmp_path / "s1").exists()
     assert not (tmp_path / ".content-types" / "s1").exists()
+
+
+def test_local_list_survives_a_directory_deleted_while_it_lists(tmp_path: Path) -> None:
+    """A purge in another process can remove a directory between the walk seeing it and
+    entering it: the listing goes on without it instead of failing as if the disk were gone."""
+    store = LocalBlobStore(tmp_path)
+    for key in ("s1/a/seg000000.ts", "s1/a/seg000001.ts", "s1/b/seg000000.ts"):
+        store.put(key, b"x", "video/mp2t")
+    listing = store.list("s1/")
+    first = next(listing)  # the walk is inside s1/a now and has seen s1/b, not entered it
+    shutil.rmtree(tmp_path / "s1" / "b")
+
+    assert [first, *listing] == ["s1/a/seg000000.ts", "s1/a/seg000001.ts"]
 
 
 def test_local_disk_errors_are_store_errors(tmp_path: Path) -> None:

@@ -170,6 +170,10 @@ class LocalBlobStore:
 
     @staticmethod
     def _walk_error(exc: OSError) -> None:
+        if isinstance(exc, FileNotFoundError):
+            # Removed between being seen and being walked (a purge or a janitor deleting while
+            # this lists): it holds no blobs any more, so there is nothing to list in it.
+            return
         raise BlobStoreUnavailable(f"cannot list: {exc}", backend=BACKEND) from exc
 
     @staticmethod
