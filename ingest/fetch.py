@@ -188,7 +188,7 @@ class HttpFetcher:
         self.policy = replace(policy, egress=egress)
         self._egress = egress
         self._resolver = resolver
-        # Shared with its per-session fetchers: loading certifi's CAs costs ~20 ms of CPU, and a
+        # Shared with its per-session fetchers: loading certifi's CAs costs ~30 ms of CPU, and a
         # restart resumes every open session at once.
         self._ssl_context = ssl_context or ssl.create_default_context(cafile=certifi.where())
         self._max_connections = max_connections or self.policy.max_connections
