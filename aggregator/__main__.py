@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
+from pathlib import Path
 
 import faust
 from pydantic import ValidationError
@@ -63,10 +65,15 @@ def main() -> int:
         if settings.delete_thumbnails
         else None
     )
-    app = build_app(resolved, thumbnails)
-    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, redirect_stdouts=False)
-    # Installs SIGTERM/SIGINT handlers that stop the app gracefully, then raises SystemExit(0).
-    worker.execute_from_commandline()
+    # faust's data directory holds nothing with the memory store, but faust creates it: a
+    # temporary one, removed when the worker exits (SystemExit included; a killed worker leaves
+    # an empty directory in the system's temporary directory, not in the working directory).
+    with tempfile.TemporaryDirectory(prefix="livestream-aggregator-") as datadir:
+        app = build_app(resolved, Path(datadir), thumbnails)
+        worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, redirect_stdouts=False)
+        # Installs SIGTERM/SIGINT handlers that stop the app gracefully, then raises SystemExit(0).
+        worker.execute_from_commandline()
+    return 0
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -185,17 +186,23 @@ def _broker_urls(bootstrap_servers: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
 
 
-def build_app(settings: AggregatorSettings, thumbnails: ThumbnailJanitor | None = None) -> faust.App:
+def build_app(
+    settings: AggregatorSettings, datadir: Path, thumbnails: ThumbnailJanitor | None = None
+) -> faust.App:
     """The faust app with its table and agent; ``settings.partitions`` must match the input topics.
 
-    ``thumbnails`` deletes the thumbnails of detections merged away (None: they are left to the
-    session's purge)."""
+    ``datadir``: faust's data directory. The memory store keeps nothing there, but faust creates
+    ``<datadir>/v1/tables`` when the app first starts, relative to the working directory unless
+    told otherwise (every worker started from a checkout left one there); ``python -m aggregator``
+    passes a temporary directory it removes at exit. ``thumbnails`` deletes the thumbnails of
+    detections merged away (None: they are left to the session's purge)."""
     partitions = settings.partitions or DEFAULT_PARTITIONS
     topics = Topics(prefix=settings.topic_prefix, partitions=partitions)
     app = faust.App(
         settings.effective_app_id,
         broker=_broker_urls(settings.kafka_bootstrap_servers),
         store="memory://",
+        datadir=datadir,
         key_serializer="raw",
         value_serializer="raw",
         web_enabled=settings.web_port is not None,

@@ -57,8 +57,12 @@ class AggregatorProcess:
 
     def __init__(self, bootstrap: str, topics: Topics, log_path: Path, **settings: str) -> None:
         self.log_path = log_path
+        # The worker's own temporary directory, so a test can see what it leaves there.
+        self.tmpdir = log_path.parent / f"{log_path.stem}-tmp"
+        self.tmpdir.mkdir()
         env = {
             **os.environ,
+            "TMPDIR": str(self.tmpdir),
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "LIVESTREAM_TOPIC_PREFIX": topics.prefix,
             "LIVESTREAM_AGGREGATOR_LOG_LEVEL": "info",
@@ -379,6 +383,10 @@ async def test_sigterm_exits_cleanly_and_restart_recovers_table(
     assert aggregator.stop() == 0
     print(f"aggregator: stopped in {time.monotonic() - stop_started:.1f}s")
     assert "Traceback" not in aggregator.log()
+    # faust's data directory (unused by the memory store) was a temporary one, removed at exit,
+    # not ``<app id>-data`` in the working directory.
+    assert list(aggregator.tmpdir.iterdir()) == []
+    assert not (REPO_ROOT / f"{agg_topics.prefix}-aggregator-data").exists()
 
     restarted = AggregatorProcess(kafka_bootstrap, agg_topics, tmp_path / "restarted.log")
     try:
