@@ -312,6 +312,10 @@ class SessionRun:
     stream_id: str = ""
     session_id: str = ""
     detections: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (arrival, data)
+    # Every event's first version on the feed, ``detection`` or ``update`` (a feed that connects
+    # after an event grew replays its latest version as an ``update``, api/feeds.py).
+    first_versions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    feed_opened_at: float | None = None
     end_at: float | None = None
     end_status: str | None = None
     error: str | None = None
@@ -324,6 +328,7 @@ async def follow_feed(client: httpx.AsyncClient, run: SessionRun) -> None:
     try:
         async with client.stream("GET", url, timeout=httpx.Timeout(10, read=None)) as feed:
             feed.raise_for_status()
+            run.feed_opened_at = time.time()
             async for line in feed.aiter_lines():
                 if line.startswith("event:"):
                     kind = line[6:].strip()
@@ -331,8 +336,11 @@ async def follow_feed(client: httpx.AsyncClient, run: SessionRun) -> None:
                     data += line[5:].strip()
                 elif not line:
                     now = time.time()
-                    if kind == "detection" and data:
-                        run.detections.append((now, json.loads(data)))
+                    if kind in ("detection", "update") and data:
+                        version = json.loads(data)
+                        run.first_versions.setdefault(version["event_id"], version)
+                        if kind == "detection":
+                            run.detections.append((now, version))
                     elif kind == "end":
                         run.end_at = now
                         with contextlib.suppress(ValueError):
@@ -672,9 +680,9 @@ def summarise(
     latencies: list[float] = []
     cat_events, cat_windows_hit = 0, 0
     windows = cat_windows(script)
+    missed_windows: list[tuple[int, float, float]] = []  # (source index, window start, end)
     for run in runs:
         origin = started_at[run.index]
-        hit: set[int] = set()
         for arrival, data in run.detections:
             cat_events += 1
             if origin is None:
@@ -683,10 +691,15 @@ def summarise(
             publication = published_at(run.index, stream_time, end=False)
             if publication is not None:
                 latencies.append(arrival - publication)
-            for number, (start, end) in enumerate(windows):
-                if start - 2.0 <= float(data.get("start_time", stream_time)) <= end:
-                    hit.add(number)
-        cat_windows_hit += len(hit)
+        # A window is found by any event of the session's feed that starts in it, whether the
+        # feed showed it first live (``detection``) or in its replay (``update``).
+        starts = [float(version["start_time"]) for version in run.first_versions.values()]
+        for start, end in windows:
+            if any(start - 2.0 <= event_start <= end for event_start in starts):
+                cat_windows_hit += 1
+            else:
+                missed_windows.append((run.index, start, end))
+    feed_delays = [run.feed_opened_at - began for run in runs if run.feed_opened_at is not None]
 
     # CPU per service.
     cpu: dict[str, dict[str, float | None]] = {}
@@ -782,6 +795,16 @@ def summarise(
             "cat_detections": cat_events,
             "cat_windows_found": cat_windows_hit,
             "cat_windows": len(windows) * streams,
+            "missed_windows": missed_windows,
+            # Events a feed showed first as an ``update``: it connected after they grew, so
+            # their ``detection`` (and its latency) was not seen live.
+            "events_first_seen_as_update": sum(
+                1
+                for run in runs
+                for version in run.first_versions.values()
+                if version.get("lifecycle") != "opened"
+            ),
+            "feed_connected_s_max": rounded(max(feed_delays) if feed_delays else None, 2),
         },
         "source_publish_late_s_max": rounded(late_max, 2),
         "cpu": cpu,
