@@ -9,9 +9,10 @@ What it does (all on loopback):
 2. folds the session in this process first, through the pure reducer, timing each fold plus the
    serialization of what it writes (fold time p50/p99 in hour 1 vs the last hour);
 3. produces the session's records as fast as the producer goes (StartSession, ACTIVE, one
-   ``ChunkResult`` per 4 s chunk with a cat visible for 8 s every minute, about 10,000 merged
-   events a week, then ENDED) and follows the session-state topic until the session is FINISHED:
-   aggregator throughput in chunk results per second in hour 1 vs the last hour;
+   ``ChunkResult`` per chunk of ingest's default length (2 s), with a cat visible for 8 s every
+   minute, about 10,000 merged events a week, then ENDED) and follows the session-state topic
+   until the session is FINISHED: aggregator throughput in chunk results per second in hour 1
+   vs the last hour;
 4. reads back everything the aggregator wrote (session-state, session-chunks, session-events and
    its table's changelog): bytes written per chunk in hour 1 vs the last hour, the largest record;
 5. starts ``python -m api`` on the same topics: time to catch up, resident memory, and the latency
@@ -48,6 +49,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from aggregator.reducer import FoldPolicy, fold
+from ingest.settings import IngestSettings
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.broker import LocalKafkaBroker, free_port
 from livestream.kafka.serde import encode_key, encode_value
@@ -68,7 +70,7 @@ from schemas.records import (
 from schemas.topics import Topics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CHUNK_SECONDS = 4.0
+CHUNK_SECONDS: float = IngestSettings.model_fields["chunk_seconds"].default  # ingest's chunk length
 HOUR_CHUNKS = int(3600 / CHUNK_SECONDS)
 API_KEY = "bench-key-0123456789abcdef"  # at least the API's minimum key length
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1067,7 +1067,10 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help=f"smoke run: --streams {QUICK_STREAMS} --duration 20"
     )
     parser.add_argument(
-        "--chunk-seconds", type=float, default=4.0, help="ingest's chunk length (its default: 4)"
+        "--chunk-seconds",
+        type=float,
+        default=IngestSettings.model_fields["chunk_seconds"].default,
+        help="ingest's chunk length (default: ingest's, %(default)s)",
     )
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument(

@@ -53,7 +53,7 @@ class _SegmentSpan:
 
 @dataclass
 class Chunker:
-    chunk_seconds: float = 4.0
+    chunk_seconds: float = 2.0  # IngestSettings.chunk_seconds
     open_index: int = 0
     _frames: list[SampledFrame] = field(default_factory=list)
     _segments: list[_SegmentSpan] = field(default_factory=list)

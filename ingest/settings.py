@@ -67,7 +67,15 @@ class IngestSettings(ServiceSettings):
         ),
     )
     sample_fps: float = Field(default=2.0, gt=0, le=60, description="Frames kept per second of stream time.")
-    chunk_seconds: float = Field(default=4.0, gt=0, le=60, description="Stream time covered by one chunk.")
+    chunk_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Stream time covered by one chunk. A chunk is analysed once it is complete, so an "
+        "event waits for the rest of its chunk: 2 s halves the latency of 4 s on a light load (p50 "
+        "2.4 s against 4.5 s with 2 s segments, README: Capacity) for 4-9 % more CPU a stream "
+        "(twice the per-chunk records, folds and SSE messages).",
+    )
     max_frame_width: int = Field(default=640, ge=64, description="Frames wider than this are downscaled.")
     jpeg_quality: int = Field(default=85, ge=20, le=95, description="First JPEG quality tried per chunk.")
     max_variant_bandwidth: int | None = Field(

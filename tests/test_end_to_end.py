@@ -19,6 +19,7 @@ import pytest
 from nomadic import NomadicAI
 from nomadic.exceptions import APIError
 
+from ingest.settings import IngestSettings
 from livestream.kafka.admin import ensure_topics
 from livestream.kafka.broker import free_port
 from livestream.kafka.testing import TopicRecorder
@@ -30,7 +31,8 @@ from schemas.topics import Topics
 pytestmark = [pytest.mark.kafka, pytest.mark.model]
 
 QUERY = "detect a person, a cat or a cup"
-CHUNK_SECONDS = 4.0
+# The stack runs on ingest's default chunk length, the one users get.
+CHUNK_SECONDS = IngestSettings.model_fields["chunk_seconds"].default
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,6 @@ def stack(
         e2e_topics.prefix,
         tmp_path_factory.mktemp("stack"),
         analyzer_replicas=2,  # the chunks consumer group is shared, as in a scaled deployment
-        extra_env={"LIVESTREAM_INGEST_CHUNK_SECONDS": str(CHUNK_SECONDS)},
     ) as stack:
         yield stack
 
