@@ -72,9 +72,10 @@ play N live sources in real time on the cores it shares with the stack: with ``-
 it happens at N = 2 on 2 cores), so more streams would measure the machine, not the stack.
 Latencies and delays are measured from the actual publication times either way. Prints a
 markdown table and the JSON (``--json FILE`` writes it too). A default run (1, 8, 14, 16, 18,
-20, 22, 24, 26 streams) stops at its first round that does not keep up: 20 or 24 here, 7.7 or
-~12 minutes with the script's encoding (~30 s) and the stack's start (~50 s); ~13 minutes when
-every round keeps up. Its figures are only capacity figures on a machine that runs nothing else.
+20, 22, 24, 26 streams) stops at its first round that does not keep up: 22 here, ~11 minutes
+with the script's encoding (~30 s) and the stack's start (~50 s); ~14 minutes when every round
+keeps up. The N sources start together, each on a thread of its own. Its figures are only
+capacity figures on a machine that runs nothing else.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import multiprocessing
@@ -92,6 +94,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -508,6 +512,15 @@ async def run_round(
     watcher = PublicationWatcher(sources)
     series: list[tuple[float, dict[str, float]]] = []
     pids = processes_of(stack, broker)
+    # A thread per source for its blocking calls (start waits one segment duration for the first
+    # segment, wait_finished for the whole stream). On the default executor (6 threads here) 16
+    # sources started in waves 2 s apart, and the first waves' sessions began with a backlog.
+    source_threads = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="capacity-source")
+    loop = asyncio.get_running_loop()
+
+    def on_source_threads(call: Callable[[], object]) -> asyncio.Future[object]:
+        return loop.run_in_executor(source_threads, call)
+
     async with (
         httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=30) as api,
         httpx.AsyncClient(timeout=5) as scraper,
@@ -523,7 +536,7 @@ async def run_round(
             # Every source waits for its first segment (one segment duration): start them together.
             watcher.start()  # before the sources: their first segment's publication is seen too
             watcher_started = True
-            await asyncio.gather(*(asyncio.to_thread(source.start) for source in sources))
+            await asyncio.gather(*(on_source_threads(source.start) for source in sources))
             if encoded is not None and not warmup:
                 # The decode-only baseline in the round, under its load, paced like the streams
                 # (their first segment is published one segment duration after they start).
@@ -564,7 +577,10 @@ async def run_round(
             sampler = asyncio.create_task(sample_metrics())
             try:
                 await asyncio.gather(
-                    *(asyncio.to_thread(source.wait_finished, config.duration + 120) for source in sources)
+                    *(
+                        on_source_threads(functools.partial(source.wait_finished, config.duration + 120))
+                        for source in sources
+                    )
                 )
                 await asyncio.sleep(0.1)  # the watcher's last poll
                 deadline = time.time() + config.keep_up_s + config.finish_grace_s
@@ -596,7 +612,8 @@ async def run_round(
             if watcher_started:
                 watcher.stop()
             await follower.stop()
-            await asyncio.gather(*(asyncio.to_thread(source.stop) for source in sources))
+            await asyncio.gather(*(on_source_threads(source.stop) for source in sources))
+            source_threads.shutdown()
     if warmup:
         return {"warmup_s": round(ended - began, 1), "finished": [run.end_status for run in runs]}
     baseline = await asyncio.to_thread(
