@@ -53,7 +53,7 @@ class _SegmentSpan:
 
 @dataclass
 class Chunker:
-    chunk_seconds: float = 2.0  # IngestSettings.chunk_seconds
+    chunk_seconds: float  # IngestSettings.chunk_seconds: no default of its own to drift from it
     open_index: int = 0
     _frames: list[SampledFrame] = field(default_factory=list)
     _segments: list[_SegmentSpan] = field(default_factory=list)
