@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from livestream.kafka.broker import LocalKafkaBroker, SupervisedBroker, free_port
+from livestream.kafka.broker import LocalKafkaBroker, SupervisedBroker, stable_free_port
 from livestream.metrics import metrics_url
 from livestream.processes import (
     ChildProcess,
@@ -265,7 +265,7 @@ def stack_for_tests(
     stack = Stack(
         bootstrap_servers=bootstrap_servers,
         api_key=uuid.uuid4().hex,
-        api_port=free_port(),
+        api_port=stable_free_port(),
         run_dir=run_dir,
         topic_prefix=topic_prefix,
         analyzer_replicas=analyzer_replicas,
@@ -294,10 +294,11 @@ def stack_for_tests(
 
 
 def free_ports(count: int, taken: set[int]) -> list[int]:
-    """``count`` distinct free loopback ports, none of ``taken`` (the OS may hand one out twice)."""
+    """``count`` distinct free loopback ports, none of ``taken``, below the ephemeral range when it
+    can (``stable_free_port``): a supervised instance binds its port again at every restart, and
+    an ephemeral one can meanwhile be some client's outgoing connection (CI once saw the
+    aggregator's metrics port so taken; it crash-looped on "Address already in use")."""
     ports: list[int] = []
     while len(ports) < count:
-        port = free_port()
-        if port not in taken and port not in ports:
-            ports.append(port)
+        ports.append(stable_free_port(exclude=(*taken, *ports)))
     return ports
