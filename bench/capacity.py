@@ -10,7 +10,9 @@ What it does (everything on loopback, nothing reached outside the machine):
    supervised stack (``stack_for_tests``: api, ingest, analyzer, aggregator as processes, real
    models, metrics on), with ingest joining every session at the first segment
    (``LIVESTREAM_INGEST_LIVE_EDGE_SEGMENTS``) so stream time is the source's script time;
-2. one short warm-up session (model sessions, topics, consumer groups), not measured;
+2. a short warm-up round, not measured, with as many streams as the first measured round (model
+   sessions, topics, consumer groups, and the load itself: after a one-session warm-up, a first
+   round of 18 streams began with its chunks 6 s behind, 2 s by its end);
 3. rounds with N concurrent live test sources (1280x720, 25 fps, 2 s segments, H.264; a script
    that cycles cat / gray / cup / gray, so "a cat" has ground truth) and one session per source
    with the query "a cat", N rising. By default the sources are ``ReplayHlsSource`` s
@@ -615,7 +617,11 @@ async def run_round(
             await asyncio.gather(*(on_source_threads(source.stop) for source in sources))
             source_threads.shutdown()
     if warmup:
-        return {"warmup_s": round(ended - began, 1), "finished": [run.end_status for run in runs]}
+        return {
+            "streams": streams,
+            "warmup_s": round(ended - began, 1),
+            "finished": [run.end_status for run in runs],
+        }
     baseline = await asyncio.to_thread(
         decode_baseline,
         baseline_input,
@@ -1016,12 +1022,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ) as stack:
                 asyncio.run(wait_for_metrics(stack.metrics_urls))
                 print(
-                    f"stack up in {time.monotonic() - began:.0f}s; warm-up session ...",
+                    f"stack up in {time.monotonic() - began:.0f}s; warm-up of {counts[0]} stream(s) ...",
                     file=sys.stderr,
                     flush=True,
                 )
                 meta["warmup"] = asyncio.run(
-                    run_round(stack, broker, topics, 1, warm, encoded[warm.duration], warmup=True)
+                    run_round(stack, broker, topics, counts[0], warm, encoded[warm.duration], warmup=True)
                 )
                 for n in counts:
                     print(f"round: {n} stream(s) of {config.duration:.0f}s ...", file=sys.stderr, flush=True)
