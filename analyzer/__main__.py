@@ -54,6 +54,7 @@ async def _main(settings: AnalyzerSettings) -> None:
         settings.instance_id,
         load_classifier=load_classifier,
         decode_threads=settings.decode_threads,
+        unchanged_max_change=settings.unchanged_max_change,
     )
     service = AnalyzerService(settings, analyzer, thumbnails)
     loop = asyncio.get_running_loop()

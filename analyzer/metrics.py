@@ -17,7 +17,7 @@ BATCH_CHUNKS = Histogram(
 )
 BATCH_FRAMES = Histogram(
     "livestream_analyzer_batch_frames",
-    "Frames of one batch, all given to the detector in one call.",
+    "Frames of one batch; those the detector sees (not unchanged ones) go to it in one call.",
     buckets=SIZE_BUCKETS,
 )
 BATCH_SECONDS = Histogram(
@@ -27,6 +27,11 @@ BATCH_SECONDS = Histogram(
 )
 FRAMES_INFERRED = Counter(
     "livestream_analyzer_frames_inferred_total", "Frames run through the detector (its rate is frames/s)."
+)
+FRAMES_UNCHANGED = Counter(
+    "livestream_analyzer_frames_unchanged_total",
+    "Frames that reused the detections of an unchanged earlier frame of their chunk instead of running "
+    "the detector (analyzer.unchanged); with frames_inferred, every frame analysed.",
 )
 CHUNKS = Counter("livestream_analyzer_chunks_total", "Chunk results produced, by status.", ["status"])
 EVENTS = Counter("livestream_analyzer_events_total", "Per-chunk events produced to the events topic.")

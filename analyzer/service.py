@@ -98,6 +98,7 @@ from analyzer.models import MODEL_INPUT_SIZE
 from analyzer.scoring import ReportedTarget, ScoringPolicy, score_judged, sightings_of
 from analyzer.settings import AnalyzerSettings
 from analyzer.thumbnails import ThumbnailWriter
+from analyzer.unchanged import expand, reuse_plan
 from analyzer.understanding.runtime import shared_interpreter
 from livestream.errors import LivestreamError, RecordError
 from livestream.kafka.resilience import Backoff, BrokerWatch, probe_metadata, stop_client
@@ -158,8 +159,12 @@ class ChunkAnalyzer:
         load_classifier: Callable[[], ClassifierLike] | None = None,
         interpret: Callable[[str | None], Interpretation] | None = None,
         decode_threads: int = DEFAULT_DECODE_THREADS,
+        unchanged_max_change: float = 0.0,
     ) -> None:
         self._detector = detector
+        # Frames unchanged since the chunk's last inferred one reuse its detections
+        # (analyzer.unchanged; AnalyzerSettings.unchanged_max_change); 0: every frame is inferred.
+        self._unchanged_max_change = unchanged_max_change
         # JPEG decoding releases the GIL (libjpeg): a chunk's frames decode side by side.
         self._decode_pool = ThreadPoolExecutor(max_workers=max(1, decode_threads), thread_name_prefix="jpeg")
         self._policy = policy
@@ -211,9 +216,12 @@ class ChunkAnalyzer:
             except (LivestreamError, OSError, ValueError) as exc:
                 prepared.append(self._failed(chunk, exc, started))
         ready = [p for p in prepared if isinstance(p, _Prepared)]
-        images = [image for p in ready for image in p.images]
+        plans = {id(p): reuse_plan(p.images, self._unchanged_max_change) for p in ready}
+        images = [
+            image for p in ready for image, reuse in zip(p.images, plans[id(p)], strict=True) if reuse is None
+        ]
         # Each frame asks only for the classes its query's judge reads (analyzer.detector, class heads).
-        labels = [p.detector_labels for p in ready for _ in p.images]
+        labels = [p.detector_labels for p in ready for reuse in plans[id(p)] if reuse is None]
         detected = time.perf_counter()
         try:
             detections = self._detector.detect(images, labels=labels) if images else []
@@ -225,15 +233,18 @@ class ChunkAnalyzer:
                 p if isinstance(p, ChunkResult) else self._failed(p.chunk, exc, started) for p in prepared
             ]
         detector_ms = (time.perf_counter() - detected) * 1000
+        metrics.FRAMES_INFERRED.inc(len(images))
+        metrics.FRAMES_UNCHANGED.inc(sum(len(p.images) for p in ready) - len(images))
         position = 0
         results: list[ChunkResult] = []
         for item in prepared:
             if isinstance(item, ChunkResult):
                 results.append(item)
                 continue
-            count = len(item.images)
+            plan = plans[id(item)]
+            count = plan.count(None)
             share = detector_ms * count / len(images) if images else 0.0
-            own = detections[position : position + count]
+            own = expand(plan, detections[position : position + count])
             position += count
             try:
                 results.append(self._finish(item, own, share))
@@ -661,7 +672,6 @@ class AnalyzerService:
                     results[position] = await loop.run_in_executor(
                         self._executor, self._thumbnails.attach, chunk, result
                     )
-        metrics.FRAMES_INFERRED.inc(frames)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - began)
         inferred_at = time.time()
         stages = {

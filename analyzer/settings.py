@@ -111,6 +111,15 @@ class AnalyzerSettings(ServiceSettings):
         description="Frames per onnxruntime run of the detector (CPU gains nothing past ~4, "
         "bench/bench_detector.py; GPUs want 64-256).",
     )
+    unchanged_max_change: float = Field(
+        default=4.0,
+        ge=0.0,
+        le=255.0,
+        description="A frame whose every 40x40-pixel cell (at 1280x720; a 32x18 grid) kept its mean colour "
+        "within this (0-255) since its chunk's last inferred frame reuses that frame's detections instead "
+        "of running the detector (analyzer/unchanged.py: a still picture's noise moves a cell ~0.4); "
+        "0: the detector sees every frame.",
+    )
     decode_threads: int = Field(
         default=2,
         ge=1,

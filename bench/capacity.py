@@ -51,7 +51,8 @@ What it does (everything on loopback, nothing reached outside the machine):
      the wait for the rest of the chunk (``--chunk-seconds``) and for the second sighting an
      event needs before it opens;
    * **the stage that saturates first**: each process's CPU in cores over the round, frames
-     decoded / sampled per second (ingest) vs frames inferred per second (analyzer), and the
+     decoded / sampled per second (ingest) vs frames analysed per second (analyzer: inferred, plus
+     unchanged ones that reused their chunk's last inferred detections, analyzer.unchanged), and the
      analyzer's busy fraction (``livestream_analyzer_batch_seconds`` sum per wall second);
    * **ingest decode efficiency**: frames ingest decoded per CPU second of the whole ingest
      process, divided by frames decoded per CPU second by PyAV alone
@@ -235,6 +236,8 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "decode_cpu_s": ("ingest", "livestream_ingest_decode_cpu_seconds_total", {}),
     "missed_media_s": ("ingest", "livestream_ingest_missed_media_seconds_total", {}),
     "frames_inferred": ("analyzer", "livestream_analyzer_frames_inferred_total", {}),
+    # Analysed without the detector: unchanged since their chunk's last inferred frame.
+    "frames_unchanged": ("analyzer", "livestream_analyzer_frames_unchanged_total", {}),
     "analyzer_busy_s": ("analyzer", "livestream_analyzer_batch_seconds_sum", {}),
     "chunk_age_sum": ("analyzer", "livestream_analyzer_chunk_age_seconds_sum", {}),
     "chunk_age_count": ("analyzer", "livestream_analyzer_chunk_age_seconds_count", {}),
@@ -741,6 +744,7 @@ def summarise(
         "frames_decoded_per_s": rounded(delta["frames_decoded"] / wall, 2),
         "frames_sampled_per_s": rounded(delta["frames_sampled"] / wall, 2),
         "frames_inferred_per_s": rounded(delta["frames_inferred"] / wall, 2),
+        "frames_unchanged_per_s": rounded(delta["frames_unchanged"] / wall, 2),
         "live_frames_per_s": streams * FPS,
         "analyzer_busy_fraction": rounded(delta["analyzer_busy_s"] / wall, 3),
         "missed_media_s": rounded(delta["missed_media_s"], 1),
@@ -866,12 +870,14 @@ def saturation(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     rates = top["rates"]
     cpu = {name: c["cores"] for name, c in top["cpu"].items() if c["cores"] is not None}
     shares = {name: round(cores / sum(cpu.values()), 3) for name, cores in cpu.items()} if cpu else {}
-    behind = rates["frames_inferred_per_s"] < 0.9 * rates["frames_sampled_per_s"]
+    analysed = rates["frames_inferred_per_s"] + rates["frames_unchanged_per_s"]
+    behind = analysed < 0.9 * rates["frames_sampled_per_s"]
     if rates["analyzer_busy_fraction"] >= 0.85 or behind:
         stage = "analyzer"
         why = (
             f"busy {rates['analyzer_busy_fraction']:.0%} of the time; inferred "
-            f"{rates['frames_inferred_per_s']} frames/s vs {rates['frames_sampled_per_s']} sampled/s"
+            f"{rates['frames_inferred_per_s']} + unchanged {rates['frames_unchanged_per_s']} frames/s "
+            f"vs {rates['frames_sampled_per_s']} sampled/s"
         )
         saturated = True
     else:
@@ -900,7 +906,7 @@ def table(rounds: list[dict[str, Any]]) -> str:
     names = list(rounds[0]["cpu"]) if rounds else []
     head = (
         "| N | keeps up | finish delay max s | chunk lag growth s | latency p50 / p95 / p99 s | "
-        "decoded / sampled / inferred frames/s | analyzer busy | "
+        "decoded / sampled / inferred + unchanged frames/s | analyzer busy | "
         + " | ".join(f"{name} CPU s/stream-min" for name in names)
         + " | decode efficiency (in round / vs idle) | decode share |"
     )
@@ -919,7 +925,7 @@ def table(rounds: list[dict[str, Any]]) -> str:
             f"({r['sessions_finished']}/{r['streams']} finished) | {fmt(r['chunk_delay_s']['growth'])} "
             f"| {fmt(lat['p50'])} / {fmt(lat['p95'])} / {fmt(lat['p99'])} ({lat['detections']}) "
             f"| {rates['frames_decoded_per_s']} / {rates['frames_sampled_per_s']} "
-            f"/ {rates['frames_inferred_per_s']} "
+            f"/ {rates['frames_inferred_per_s']} + {rates['frames_unchanged_per_s']} "
             f"| {fmt(rates['analyzer_busy_fraction'])} | "
             + " | ".join(fmt(r["cpu"][name]["cpu_s_per_stream_minute"]) for name in names)
             + f" | {fmt(r['decode']['efficiency'])} / {fmt(r['decode']['efficiency_vs_idle_baseline'])}"

@@ -3,7 +3,10 @@
 The services already count what matters (``livestream.metrics``); ``up`` scrapes its own ingest
 and analyzer instances over loopback and prints a line like::
 
-    load: 3 session(s), lag max 4.1 s, frames/s decoded 75.2, sampled 7.8, inferred 7.8
+    load: 3 session(s), lag max 4.1 s, frames/s decoded 75.2, sampled 7.8, inferred 5.8, unchanged 2.0
+
+(``unchanged``: frames analysed without the detector, unchanged since their chunk's last
+inferred one, ``analyzer.unchanged``; inferred plus unchanged keep up with sampled.)
 
 Rates are the counters' differences between two scrapes over the seconds between them, so the
 first line after start shows totals only. Pure parsing and formatting here; ``scrape`` is the
@@ -30,6 +33,7 @@ class Load:
     frames_decoded: float | None = None  # counters: totals since each process started
     frames_sampled: float | None = None
     frames_inferred: float | None = None
+    frames_unchanged: float | None = None  # analysed without the detector (analyzer.unchanged)
 
 
 def parse(pages: Iterable[str]) -> Load:
@@ -49,6 +53,7 @@ def parse(pages: Iterable[str]) -> Load:
         frames_decoded=sums.get("livestream_ingest_frames_decoded_total"),
         frames_sampled=sums.get("livestream_ingest_frames_sampled_total"),
         frames_inferred=sums.get("livestream_analyzer_frames_inferred_total"),
+        frames_unchanged=sums.get("livestream_analyzer_frames_unchanged_total"),
     )
 
 
@@ -57,6 +62,7 @@ _SUMMED = {
     "livestream_ingest_frames_decoded_total",
     "livestream_ingest_frames_sampled_total",
     "livestream_analyzer_frames_inferred_total",
+    "livestream_analyzer_frames_unchanged_total",
 }
 
 
@@ -70,6 +76,7 @@ def load_line(current: Load, previous: Load | None, seconds: float) -> str:
         ("decoded", current.frames_decoded, previous.frames_decoded if previous else None),
         ("sampled", current.frames_sampled, previous.frames_sampled if previous else None),
         ("inferred", current.frames_inferred, previous.frames_inferred if previous else None),
+        ("unchanged", current.frames_unchanged, previous.frames_unchanged if previous else None),
     ):
         if now is None:
             continue

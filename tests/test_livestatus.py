@@ -45,3 +45,11 @@ def test_nothing_scraped_and_a_restarted_counter() -> None:
     before = Load(sessions=1, frames_inferred=500)
     restarted = Load(sessions=1, frames_inferred=20)  # the analyzer restarted: its counter began again
     assert load_line(restarted, before, 10.0) == "load: 1 session(s), frames/s inferred 20 in all"
+
+
+def test_unchanged_frames_are_shown_beside_the_inferred_ones() -> None:
+    name = "livestream_analyzer_frames_unchanged_total"
+    load = parse([analyzer_page(30.0) + f"# TYPE {name} counter\n{name} 12.0\n", analyzer_page(10.0)])
+    assert (load.frames_inferred, load.frames_unchanged) == (40.0, 12.0)
+    later = Load(sessions=1, frames_inferred=60.0, frames_unchanged=32.0)
+    assert load_line(later, load, 10.0) == "load: 1 session(s), frames/s inferred 2.0, unchanged 2.0"
