@@ -140,7 +140,9 @@ class ChunkAnalyzer:
 
     Per chunk: the session's interpretation (``chunk.interpretation``; records older than schema
     version 5 have none, so their query is interpreted here, once per distinct query) -> frames
-    decoded -> detector -> ``analyzer.judge`` (colours, sizes, counts, relations, absence, and the
+    decoded -> detector (frames unchanged since their chunk's last inferred one reuse its
+    detections instead, ``analyzer.unchanged``) -> ``analyzer.judge`` (colours, sizes, counts,
+    relations, absence, and the
     image classifier on the crops and frames that need it, in one batch) -> ``analyzer.scoring``
     events labelled with the query's phrases. All of it runs in the caller's thread: the
     service's inference executor, never the event loop.

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from skimage import data as skdata
 
@@ -124,6 +126,31 @@ def test_expand_gives_each_frame_its_detections() -> None:
         expand([None, 0], ["a", "b"])
     with pytest.raises(ValueError, match="max_change"):
         reuse_plan([street()], -1.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(st.integers(min_value=-12, max_value=12), min_size=1, max_size=8),
+    bound=st.sampled_from([0.0, 2.0, 4.0, 8.0]),
+)
+def test_a_plan_reuses_only_inferred_frames_within_the_bound(steps: list[int], bound: float) -> None:
+    # Frames that differ from the first by a uniform brightness offset (a whole-picture change).
+    base = np.full((36, 64, 3), 128, np.uint8)
+    frames = [(base.astype(np.int16) + step).astype(np.uint8) for step in steps]
+    plan = reuse_plan(frames, bound)
+    assert len(plan) == len(frames) and plan[0] is None
+    for index, reuse in enumerate(plan):
+        if reuse is None:
+            continue
+        assert reuse < index and plan[reuse] is None  # an earlier, inferred frame
+        assert abs(steps[index] - steps[reuse]) <= bound  # within the bound of the one it reuses
+        # ... and the last inferred frame before it (the reference), not any earlier one.
+        assert reuse == max(i for i in range(index) if plan[i] is None)
+    if bound == 0:
+        assert plan == [None] * len(frames)
+    assert expand(plan, [f"detections of {i}" for i, r in enumerate(plan) if r is None]) == [
+        f"detections of {i if r is None else r}" for i, r in enumerate(plan)
+    ]
 
 
 # --------------------------------------------------------------------------- the test source's footage
