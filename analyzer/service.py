@@ -142,10 +142,9 @@ class ChunkAnalyzer:
     version 5 have none, so their query is interpreted here, once per distinct query) -> frames
     decoded -> detector (frames unchanged since their chunk's last inferred one reuse its
     detections instead, ``analyzer.unchanged``) -> ``analyzer.judge`` (colours, sizes, counts,
-    relations, absence, and the
-    image classifier on the crops and frames that need it, in one batch) -> ``analyzer.scoring``
-    events labelled with the query's phrases. All of it runs in the caller's thread: the
-    service's inference executor, never the event loop.
+    relations, absence, and the image classifier on the crops and frames that need it, in one
+    batch) -> ``analyzer.scoring`` events labelled with the query's phrases. All of it runs in
+    the caller's thread: the service's inference executor, never the event loop.
 
     The classifier is loaded on first use (``load_classifier``) so that sessions without
     classifier targets never pay for it; the interpreter likewise (``interpret``).
@@ -218,12 +217,9 @@ class ChunkAnalyzer:
             except (LivestreamError, OSError, ValueError) as exc:
                 prepared.append(self._failed(chunk, exc, started))
         ready = [p for p in prepared if isinstance(p, _Prepared)]
-        plans = {id(p): reuse_plan(p.images, self._unchanged_max_change) for p in ready}
-        images = [
-            image for p in ready for image, reuse in zip(p.images, plans[id(p)], strict=True) if reuse is None
-        ]
+        images = [image for p in ready for image, r in zip(p.images, p.reuse, strict=True) if r is None]
         # Each frame asks only for the classes its query's judge reads (analyzer.detector, class heads).
-        labels = [p.detector_labels for p in ready for reuse in plans[id(p)] if reuse is None]
+        labels = [p.detector_labels for p in ready for reuse in p.reuse if reuse is None]
         detected = time.perf_counter()
         try:
             detections = self._detector.detect(images, labels=labels) if images else []
@@ -243,10 +239,9 @@ class ChunkAnalyzer:
             if isinstance(item, ChunkResult):
                 results.append(item)
                 continue
-            plan = plans[id(item)]
-            count = plan.count(None)
+            count = item.reuse.count(None)
             share = detector_ms * count / len(images) if images else 0.0
-            own = expand(plan, detections[position : position + count])
+            own = expand(item.reuse, detections[position : position + count])
             position += count
             try:
                 results.append(self._finish(item, own, share))
@@ -275,8 +270,9 @@ class ChunkAnalyzer:
         # Crops for the classifier want every pixel; the detector alone is happy with 300x300.
         decode = functools.partial(_decode_jpeg, full_size=needs_crops(interpretation))
         images = list(self._decode_pool.map(decode, [frame.jpeg for frame in chunk.frames]))
+        reuse = reuse_plan(images, self._unchanged_max_change)
         return _Prepared(
-            chunk, interpretation, detector_labels(interpretation), reported, tracked, images, started
+            chunk, interpretation, detector_labels(interpretation), reported, tracked, images, reuse, started
         )
 
     def _finish(
@@ -474,6 +470,7 @@ class _Prepared:
     reported: list[ReportedTarget]
     tracked: list[TrackedTarget]
     images: list[np.ndarray]
+    reuse: list[int | None]  # per frame: None to infer it, or the frame whose detections it reuses
     started: float  # perf_counter when its preparation began
 
     def __post_init__(self) -> None:

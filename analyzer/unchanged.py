@@ -2,24 +2,23 @@
 
 A fixed camera's picture often stands still for minutes: an empty car park, a corridor at
 night. Running the detector on a frame that is the previous one plus sensor and compression
-noise buys the same boxes for most of the analyzer's ~30 ms of CPU a frame (SSD-MobileNetV2
-on this 2-core machine, bench/capacity.py). So within one
-chunk, a frame is compared with the chunk's last *inferred* frame (not with its neighbour, so
-that a slow change cannot creep past the bound a little at a time); when no part of the picture
-changed by more than ``max_change``, its detections are that frame's, and the detector does not
-see it. Everything after the detector (the judge's colours, classifier crops, counts, zones)
-still runs on each frame's own pixels.
+noise buys the same boxes for most of the analyzer's ~30 ms of CPU a frame (SSD-MobileNetV2 on
+this 2-core machine, bench/capacity.py). So within one chunk, a frame is compared with the
+chunk's last *inferred* frame (not with its neighbour, so that a slow change cannot creep past
+the bound a little at a time); when no part of the picture changed by more than ``max_change``,
+its detections are that frame's, and the detector does not see it. Everything after the
+detector (the judge's colours, classifier crops, counts, zones) still runs on each frame's own
+pixels.
 
 *What counts as a change.* Each picture is averaged over a grid of ``GRID`` cells (32 x 18, a
 40 x 40 pixel cell at 1280x720, 20 x 20 in ingest's 640x360 frames), per RGB channel, on a
 sample of its pixels (``SAMPLE_STRIDE``); a frame is unchanged when no cell's mean moved by
-more than ``max_change`` (0-255) in any channel. A
-cell is about as small as what the detector can see (its 300x300 input makes a 1280x720 frame's
-40 pixels into ~9), so an object entering the picture, or anything moving, moves its cells'
-means far past the bound, while the noise of a still picture averages out over the cell's
-pixels. Measured through ingest's JPEG path and the analyzer's decoding, between frames 0.5 s
-apart (``tests/test_analyzer_unchanged.py`` asserts the same on the live test source's
-footage):
+more than ``max_change`` (0-255) in any channel. A cell is about as small as what the detector
+can see (its 300x300 input makes a 1280x720 frame's 40 pixels into ~9), so an object entering
+the picture, or anything moving, moves its cells' means far past the bound, while the noise of
+a still picture averages out over the cell's pixels. Measured through ingest's JPEG path and
+the analyzer's decoding, between frames 0.5 s apart (``tests/test_analyzer_unchanged.py``
+asserts the same on the live test source's footage):
 
 * a still picture (the test source's gray scenes): 0;
 * OpenCV's ``vtest.avi`` (a fixed camera, pedestrians walking): a cell moved 0.37 (median;
@@ -46,9 +45,10 @@ import numpy as np
 GRID = (32, 18)  # cells across, cells down (16:9, like the streams)
 # Every other pixel of every other row: 100 of a 20x20 cell's 400 pixels at 640x360, 0.5 ms a
 # frame in numpy against 1.2 for every pixel (PIL's exact box filter: 0.7). On vtest.avi the
-# median change of a cell between frames is 0.37 so (0.34 from every pixel, 0.51 from every 4th),
-# and the share of cells past the default bound (those with people walking) 8.7 % (8.8, 8.9).
-# Every 4th pixel would cost 0.2 ms, but per-pixel noise of +-6 then moves a cell's mean past 4.
+# median change of a cell between frames is 0.37 at this stride (0.34 from every pixel, 0.51
+# from every 4th), and the share of cells past the default bound (those with people walking)
+# 8.7 % (8.8, 8.9). Every 4th pixel would cost 0.2 ms, but per-pixel noise of +-6 then moves a
+# cell's mean past 4 (tests/test_analyzer_unchanged.py).
 SAMPLE_STRIDE = 2
 
 T = TypeVar("T")
