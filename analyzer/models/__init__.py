@@ -121,6 +121,14 @@ class ModelSettings(ServiceSettings):
     def work_dir(self) -> Path:
         return self.cache_dir.expanduser() / "build-work"
 
+    def recipe_work_dir(self, model_name: str) -> Path:
+        """One recipe's scratch folder (downloads, build log), removed when it is done.
+
+        Each recipe has a folder of its own under ``work_dir``: the TensorFlow and the PyTorch
+        recipes build side by side, and a recipe that removed the whole ``work_dir`` deleted
+        the other's build log under it mid-build (a first ``make models`` failed that way)."""
+        return self.work_dir / model_name
+
 
 def default_model_path() -> Path:
     """Path of the ONNX detector as configured by the environment."""

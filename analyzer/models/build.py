@@ -93,7 +93,7 @@ def build_model(
 
 def _build(settings: ModelSettings, *, keep_venv: bool) -> dict[str, Any]:
     model_path = settings.model_path
-    work_dir = settings.work_dir
+    work_dir = settings.recipe_work_dir(MODEL_NAME)
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     log_path = work_dir / "build.log"

@@ -110,7 +110,7 @@ def _build(settings: ModelSettings) -> dict[str, Any]:
 
     model_path = settings.classifier_model_path
     labels_path = settings.classifier_labels_path
-    work_dir = settings.work_dir / CLASSIFIER_MODEL_NAME
+    work_dir = settings.recipe_work_dir(CLASSIFIER_MODEL_NAME)
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     log_path = work_dir / "build.log"

@@ -110,7 +110,7 @@ def build_text_model(
 def _build(settings: ModelSettings) -> dict[str, Any]:
     model_path = settings.text_model_path
     tokenizer_path = settings.text_tokenizer_path
-    work_dir = settings.work_dir / TEXT_MODEL_NAME
+    work_dir = settings.recipe_work_dir(TEXT_MODEL_NAME)
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     log_path = work_dir / "build.log"
