@@ -45,6 +45,12 @@ What it does (everything on loopback, nothing reached outside the machine):
      this process (the N test sources' HTTP servers, plus their rendering and encoding with
      ``--live-sources``, the SSE clients), between the round's start and its end, divided by
      N x the stream minutes;
+   * **memory**: each of those processes' resident set (``VmRSS`` from ``/proc/<pid>/status``)
+     when the round starts and its peak, sampled every 2 s through the round; the summary's
+     ``memory_mib_per_stream`` is each service's peak growth between the smallest and the
+     largest round kept up, per stream (the processes live through every round and the rounds
+     rise, so a peak holds what the smaller rounds left too: memory a process does not hand
+     back counts as used);
    * **end-to-end latency**: for every ``detection`` message on the sessions' SSE feeds
      (``/api/live/live-sessions/{stream_id}/{session_id}/events/stream``), from the moment the
      source published the segment holding the event's first frame (``captured_at``, which comes
@@ -184,6 +190,39 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of a process (``VmRSS``), in MiB; None when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024  # kB
+    return None
+
+
+class PeakMemory:
+    """Each process's resident set when the round starts and the largest seen since."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before = {name: rss_mib(pid) for name, pid in pids.items()}
+        self.peak = dict(self.before)
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            now = rss_mib(pid)
+            if now is not None:
+                self.peak[name] = max(now, self.peak[name] or 0.0)
+
+    def report(self) -> dict[str, dict[str, float | None]]:
+        return {
+            name: {"before": rounded(self.before[name], 1), "peak": rounded(self.peak[name], 1)}
+            for name in self.pids
+        }
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -552,6 +591,7 @@ async def run_round(
         await follower.start()
         series.append((time.time(), await scrape_counters(scraper, stack.metrics_urls)))
         cpu_before = cpu_snapshot(pids)
+        memory = PeakMemory(pids)
         began = time.time()
         feeds: list[asyncio.Task[None]] = []
         watcher_started = False
@@ -595,6 +635,7 @@ async def run_round(
             async def sample_metrics() -> None:
                 while True:
                     await asyncio.sleep(2.0)
+                    memory.sample()
                     with contextlib.suppress(httpx.HTTPError):
                         series.append((time.time(), await scrape_counters(scraper, stack.metrics_urls)))
 
@@ -617,6 +658,7 @@ async def run_round(
                     await sampler
             ended = time.time()
             cpu_after = cpu_snapshot(pids)
+            memory.sample()
             series.append((ended, await scrape_counters(scraper, stack.metrics_urls)))
             # Segment bytes for the decode-only baseline, read before the sources delete them
             # (replayed streams: the same bytes for every source).
@@ -655,7 +697,7 @@ async def run_round(
     in_round = await concurrent_baseline if concurrent_baseline is not None else None
     return summarise(
         streams, config, script, runs, watcher.published, started_at, follower.chunks, series,
-        cpu_before, cpu_after, began, ended, baseline, in_round,
+        cpu_before, cpu_after, memory.report(), began, ended, baseline, in_round,
     )  # fmt: skip
 
 
@@ -670,6 +712,7 @@ def summarise(
     series: list[tuple[float, dict[str, float]]],
     cpu_before: dict[str, tuple[int, float | None]],
     cpu_after: dict[str, tuple[int, float | None]],
+    memory: dict[str, dict[str, float | None]],
     began: float,
     ended: float,
     baseline: dict[str, float],
@@ -854,6 +897,7 @@ def summarise(
         },
         "source_publish_late_s_max": rounded(late_max, 2),
         "cpu": cpu,
+        "memory_mib": memory,
         "cores_used_total": rounded(sum(c for c in counted if c is not None), 2),
         "busiest_service": busiest,
         "rates": rates,
@@ -918,6 +962,31 @@ def saturation(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def memory_per_stream(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Each service's peak resident set growth per stream, from the smallest to the largest round
+    kept up (None with fewer than two such rounds); the bench's own process is left out (it
+    holds the replayed segments and the test clients, not the stack)."""
+    kept = [r for r in rounds if r["keeps_up"] and not r["source_bound"]]
+    if len(kept) < 2:
+        return None
+    small, large = kept[0], kept[-1]
+    added = large["streams"] - small["streams"]
+    per_stream: dict[str, float | None] = {}
+    for name, peak in large["memory_mib"].items():
+        before = small["memory_mib"].get(name, {}).get("peak")
+        if name.startswith("bench"):
+            continue
+        grown = peak["peak"] - before if peak["peak"] is not None and before is not None else None
+        per_stream[name] = rounded(grown / added if grown is not None else None, 2)
+    known = [value for value in per_stream.values() if value is not None]
+    return {
+        "from_streams": small["streams"],
+        "to_streams": large["streams"],
+        "services": per_stream,
+        "total": rounded(sum(known), 2) if known else None,
+    }
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -950,6 +1019,19 @@ def table(rounds: list[dict[str, Any]]) -> str:
             + f" | {fmt(r['decode']['efficiency'])} / {fmt(r['decode']['efficiency_vs_idle_baseline'])}"
             + f" | {fmt(r['decode']['decode_share_of_ingest_cpu'])} |"
         )
+    return "\n".join(lines)
+
+
+def memory_table(rounds: list[dict[str, Any]]) -> str:
+    """Peak resident set (MiB) of every process per round."""
+    names = list(rounds[0]["memory_mib"]) if rounds else []
+    lines = [
+        "| N | " + " | ".join(f"{name} peak RSS MiB" for name in names) + " |",
+        "|" + "---|" * (len(names) + 1),
+    ]
+    for r in rounds:
+        cells = [str(r["memory_mib"][name]["peak"]) for name in names]
+        lines.append(f"| {r['streams']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -1102,6 +1184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "latency_s_at_max_kept_up": largest["latency_s"] if largest else None,
         "decode_efficiency_at_max_kept_up": largest["decode"]["efficiency"] if largest else None,
+        "memory_mib_per_stream": memory_per_stream(rounds),
         "saturates_first": saturation(rounds),
     }
     return {"meta": meta, "summary": summary, "rounds": rounds}
@@ -1178,6 +1261,8 @@ def main(argv: list[str] | None = None) -> int:
     print(rendered)
     print()
     print(stage_table(results["rounds"]))
+    print()
+    print(memory_table(results["rounds"]))
     print(json.dumps(results["summary"], indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
