@@ -1,12 +1,26 @@
 """How far the analyzers are behind a session, and what the overload policy does about it (pure).
 
-Lag. A session's *lag* is stream time at the source's live edge (the end of the newest segment
-its playlist listed, ``PlaylistTracker.stream_time``) minus the stream time the analyzers have
-taken over: the start of the session's oldest published chunk the analyzer consumer group has
-not committed yet, or, when every published chunk is committed, the end of the newest one. So
-it counts the analyzers' backlog *and* ingest's own delay (segments listed but not yet
-ingested, the open chunk): about one chunk plus a segment or two when nothing is behind, which
-is why ``max_lag_s`` must be well above ``chunk_seconds`` plus a few segment durations.
+Lag. A session's *lag* is stream time at the source's live edge (``source_edge``: the end of
+the newest segment its playlist listed, ``PlaylistTracker.stream_time``, plus what a live
+source has made since ingest last looked, when that look is overdue) minus the stream time the
+analyzers have taken over: the start of the session's oldest published chunk the analyzer
+consumer group has not committed yet, or, when every published chunk is committed, the end of
+the newest one. So it counts the analyzers' backlog *and* ingest's own delay (segments listed
+but not yet ingested, the open chunk, segments not listed yet because ingest is busy): about
+one chunk plus a segment or two when nothing is behind, which is why ``max_lag_s`` must be
+well above ``chunk_seconds`` plus a few segment durations.
+
+Ingest reloads a playlist only once it has ingested what the last load listed. When ingest
+itself is short of CPU (the whole machine overloaded), that takes longer than the reload
+interval, and the listed edge falls behind the source: at 40 streams on a machine that keeps
+up with 20, segments waited 9 s on average between being listed and fetched, and the lag
+from the listed edge peaked at 34 s while chunks reached the sessions 48 s after their
+segments were published (last quarter's mean; ``bench/capacity.py --streams 40``); with
+``source_edge`` the lag peaked at 50 s against 51. ``source_edge`` adds the time since the load
+beyond one reload interval (a live source makes media in real time; within one interval the
+listed edge is as fresh as the protocol allows, so a healthy session's lag is unchanged), and
+nothing when the load listed nothing new or the playlist has ended (nothing then says the
+source is making more).
 
 ``ChunkLag`` keeps, per session, the (partition, offset, start, end) of each published chunk
 until the group's committed offset on that partition passes it (a committed offset is the
@@ -107,6 +121,18 @@ class ChunkLag:
     def lag(self, source_edge: float) -> float:
         """Seconds of stream time between the source's live edge and what the analyzers took over."""
         return max(0.0, source_edge - self.analysed_to())
+
+
+def source_edge(listed_edge: float, listed_at: float | None, reload_interval: float, now: float) -> float:
+    """Stream time at the source's live edge at clock ``now`` (see the module docstring).
+
+    ``listed_edge``: the end of the newest segment the playlist listed when it was loaded at
+    ``listed_at`` (the same clock as ``now``); None when that load listed nothing new or the
+    playlist has ended. ``reload_interval``: how soon after a load the next one is due (the
+    playlist's target duration)."""
+    if listed_at is None:
+        return listed_edge
+    return listed_edge + max(0.0, now - listed_at - reload_interval)
 
 
 @dataclass(frozen=True)

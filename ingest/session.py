@@ -110,6 +110,7 @@ from ingest.lag import (
     next_state,
     overlap,
     report_due,
+    source_edge,
 )
 from ingest.playlist import MasterPlaylist, MediaPlaylist, PlaylistLimits, choose_variant, parse_playlist
 from ingest.sampler import FrameSampler
@@ -258,6 +259,11 @@ class IngestSession:
         self.lag_policy = LagPolicy.of(settings)
         self.lag_state = LagState.initial(self.lag_policy)
         self.chunk_lag = ChunkLag()
+        # When the playlist's last load listed new segments of a live source (event loop clock;
+        # None: it listed nothing new, or the playlist ended), and its target duration: what
+        # ``source_edge`` needs to count the media made since, while ingest is behind.
+        self._edge_listed_at: float | None = None
+        self._reload_interval = 0.0
         self.lag_s: float | None = None  # None until first measured
         self.skipped_s = 0.0  # stream time skipped by the policy over the session
         self._skipped_spans: list[tuple[float, float]] = []  # skipped, not yet in a published chunk
@@ -451,6 +457,8 @@ class IngestSession:
         while True:
             update = self.tracker.update(playlist)
             listed_at = time.time()  # the segments' ``segment_listed`` stamp (livestream.stages)
+            self._edge_listed_at = loop.time() if update.new_segments and not update.ended else None
+            self._reload_interval = playlist.target_duration
             for item in update.new_segments:
                 if self._stop.is_set() or self._outage_over(loop.time() - last_progress):
                     break
@@ -794,13 +802,16 @@ class IngestSession:
         chunk topic) and step the overload policy (``ingest.lag``); return the lag.
 
         Called by the service on the event loop between this task's awaits; it only changes
-        state, which ``_ingest_segment`` applies before the next segment. The source's live edge
-        is the end of the newest segment the playlist listed. After a resume, chunks published
-        by the interrupted run are taken as analysed (their offsets were not kept): the lag is
-        underestimated until the analyzers are past them.
+        state, which ``_ingest_segment`` applies before the next segment. ``now`` is the event
+        loop's clock. The source's live edge is the end of the newest segment the playlist
+        listed, plus the media made since when ingest is overdue for its next load
+        (``ingest.lag.source_edge``). After a resume, chunks published by the interrupted run
+        are taken as analysed (their offsets were not kept): the lag is underestimated until
+        the analyzers are past them.
         """
         self.chunk_lag.committed(committed)
-        lag = self.chunk_lag.lag(self.tracker.stream_time)
+        edge = source_edge(self.tracker.stream_time, self._edge_listed_at, self._reload_interval, now)
+        lag = self.chunk_lag.lag(edge)
         self.lag_s = round(lag, 3)
         step = next_state(self.lag_policy, self.lag_state, lag, now)
         self.lag_state = step.state

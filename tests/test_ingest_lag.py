@@ -6,6 +6,7 @@ commits (``test_lag_policy_stack`` runs the policy on the real stack)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -13,12 +14,22 @@ from pathlib import Path
 
 import pytest
 
+import ingest.session
 from aggregator.reducer import fold
 from ingest.checkpoint import START_MARK, build_checkpoint, mark_of
 from ingest.chunker import Chunk
 from ingest.encode import EncodedChunk
 from ingest.fetch import FetchPolicy, HttpFetcher
-from ingest.lag import ChunkLag, LagPolicy, LagReport, LagState, next_state, overlap, report_due
+from ingest.lag import (
+    ChunkLag,
+    LagPolicy,
+    LagReport,
+    LagState,
+    next_state,
+    overlap,
+    report_due,
+    source_edge,
+)
 from ingest.sampler import FrameSampler
 from ingest.session import IngestSession
 from ingest.settings import IngestSettings
@@ -41,6 +52,15 @@ def test_lag_counts_from_the_oldest_uncommitted_chunk() -> None:
     lag.committed({1: 105})
     assert lag.pending == 0 and lag.lag(22.0) == 2.0  # edge minus the newest chunk's end
     assert lag.lag(10.0) == 0.0  # never negative
+
+
+def test_the_source_edge_counts_media_made_while_ingest_is_overdue_for_a_reload() -> None:
+    # Within one reload interval of the load, the listed edge is as fresh as HLS allows.
+    assert source_edge(10.0, listed_at=100.0, reload_interval=2.0, now=101.5) == 10.0
+    # Overdue by 5 s (ingest busy with what the load listed): a live source made 5 s more.
+    assert source_edge(10.0, listed_at=100.0, reload_interval=2.0, now=107.0) == 15.0
+    # The load listed nothing new, or the playlist ended: nothing says the source goes on.
+    assert source_edge(10.0, listed_at=None, reload_interval=2.0, now=1000.0) == 10.0
 
 
 def test_lag_without_an_answer_for_the_partition_keeps_chunks_pending() -> None:
@@ -310,3 +330,50 @@ async def test_a_resumed_session_keeps_the_policy_totals(tmp_path: Path) -> None
     assert session.skipped_s == 4.0 and session.lag_state.actions == 2
     # Chunks of the interrupted run count as analysed: the lag counts from the resume point on.
     assert session.chunk_lag.analysed_to() == 8.0
+
+
+async def test_a_session_behind_its_live_source_counts_what_it_has_not_listed_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest reloads a playlist once it is through what the last load listed. While one
+    segment's decoding holds the session (a machine short of CPU), the live source goes on
+    publishing, and the lag counts that (``ingest.lag.source_edge``); measured from the listed
+    edge alone it stayed at one segment."""
+    decoding, release = threading.Event(), threading.Event()
+    real_decode = ingest.session.decode_segment
+
+    def held_decode(*args: object, **kwargs: object) -> object:
+        decoding.set()
+        release.wait(timeout=30)
+        return real_decode(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingest.session, "decode_segment", held_decode)
+    with LiveHlsSource(short_script(20.0), segment_seconds=1.0, window=100) as source:
+        settings = IngestSettings(storage_dir=tmp_path, chunk_seconds=2.0, live_edge_segments=1)
+        fetcher = HttpFetcher(FetchPolicy(retries=1, backoff_seconds=0.05, connect_timeout=2, read_timeout=5))
+        session = IngestSession(
+            StartSession(session_id="sess-behind", stream_id="s", name="behind", source_url=source.url),
+            settings,
+            fetcher,
+            LaggingPublisher(),
+        )
+        run = asyncio.create_task(session.run())
+        try:
+            assert await asyncio.to_thread(decoding.wait, 30)
+            # The one load so far listed one segment (the newest): stream time 0-1 s is it.
+            assert session.tracker.stream_time == 1.0
+            joined_at = session.tracker.last_media_sequence
+            assert joined_at is not None
+            await asyncio.sleep(4.0)
+            lag = session.observe_lag({}, asyncio.get_running_loop().time())  # nothing committed
+            # The source's edge in the session's stream time (media sequences count from 0).
+            real_edge = source.segments_published - joined_at
+            assert real_edge >= 4.0
+            # The source's media runs up to a segment (1 s) past its last published one; the lag
+            # leaves out the reload interval (1 s) within which the listed edge is fresh anyway.
+            assert real_edge - 2.0 <= lag <= real_edge + 1.0
+        finally:
+            release.set()
+            session.request_stop()
+            await asyncio.wait_for(run, timeout=30)
+            await fetcher.aclose()
