@@ -15,7 +15,7 @@ from analyzer.settings import AnalyzerSettings
 from analyzer.thumbnails import ThumbnailWriter
 from livestream.blobstore import open_blob_store
 from livestream.blobstore.settings import BlobStoreSettings
-from livestream.service import run_service
+from livestream.service import lower_cpu_priority, run_service
 
 
 async def _main(settings: AnalyzerSettings) -> None:
@@ -66,6 +66,9 @@ async def _main(settings: AnalyzerSettings) -> None:
 def main() -> int:
     settings = AnalyzerSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Before the event loop, onnxruntime and the decoding pool start their threads: they inherit it.
+    niceness = lower_cpu_priority(settings.cpu_nice)
+    logging.getLogger("analyzer").info("running at nice %d (LIVESTREAM_ANALYZER_CPU_NICE)", niceness)
     return run_service("analyzer", lambda: _main(settings))
 
 

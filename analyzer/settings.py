@@ -81,6 +81,18 @@ class AnalyzerSettings(ServiceSettings):
         "8). Several replicas on one machine should share the cores: `livestream --analyzers N up` "
         "gives each cores // N.",
     )
+    # Analyzers work through a backlog that waits in Kafka; ingest reads sources whose playlists
+    # keep a segment only for a while. On one machine at twice its capacity, with playlists of 6
+    # segments (12 s), the analyzers at the same priority as ingest starved it: sessions fell
+    # up to a window behind their sources and missed 156 s of media (bench/capacity.py --window 6).
+    cpu_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="The analyzer's CPU priority as a nice value (0: as everything else; 19: the lowest). "
+        "Above 0, processes at the normal priority (ingest, the broker, the API) get the cores first "
+        "when the machine is short of them, and the analyzers' chunks wait in Kafka instead.",
+    )
     classifier_threads: int | None = Field(
         default=None,
         ge=1,

@@ -537,6 +537,7 @@ class Config:
     decode_skip: str
     decode_threads: str  # ingest's LIVESTREAM_INGEST_DECODE_THREADS: the baseline decodes alike
     content: str  # capacity_script's: what the streams show between the cat and the cup
+    window: int | None  # segments a replayed source's playlist lists (None: every one)
 
 
 async def run_round(
@@ -555,8 +556,9 @@ async def run_round(
     total_segments = math.ceil(config.duration / SEGMENT_SECONDS)
     sources: list[Source]
     if encoded is not None:
-        # The playlist keeps every segment (the default window), as the live sources' does here.
-        sources = [ReplayHlsSource(encoded) for _ in range(streams)]
+        # By default the playlist keeps every segment, as the live sources' does here; with a
+        # window, a session that falls behind its source by more loses segments (missed media).
+        sources = [ReplayHlsSource(encoded, window=config.window) for _ in range(streams)]
     else:
         sources = [
             LiveHlsSource(
@@ -1070,6 +1072,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "LIVESTREAM_INGEST_DECODE_THREADS", IngestSettings.model_fields["decode_threads"].default
         ),
         content=args.content,
+        window=args.window,
     )
     run_dir = Path(tempfile.mkdtemp(prefix="livestream-capacity-"))
     print(f"broker, stack and logs in {run_dir}", file=sys.stderr, flush=True)
@@ -1234,6 +1237,13 @@ def main(argv: list[str] | None = None) -> int:
         "analyzer reuses as unchanged) or moving street footage (every frame inferred)",
     )
     parser.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="segments a replayed source's playlist lists, sliding (default: every segment); a live "
+        "server's typical 3-6 makes a session that falls that far behind its source miss media",
+    )
+    parser.add_argument(
         "--live-sources",
         action="store_true",
         help="LiveHlsSource (render and x264-encode every stream in real time in this process) "
@@ -1250,6 +1260,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.live_sources and args.encoder_profile != "zerolatency":
         parser.error("--encoder-profile applies to replayed streams (live sources encode as the test source)")
+    if args.live_sources and args.window is not None:
+        parser.error("--window applies to replayed streams (live sources keep every segment listed)")
+    if args.window is not None and args.window < 1:
+        parser.error("--window must be at least 1")
     for item in args.env:
         name, equals, _ = item.partition("=")
         if not equals or not name.startswith("LIVESTREAM_"):

@@ -1,9 +1,11 @@
 """Prometheus metrics: the shared listener, the API's request counting, and every service's
-``/metrics`` scraped over HTTP on the real stack after one short live session."""
+``/metrics`` scraped over HTTP on the real stack after one short live session; on that stack
+also the services' CPU priorities."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import socket
 import time
@@ -281,6 +283,27 @@ def follow_feed(api: httpx.Client, path: str, timeout_s: float = 90.0) -> list[s
             kinds = [line.removeprefix("event: ") for line in feed.iter_lines() if line.startswith("event: ")]
             return kinds
     raise AssertionError(f"{path} never became available")
+
+
+@pytest.mark.kafka
+@pytest.mark.model
+def test_the_stacks_analyzers_run_below_the_other_services_cpu_priority(metrics_stack: Stack) -> None:
+    """On this stack, as the priority rule's check on a real one (``livestream.service.
+    lower_cpu_priority``, ``LIVESTREAM_ANALYZER_CPU_NICE``): on a machine short of cores, ingest
+    (whose sources keep a segment only for a while), the broker and the API get them first."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # what the services inherit from this process
+    autogroups = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    grouped = autogroups.exists() and autogroups.read_text().strip() == "1"
+    for name, process in metrics_stack.processes.items():
+        expected = max(base, 10) if name.startswith("analyzer") else base
+        niceness = set()
+        for task in Path(f"/proc/{process.pid}/task").iterdir():
+            stat = (task / "stat").read_text()
+            niceness.add(int(stat[stat.rindex(")") + 2 :].split()[16]))
+        assert niceness == {expected}, (name, niceness)
+        if grouped:  # each service leads a session of its own, so an autogroup of its own
+            autogroup = int(Path(f"/proc/{process.pid}/autogroup").read_text().split()[-1])
+            assert autogroup == (10 if name.startswith("analyzer") else 0), (name, autogroup)
 
 
 def all_samples(samples: dict[str, list[tuple[dict[str, str], float]]]) -> list[tuple[dict[str, str], float]]:
