@@ -85,8 +85,10 @@ class AnalyzerSettings(ServiceSettings):
     # keep a segment only for a while. On one machine at twice its capacity, with playlists of 6
     # segments (12 s), the analyzers at the same priority as ingest starved it: sessions fell
     # up to a window behind their sources and missed 156 s of media (bench/capacity.py --window 6).
+    # At nice 5 and at nice 10 nothing was missed; 5 leaves the analyzers three times the weight
+    # 10 does against whatever else runs at the normal priority (README, Capacity).
     cpu_nice: int = Field(
-        default=10,
+        default=5,
         ge=0,
         le=19,
         description="The analyzer's CPU priority as a nice value (0: as everything else; 19: the lowest). "
