@@ -974,11 +974,11 @@ def memory_per_stream(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     small, large = kept[0], kept[-1]
     added = large["streams"] - small["streams"]
     per_stream: dict[str, float | None] = {}
-    for name, peak in large["memory_mib"].items():
-        before = small["memory_mib"].get(name, {}).get("peak")
+    for name, memory in large["memory_mib"].items():
         if name.startswith("bench"):
             continue
-        grown = peak["peak"] - before if peak["peak"] is not None and before is not None else None
+        large_peak, small_peak = memory["peak"], small["memory_mib"].get(name, {}).get("peak")
+        grown = large_peak - small_peak if large_peak is not None and small_peak is not None else None
         per_stream[name] = rounded(grown / added if grown is not None else None, 2)
     known = [value for value in per_stream.values() if value is not None]
     return {
