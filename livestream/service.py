@@ -64,6 +64,17 @@ AUTOGROUP_ENABLED = Path("/proc/sys/kernel/sched_autogroup_enabled")
 OWN_AUTOGROUP = Path("/proc/self/autogroup")  # "/autogroup-123 nice 0"
 
 
+def own_autogroup_nice() -> int | None:
+    """This process's autogroup nice value; None where it has none of its own: the file is
+    missing (no autogroups in this kernel) or empty (the process is in the root task group,
+    as every process is whose session began before autogrouping, e.g. a container's init)."""
+    try:
+        fields = OWN_AUTOGROUP.read_text().split()
+    except FileNotFoundError:
+        return None
+    return int(fields[-1]) if fields else None
+
+
 def _autogroups_enabled() -> bool:
     try:
         return AUTOGROUP_ENABLED.read_text().strip() == "1" and OWN_AUTOGROUP.exists()
@@ -77,7 +88,10 @@ def _lower_autogroup(niceness: int) -> None:
     # the log line says.
     for _attempt in range(20):
         try:
-            current = int(OWN_AUTOGROUP.read_text().split()[-1])
+            current = own_autogroup_nice()
+            if current is None:
+                log.warning("could not lower this process's autogroup: it has none of its own")
+                return
             if current < niceness:
                 OWN_AUTOGROUP.write_text(f"{niceness}\n")
             return

@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from livestream.service import own_autogroup_nice
+
 AUTOGROUPS = Path("/proc/sys/kernel/sched_autogroup_enabled")
 
 # Starts a thread before and one after the call (numpy's BLAS threads start at import, the
@@ -17,7 +21,7 @@ AUTOGROUPS = Path("/proc/sys/kernel/sched_autogroup_enabled")
 PROBE = """
 import json, os, threading
 from pathlib import Path
-from livestream.service import lower_cpu_priority
+from livestream.service import lower_cpu_priority, own_autogroup_nice
 
 release = threading.Event()
 before = threading.Thread(target=release.wait)
@@ -31,12 +35,11 @@ def nice_of(task):
     return int(stat[stat.rindex(")") + 2 :].split()[16])
 
 threads = [nice_of(task) for task in Path("/proc/self/task").iterdir()]
-autogroup = Path("/proc/self/autogroup")
 release.set()
 print(json.dumps({
     "returned": returned,
     "threads": threads,
-    "autogroup": int(autogroup.read_text().split()[-1]) if autogroup.exists() else None,
+    "autogroup": own_autogroup_nice(),
 }))
 """
 
@@ -57,12 +60,6 @@ def autogroups_enabled() -> bool:
     return AUTOGROUPS.exists() and AUTOGROUPS.read_text().strip() == "1"
 
 
-def own_autogroup() -> int | None:
-    """This (pytest's) process's autogroup nice value, shared with its session."""
-    autogroup = Path("/proc/self/autogroup")
-    return int(autogroup.read_text().split()[-1]) if autogroup.exists() else None
-
-
 BASE = os.getpriority(os.PRIO_PROCESS, 0)  # what the probes inherit (0 unless run under `nice`)
 
 
@@ -80,13 +77,32 @@ def test_a_service_in_its_own_session_lowers_every_thread_and_its_autogroup() ->
 
 
 def test_a_process_sharing_its_session_leaves_the_sessions_autogroup_alone() -> None:
-    shared = own_autogroup()
+    # None where pytest's session has no autogroup of its own (CI's container: the root group).
+    shared = own_autogroup_nice()
     report = probe(10, own_session=False)
     assert report["threads"] == [max(BASE, 10)] * 3
-    assert report["autogroup"] == shared == own_autogroup()  # the session's other processes keep theirs
+    assert report["autogroup"] == shared == own_autogroup_nice()  # the session's other processes keep theirs
 
 
 def test_zero_changes_nothing() -> None:
     report = probe(0, own_session=True)
     assert report["returned"] == BASE and report["threads"] == [BASE] * 3
     assert report["autogroup"] in (None, 0)  # a new session's autogroup starts at 0
+
+
+def test_a_process_in_the_root_group_has_no_autogroup_nice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in CI's container: /proc/self/autogroup exists but is empty for a process whose session
+    # began before autogrouping; the priority call must neither fail nor invent a value.
+    import livestream.service as service
+
+    autogroup = tmp_path / "autogroup"
+    monkeypatch.setattr(service, "OWN_AUTOGROUP", autogroup)
+    assert service.own_autogroup_nice() is None  # missing: no autogroups in this kernel
+    autogroup.write_text("")
+    assert service.own_autogroup_nice() is None
+    service._lower_autogroup(10)
+    assert autogroup.read_text() == ""  # left alone
+    autogroup.write_text("/autogroup-42 nice 3\n")
+    assert service.own_autogroup_nice() == 3
