@@ -66,8 +66,8 @@ OWN_AUTOGROUP = Path("/proc/self/autogroup")  # "/autogroup-123 nice 0"
 
 def own_autogroup_nice() -> int | None:
     """This process's autogroup nice value; None where it has none of its own: the file is
-    missing (no autogroups in this kernel) or empty (the process is in the root task group,
-    as every process is whose session began before autogrouping, e.g. a container's init)."""
+    missing (no autogroups in this kernel) or empty (the kernel prints nothing for a process
+    left in the default, root group; pytest's process in CI's container is one)."""
     try:
         fields = OWN_AUTOGROUP.read_text().split()
     except FileNotFoundError:

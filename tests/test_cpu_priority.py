@@ -93,8 +93,8 @@ def test_zero_changes_nothing() -> None:
 def test_a_process_in_the_root_group_has_no_autogroup_nice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # As in CI's container: /proc/self/autogroup exists but is empty for a process whose session
-    # began before autogrouping; the priority call must neither fail nor invent a value.
+    # As in CI's container: /proc/self/autogroup exists but is empty for a process left in the
+    # default, root group; the priority call must neither fail nor invent a value.
     import livestream.service as service
 
     autogroup = tmp_path / "autogroup"
