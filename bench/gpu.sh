@@ -8,9 +8,15 @@
 #            bench/gpu.sh split onnxruntime_gpu-1.31.1-*.whl parts/
 #   device:  bench/gpu.sh receive parts/<some parts>     # one call per <= 56 MB, while warm
 #   device:  bench/gpu.sh run [bench_gpu.py run args]    # assemble, check sha256, pip --target, measure
+#
+# Every wheel sent is installed (--no-deps) into the stage's site folder: onnxruntime-gpu needs
+# numpy, so where the device's python has none (`python3 -c 'import numpy'` fails there), split
+# and send a numpy wheel for its Python too (`pip download numpy --only-binary :all:
+# --python-version 3.X --platform manylinux_2_28_x86_64 --no-deps`). PYTHON picks the interpreter.
 set -euo pipefail
 
 STAGE="${GPU_STAGE_DIR:-/tmp/livestream-gpu}"
+PYTHON="${PYTHON:-python3}"
 PART_BYTES=$((56 * 1000 * 1000))
 
 split_file() {  # FILE DIR: parts FILE.part-01.. in DIR, its sha256 appended to DIR/SHA256SUMS
@@ -48,12 +54,14 @@ case "${1:-}" in
     sha256sum --check SHA256SUMS
     mkdir -p bundle
     for name in network.onnx anchors.npy frames.npy; do mv -f "$name" bundle/ 2>/dev/null || true; done
-    wheel="$(ls onnxruntime_gpu-*.whl 2>/dev/null | head -1 || true)"
-    if [ -n "$wheel" ] && [ ! -d site/onnxruntime ]; then
-      python -m pip install --quiet --no-deps --target site "$wheel"
-    fi
+    for wheel in *.whl; do
+      [ -f "$wheel" ] || continue
+      [ -f "site/.installed-$wheel" ] && continue
+      "$PYTHON" -m pip install --quiet --no-deps --target site "$wheel"
+      touch "site/.installed-$wheel"
+    done
     cd "$cd_back"
-    PYTHONPATH="$STAGE/site:$PWD" python bench/bench_gpu.py run "$STAGE/bundle" "$@"
+    PYTHONPATH="$STAGE/site:$PWD" "$PYTHON" bench/bench_gpu.py run "$STAGE/bundle" "$@"
     ;;
   *)
     echo "usage: bench/gpu.sh bundle DIR | split FILE DIR | receive PART... | run [args]" >&2
