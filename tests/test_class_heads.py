@@ -26,12 +26,14 @@ from analyzer.ssd_network import (
     BOX_ENCODINGS,
     CLASS_HEAD_OUTPUT,
     CLASS_LOGITS,
+    FRAMES_INPUT,
     NETWORK_INPUT,
     class_head_model,
     extract_network,
     network_input,
     resize_network,
     split_class_heads,
+    with_uint8_input,
 )
 from livestream.errors import ConfigurationError
 
@@ -121,6 +123,24 @@ def test_trunk_and_heads_give_the_networks_encodings_and_logits(variant: str) ->
             assert np.abs(head - expected).mean() < INT8_MEAN_LOGIT_DIFFERENCE, ids
         else:
             assert np.array_equal(head, expected), ids
+
+
+@pytest.mark.parametrize("variant", ["fp32", "fp32@256", "int8"])
+def test_uint8_frames_scaled_in_the_model_give_the_outputs_of_frames_scaled_before_it(variant: str) -> None:
+    """The analyzer feeds uint8 frames to the network and its trunk (``with_uint8_input``, what
+    lets a GPU take bytes and normalise them itself): bit for bit what the float input gives."""
+    network, size = _network(variant)
+    photos = _photos(size)
+    for model in (network, split_class_heads(network).trunk):
+        floats = _session(model)
+        outputs = [output.name for output in floats.get_outputs()]
+        expected = floats.run(outputs, {NETWORK_INPUT: network_input(photos)})
+        frames = _session(with_uint8_input(model))
+        (taken,) = frames.get_inputs()
+        assert (taken.name, taken.type, taken.shape[1:]) == (FRAMES_INPUT, "tensor(uint8)", [size, size, 3])
+        got = frames.run(outputs, {FRAMES_INPUT: photos})
+        for name, ours, reference in zip(outputs, got, expected, strict=True):
+            assert np.array_equal(ours, reference), (variant, name)
 
 
 def test_the_query_heads_find_what_the_whole_network_finds_of_the_wanted_classes(
