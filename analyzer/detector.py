@@ -274,7 +274,7 @@ class ObjectDetector:
         if isinstance(source, bytes):
             # The network pipeline takes uint8 frames and normalises them in the model: on a GPU
             # the batch crosses to the device as bytes and is scaled there (same outputs, bit for
-            # bit, and the same CPU cost on CPU: tests/test_ssd_network.py, README *GPUs*).
+            # bit, and the same CPU cost on CPU: tests/test_class_heads.py, README *Capacity*).
             source = with_uint8_input(source)
         try:
             session = ort.InferenceSession(source, sess_options=options, providers=chosen)
