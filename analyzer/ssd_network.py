@@ -29,6 +29,7 @@ in step with the first.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,9 @@ SCORE_THRESHOLD = 0.3
 CLASS_COUNT = 91  # class logits per anchor: background (0), then the COCO ids 1..90
 MAX_PER_CLASS = 100
 MAX_TOTAL = 100
+# How far below the score floor's logit a logit is still scored (float32 rounding of the
+# sigmoid is ~1e-7; the exact score test follows, so a wider margin costs a few more sigmoids).
+LOGIT_MARGIN = 1e-3
 
 
 @dataclass(frozen=True)
@@ -209,28 +213,43 @@ def postprocess(
 
     ``logits`` are the whole network's (background first, then ids 1..90) when ``class_ids`` is
     None, else those of a class head (``class_head_model``): column ``i`` is class ``class_ids[i]``.
+
+    Scores are computed only where they can reach the floor: the sigmoid is increasing, so the
+    logits are compared with the floor's logit first (less a margin for float rounding) and the
+    exact ``score >= floor`` test runs on those few. The whole network's 1,917 x 90 logits a
+    frame made the sigmoid over all of them, and the search through its result, ~1.3 ms a frame
+    here, about what a GPU spends on the network itself.
     """
-    # Clipped before the NMS, as the graph's post-processing does (its overlaps are of clipped boxes).
-    boxes = np.clip(decode_boxes(encodings.reshape(encodings.shape[0], -1, 4), anchors), 0.0, 1.0)
     if class_ids is None:
         logits = logits[:, :, 1:]  # background (class 0) dropped
         class_ids = np.arange(1, CLASS_COUNT)
-    scores = 1.0 / (1.0 + np.exp(-logits))
+    floor = max(min_score, SCORE_THRESHOLD)
+    logit_floor = math.log(floor / (1.0 - floor)) - LOGIT_MARGIN if floor < 1.0 else -math.inf
+    # flatnonzero on the (contiguous) mask, then the indexes: a tenth of np.nonzero's time on 3-D.
+    candidates = logits >= np.float32(logit_floor)
+    image_index, anchor_index, class_index = np.unravel_index(np.flatnonzero(candidates), candidates.shape)
+    scores = 1.0 / (1.0 + np.exp(-logits[image_index, anchor_index, class_index]))
+    passed = scores >= floor
+    image_index, anchor_index, class_index = image_index[passed], anchor_index[passed], class_index[passed]
+    scores = scores[passed]
+    # Clipped before the NMS, as the graph's post-processing does (its overlaps are of clipped boxes).
+    boxes = np.clip(decode_boxes(encodings.reshape(encodings.shape[0], -1, 4), anchors), 0.0, 1.0)
+    # The indexes come in C order: each image's candidates are one run, by anchor then class.
+    bounds = np.searchsorted(image_index, np.arange(len(logits) + 1))
     results = []
-    for image_boxes, image_scores in zip(boxes, scores, strict=True):
-        anchor_index, class_index = np.nonzero(image_scores >= max(min_score, SCORE_THRESHOLD))
+    for image, image_boxes in enumerate(boxes):
+        run = slice(bounds[image], bounds[image + 1])
+        image_anchors, image_classes, image_scores = anchor_index[run], class_index[run], scores[run]
         found: list[tuple[int, float, tuple[float, float, float, float]]] = []
-        for cls in np.unique(class_index):
-            members = anchor_index[class_index == cls]
-            kept = _nms(image_boxes[members], image_scores[members, cls], IOU_THRESHOLD, MAX_PER_CLASS)
+        for cls in np.unique(image_classes):
+            of_class = image_classes == cls
+            members, member_scores = image_anchors[of_class], image_scores[of_class]
+            kept = _nms(image_boxes[members], member_scores, IOU_THRESHOLD, MAX_PER_CLASS)
             for index in kept:
-                anchor = members[index]
-                box = image_boxes[anchor]
+                box = image_boxes[members[index]]
                 if box[2] <= box[0] or box[3] <= box[1]:
                     continue  # entirely outside the frame
-                found.append(
-                    (int(class_ids[cls]), float(image_scores[anchor, cls]), tuple(float(v) for v in box))
-                )  # type: ignore[misc]
+                found.append((int(class_ids[cls]), float(member_scores[index]), tuple(float(v) for v in box)))  # type: ignore[misc]
         found.sort(key=lambda item: -item[1])
         results.append(found[:MAX_TOTAL])
     return results
